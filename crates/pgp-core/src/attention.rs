@@ -1,0 +1,103 @@
+//! The one attention entry point. Every attention in every network (UNet self- and
+//! cross-attention, the VAE's pixel attention, CLIP's causal attention, FaithDiff's alignment
+//! blocks) goes through [`attention`], so a fused kernel can take over in one place.
+
+use burn::tensor::Tensor;
+use burn::tensor::module;
+use burn::tensor::ops::AttentionModuleOptions;
+
+use crate::nn::Linear;
+use crate::weights::VarBuilder;
+
+/// `softmax(q·kᵀ/√D [+ causal mask])·v` for `q` `[B, H, S, D]`, `k`, `v` `[B, H, Skv, D]`.
+pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let options = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: causal,
+    };
+    module::attention(q, k, v, None, None, options)
+}
+
+/// Splits `[B, S, H·D]` into heads `[B, H, S, D]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [b, s, inner] = x.dims();
+    x.reshape([b, s, heads, inner / heads]).swap_dims(1, 2)
+}
+
+/// Merges heads `[B, H, S, D]` back into `[B, S, H·D]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [b, h, s, d] = x.dims();
+    x.swap_dims(1, 2).reshape([b, s, h * d])
+}
+
+/// Multi-head attention with separate q/k/v/out projections, as diffusers' `Attention`
+/// (`to_q`, `to_k`, `to_v`, `to_out.0`) and transformers' CLIP attention
+/// (`q_proj`, `k_proj`, `v_proj`, `out_proj`) lay them out.
+#[derive(Clone, Debug)]
+pub struct MultiHeadAttention {
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    out: Linear,
+    heads: usize,
+}
+
+/// Key names of the four projections.
+pub struct ProjectionNames {
+    /// Query projection.
+    pub q: &'static str,
+    /// Key projection.
+    pub k: &'static str,
+    /// Value projection.
+    pub v: &'static str,
+    /// Output projection.
+    pub out: &'static str,
+}
+
+/// diffusers' `Attention` names.
+pub const DIFFUSERS: ProjectionNames = ProjectionNames {
+    q: "to_q",
+    k: "to_k",
+    v: "to_v",
+    out: "to_out.0",
+};
+
+/// transformers' CLIP attention names.
+pub const CLIP: ProjectionNames = ProjectionNames {
+    q: "q_proj",
+    k: "k_proj",
+    v: "v_proj",
+    out: "out_proj",
+};
+
+impl MultiHeadAttention {
+    /// `dim` query width, `kv_dim` context width, `inner = heads · head_dim`.
+    pub fn new(
+        vb: &VarBuilder,
+        names: &ProjectionNames,
+        dim: usize,
+        kv_dim: usize,
+        inner: usize,
+        heads: usize,
+        qkv_bias: bool,
+    ) -> Self {
+        Self {
+            q: Linear::new(&vb.pp(names.q), dim, inner, qkv_bias),
+            k: Linear::new(&vb.pp(names.k), kv_dim, inner, qkv_bias),
+            v: Linear::new(&vb.pp(names.v), kv_dim, inner, qkv_bias),
+            out: Linear::new(&vb.pp(names.out), inner, dim, true),
+            heads,
+        }
+    }
+
+    /// Attends from `x` `[B, S, dim]` to `context` `[B, Skv, kv_dim]` (self-attention when
+    /// `context` is `None`).
+    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>, causal: bool) -> Tensor<3> {
+        let context = context.unwrap_or_else(|| x.clone());
+        let q = split_heads(self.q.forward(x), self.heads);
+        let k = split_heads(self.k.forward(context.clone()), self.heads);
+        let v = split_heads(self.v.forward(context), self.heads);
+        self.out.forward(merge_heads(attention(q, k, v, causal)))
+    }
+}

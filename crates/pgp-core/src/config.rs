@@ -1,0 +1,35 @@
+//! Helpers for diffusers / transformers `config.json` dicts, whose fields are often "an int
+//! or one per block".
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// A config value given once for all blocks or once per block.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PerBlock<T> {
+    /// One value for every block.
+    One(T),
+    /// One value per block.
+    Each(Vec<T>),
+}
+
+impl<T: Clone> PerBlock<T> {
+    /// The values for `n` blocks; a list must have exactly `n` entries.
+    pub fn expand(&self, n: usize, field: &str) -> Result<Vec<T>> {
+        match self {
+            PerBlock::One(v) => Ok(vec![v.clone(); n]),
+            PerBlock::Each(list) if list.len() == n => Ok(list.clone()),
+            PerBlock::Each(list) => Err(Error::config(format!(
+                "`{field}` has {} entries, expected one per block ({n})",
+                list.len()
+            ))),
+        }
+    }
+}
+
+/// Parses a config dict into `T`, naming the model in the error.
+pub fn parse<T: for<'de> Deserialize<'de>>(value: &serde_json::Value, what: &str) -> Result<T> {
+    serde_json::from_value(value.clone()).map_err(|e| Error::config(format!("{what} config: {e}")))
+}

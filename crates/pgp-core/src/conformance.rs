@@ -1,0 +1,256 @@
+//! Numerical parity cases (`shared/spec/conformance.md`): a case is a `case.json`, optional
+//! `weights.safetensors` (reference key names) and `tensors.safetensors` (inputs and
+//! `expected*` outputs). [`run_case`] runs one on any device and reports the worst relative L2
+//! error. File access stays with the caller, so this also runs where there is no file system.
+
+use burn::tensor::{Device, Tensor};
+use serde::Deserialize;
+
+use crate::attention::attention;
+use crate::error::{Error, Result};
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
+use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel, UNetConditioning};
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+use crate::phase::phase_exchange;
+use crate::schedulers::euler::{EulerConfig, schedule};
+use crate::weights::{WeightFile, load_checked};
+
+/// The kinds of case this runner knows.
+pub const KINDS: &[&str] = &[
+    "unet",
+    "faithdiff_unet",
+    "vae_encode",
+    "vae_decode",
+    "denoise_encoder",
+    "clip_text",
+    "clip_text_with_projection",
+    "euler_schedule",
+    "phase_exchange",
+    "attention",
+];
+
+#[derive(Deserialize)]
+struct Tolerance {
+    max_rel_l2: f64,
+}
+
+#[derive(Deserialize)]
+struct CaseJson {
+    kind: String,
+    #[serde(default)]
+    config: serde_json::Value,
+    tolerance: Tolerance,
+    #[serde(default)]
+    faithdiff: Option<FaithDiffConfig>,
+    #[serde(default)]
+    num_inference_steps: Option<usize>,
+}
+
+/// A case's files, already read by the caller.
+pub struct CaseFiles {
+    /// Contents of `case.json`.
+    pub case_json: String,
+    /// `weights.safetensors`, for kinds that have weights.
+    pub weights: Option<WeightFile>,
+    /// `tensors.safetensors`.
+    pub tensors: WeightFile,
+}
+
+/// The result of one case.
+#[derive(Clone, Debug)]
+pub struct CaseOutcome {
+    /// The case's kind.
+    pub kind: String,
+    /// Relative L2 error of each expected tensor.
+    pub errors: Vec<(String, f64)>,
+    /// The worst of them.
+    pub worst: f64,
+    /// The case's `max_rel_l2`.
+    pub tolerance: f64,
+}
+
+impl CaseOutcome {
+    /// Every expected tensor within tolerance.
+    pub fn pass(&self) -> bool {
+        self.worst <= self.tolerance
+    }
+}
+
+/// `‖out − expected‖₂ / ‖expected‖₂`, in f64. NaN anywhere gives +∞.
+pub fn rel_l2(out: &[f32], expected: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&o, &e) in out.iter().zip(expected) {
+        let d = o as f64 - e as f64;
+        num += d * d;
+        den += (e as f64) * (e as f64);
+    }
+    let r = if den == 0.0 {
+        num.sqrt()
+    } else {
+        (num / den).sqrt()
+    };
+    if r.is_nan() { f64::INFINITY } else { r }
+}
+
+/// Reads a tensor back to the host.
+pub async fn read_back<const D: usize>(t: Tensor<D>) -> Result<(Vec<f32>, Vec<usize>)> {
+    let shape = t.dims().to_vec();
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::input(format!("reading a result back failed: {e:?}")))?;
+    let values = data
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::input(format!("reading a result back failed: {e:?}")))?;
+    Ok((values, shape))
+}
+
+struct Checker<'a> {
+    tensors: &'a WeightFile,
+    errors: Vec<(String, f64)>,
+}
+
+impl Checker<'_> {
+    fn compare(&mut self, name: &str, values: &[f32], shape: &[usize]) -> Result<()> {
+        let (expected, eshape) = self.tensors.f32_data(name)?;
+        if eshape != shape {
+            return Err(Error::input(format!(
+                "`{name}`: output shape {shape:?}, expected {eshape:?}"
+            )));
+        }
+        self.errors
+            .push((name.to_string(), rel_l2(values, &expected)));
+        Ok(())
+    }
+
+    async fn check<const D: usize>(&mut self, name: &str, out: Tensor<D>) -> Result<()> {
+        let (values, shape) = read_back(out).await?;
+        self.compare(name, &values, &shape)
+    }
+}
+
+fn weights(files: &CaseFiles) -> Result<&WeightFile> {
+    files
+        .weights
+        .as_ref()
+        .ok_or_else(|| Error::input("this kind needs weights.safetensors"))
+}
+
+/// Runs one case on `device`.
+pub async fn run_case(files: &CaseFiles, device: &Device) -> Result<CaseOutcome> {
+    let case: CaseJson = serde_json::from_str(&files.case_json)
+        .map_err(|e| Error::input(format!("case.json: {e}")))?;
+    let t = &files.tensors;
+    let input = |name: &str| -> Result<Tensor<4>> { t.tensor::<4>(name, device) };
+    let mut c = Checker {
+        tensors: t,
+        errors: Vec::new(),
+    };
+    match case.kind.as_str() {
+        "unet" | "faithdiff_unet" => {
+            let cfg = UNet2DConditionConfig::from_json(&case.config)?;
+            let cond = UNetConditioning {
+                timestep: t.tensor::<1>("timestep", device)?,
+                encoder_hidden_states: t.tensor::<3>("encoder_hidden_states", device)?,
+                text_embeds: Some(t.tensor::<2>("text_embeds", device)?),
+                time_ids: Some(t.tensor::<2>("time_ids", device)?),
+            };
+            let out = if case.kind == "unet" {
+                let m = load_checked(weights(files)?, device, |vb| {
+                    UNet2DConditionModel::new(&vb, &cfg)
+                })?;
+                m.forward(input("sample")?, &cond)?
+            } else {
+                let fd = case.faithdiff.clone().unwrap_or_default();
+                let m = load_checked(weights(files)?, device, |vb| {
+                    FaithDiffUNet::new(&vb, &cfg, &fd)
+                })?;
+                m.forward(input("sample")?, &cond, input("input_embedding")?)?
+            };
+            c.check("expected", out).await?;
+        }
+        "vae_encode" | "vae_decode" => {
+            let cfg = AutoencoderKLConfig::from_json(&case.config)?;
+            let m = load_checked(weights(files)?, device, |vb| AutoencoderKL::new(&vb, &cfg))?;
+            let out = if case.kind == "vae_encode" {
+                m.encode_mean(input("image")?)
+            } else {
+                m.decode(input("latents")?)
+            };
+            c.check("expected", out).await?;
+        }
+        "denoise_encoder" => {
+            let cfg = AutoencoderKLConfig::from_json(&case.config)?;
+            let m = load_checked(weights(files)?, device, |vb| {
+                DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg)
+            })?;
+            c.check("expected", m.forward(input("image")?)).await?;
+        }
+        "clip_text" | "clip_text_with_projection" => {
+            let cfg = ClipTextConfig::from_json(&case.config)?;
+            let projection = case.kind == "clip_text_with_projection";
+            let file = weights(files)?;
+            let prefix = ClipTextModel::has_prefix(file);
+            let m = load_checked(file, device, |vb| {
+                ClipTextModel::new(&vb, &cfg, projection, prefix)
+            })?;
+            let (ids, shape) = t.i64_data("input_ids")?;
+            if shape.len() != 2 {
+                return Err(Error::input(format!(
+                    "input_ids has shape {shape:?}, expected [B, S]"
+                )));
+            }
+            let rows: Vec<Vec<i64>> = ids.chunks(shape[1]).map(<[i64]>::to_vec).collect();
+            let out = m.forward(&rows)?;
+            c.check("expected_penultimate", out.penultimate).await?;
+            c.check("expected_pooled", out.pooled).await?;
+        }
+        "euler_schedule" => {
+            let cfg = EulerConfig::from_json(&case.config)?;
+            let steps = case
+                .num_inference_steps
+                .ok_or_else(|| Error::input("case.json lacks num_inference_steps"))?;
+            let s = schedule(&cfg, steps)?;
+            let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+            c.compare("expected_timesteps", &f(&s.timesteps), &[s.timesteps.len()])?;
+            c.compare("expected_sigmas", &f(&s.sigmas), &[s.sigmas.len()])?;
+            c.compare(
+                "expected_init_noise_sigma",
+                &[s.init_noise_sigma as f32],
+                &[1],
+            )?;
+        }
+        "phase_exchange" => {
+            c.check("expected", phase_exchange(input("lq")?, input("unet")?)?)
+                .await?;
+        }
+        "attention" => {
+            let (q, k, v) = (input("q")?, input("k")?, input("v")?);
+            let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
+            if qd[0] != kd[0] || qd[1] != kd[1] || qd[3] != kd[3] || kd[..3] != vd[..3] {
+                return Err(Error::input(format!(
+                    "attention shapes q {qd:?}, k {kd:?}, v {vd:?} do not fit"
+                )));
+            }
+            c.check("expected", attention(q, k, v, false)).await?;
+        }
+        other => {
+            return Err(Error::input(format!(
+                "unknown kind `{other}` (known: {})",
+                KINDS.join(", ")
+            )));
+        }
+    }
+    if c.errors.is_empty() {
+        return Err(Error::input("the case has no expected tensors"));
+    }
+    let worst = c.errors.iter().map(|e| e.1).fold(0.0, f64::max);
+    Ok(CaseOutcome {
+        kind: case.kind,
+        errors: c.errors,
+        worst,
+        tolerance: case.tolerance.max_rel_l2,
+    })
+}

@@ -1,0 +1,356 @@
+//! diffusers `AutoencoderKL` (`autoencoder_kl.py`, `vae.py`): the encoder (latent mean), the
+//! decoder, and FaithDiff's `denoise_encoder` (the encoder without its output head).
+
+use burn::tensor::Tensor;
+use serde::Deserialize;
+
+use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use crate::attention::{DIFFUSERS, MultiHeadAttention};
+use crate::error::{Error, Result};
+use crate::nn::{Conv2d, GroupNorm, from_tokens, silu, to_tokens};
+use crate::weights::VarBuilder;
+
+fn d3() -> usize {
+    3
+}
+fn d4() -> usize {
+    4
+}
+fn d_groups() -> usize {
+    32
+}
+fn d_layers() -> usize {
+    1
+}
+fn d_scale() -> f64 {
+    0.18215
+}
+fn d_true() -> bool {
+    true
+}
+
+/// The fields of a diffusers `AutoencoderKL` `config.json` this runtime reads.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AutoencoderKLConfig {
+    #[serde(default = "d3")]
+    pub in_channels: usize,
+    #[serde(default = "d3")]
+    pub out_channels: usize,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub block_out_channels: Vec<usize>,
+    #[serde(default = "d_layers")]
+    pub layers_per_block: usize,
+    #[serde(default = "d4")]
+    pub latent_channels: usize,
+    #[serde(default = "d_groups")]
+    pub norm_num_groups: usize,
+    #[serde(default = "d_scale")]
+    pub scaling_factor: f64,
+    #[serde(default)]
+    pub shift_factor: Option<f64>,
+    #[serde(default = "d_true")]
+    pub use_quant_conv: bool,
+    #[serde(default = "d_true")]
+    pub use_post_quant_conv: bool,
+    #[serde(default = "d_true")]
+    pub mid_block_add_attention: bool,
+}
+
+impl AutoencoderKLConfig {
+    /// Parses a `config.json` dict and rejects what this runtime does not implement.
+    pub fn from_json(value: &serde_json::Value) -> Result<Self> {
+        let cfg: Self = crate::config::parse(value, "AutoencoderKL")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks block types and widths.
+    pub fn validate(&self) -> Result<()> {
+        for t in &self.down_block_types {
+            if t != "DownEncoderBlock2D" {
+                return Err(Error::config(format!(
+                    "unsupported VAE down block type `{t}` (supported: DownEncoderBlock2D)"
+                )));
+            }
+        }
+        for t in &self.up_block_types {
+            if t != "UpDecoderBlock2D" {
+                return Err(Error::config(format!(
+                    "unsupported VAE up block type `{t}` (supported: UpDecoderBlock2D)"
+                )));
+            }
+        }
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err(Error::config(
+                "VAE block types and block_out_channels must have the same, non-zero length",
+            ));
+        }
+        if let Some(c) = self
+            .block_out_channels
+            .iter()
+            .find(|c| *c % self.norm_num_groups != 0)
+        {
+            return Err(Error::config(format!(
+                "VAE width {c} is not divisible by norm_num_groups {}",
+                self.norm_num_groups
+            )));
+        }
+        Ok(())
+    }
+
+    /// Spatial downsampling factor (8 for SD VAEs).
+    pub fn downscale(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// `UNetMidBlock2D` of the VAE: resnet, single-head attention over pixels, resnet.
+#[derive(Clone, Debug)]
+pub struct VaeMidBlock {
+    resnets: [ResnetBlock2D; 2],
+    attention: Option<(GroupNorm, MultiHeadAttention)>,
+}
+
+impl VaeMidBlock {
+    fn new(vb: &VarBuilder, c: usize, groups: usize, add_attention: bool) -> Self {
+        let resnet =
+            |j: usize| ResnetBlock2D::new(&vb.pp("resnets").pp(j), c, c, None, groups, 1e-6);
+        let attention = add_attention.then(|| {
+            let a = vb.pp("attentions.0");
+            (
+                GroupNorm::new(&a.pp("group_norm"), groups, c, 1e-6),
+                MultiHeadAttention::new(&a, &DIFFUSERS, c, c, c, 1, true),
+            )
+        });
+        Self {
+            resnets: [resnet(0), resnet(1)],
+            attention,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self.resnets[0].forward(x, None);
+        if let Some((norm, attn)) = &self.attention {
+            let [_, _, h, w] = x.dims();
+            let t = attn.forward(to_tokens(norm.forward(x.clone())), None, false);
+            x = from_tokens(t, h, w) + x;
+        }
+        self.resnets[1].forward(x, None)
+    }
+}
+
+/// The VAE encoder. With `head = false` it is FaithDiff's `denoise_encoder`.
+#[derive(Clone, Debug)]
+pub struct Encoder {
+    conv_in: Conv2d,
+    down: Vec<(Vec<ResnetBlock2D>, Option<Downsample2D>)>,
+    mid: VaeMidBlock,
+    head: Option<(GroupNorm, Conv2d)>,
+}
+
+impl Encoder {
+    /// Keys `conv_in`, `down_blocks.*`, `mid_block.*` and, with `head`, `conv_norm_out`,
+    /// `conv_out` (to 2 × latent channels).
+    pub fn new(vb: &VarBuilder, cfg: &AutoencoderKLConfig, head: bool) -> Self {
+        let ch = &cfg.block_out_channels;
+        let g = cfg.norm_num_groups;
+        let n = ch.len();
+        let mut prev = ch[0];
+        let down = (0..n)
+            .map(|i| {
+                let b = vb.pp("down_blocks").pp(i);
+                let resnets = (0..cfg.layers_per_block)
+                    .map(|j| {
+                        let cin = if j == 0 { prev } else { ch[i] };
+                        ResnetBlock2D::new(&b.pp("resnets").pp(j), cin, ch[i], None, g, 1e-6)
+                    })
+                    .collect();
+                prev = ch[i];
+                let ds =
+                    (i + 1 < n).then(|| Downsample2D::new(&b.pp("downsamplers.0"), ch[i], true));
+                (resnets, ds)
+            })
+            .collect();
+        let c = ch[n - 1];
+        Self {
+            conv_in: Conv2d::new(&vb.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1),
+            down,
+            mid: VaeMidBlock::new(&vb.pp("mid_block"), c, g, cfg.mid_block_add_attention),
+            head: head.then(|| {
+                (
+                    GroupNorm::new(&vb.pp("conv_norm_out"), g, c, 1e-6),
+                    Conv2d::new(&vb.pp("conv_out"), c, 2 * cfg.latent_channels, 3, 1, 1),
+                )
+            }),
+        }
+    }
+
+    /// `[B, 3, H, W]` in [-1, 1] → moments `[B, 2L, H/8, W/8]` (or features without head).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut x = self.conv_in.forward(x);
+        for (resnets, ds) in &self.down {
+            for r in resnets {
+                x = r.forward(x, None);
+            }
+            if let Some(ds) = ds {
+                x = ds.forward(x);
+            }
+        }
+        x = self.mid.forward(x);
+        match &self.head {
+            Some((norm, conv)) => conv.forward(silu(norm.forward(x))),
+            None => x,
+        }
+    }
+}
+
+/// The VAE decoder.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    conv_in: Conv2d,
+    mid: VaeMidBlock,
+    up: Vec<(Vec<ResnetBlock2D>, Option<Upsample2D>)>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    /// Keys `conv_in`, `mid_block.*`, `up_blocks.*`, `conv_norm_out`, `conv_out`.
+    pub fn new(vb: &VarBuilder, cfg: &AutoencoderKLConfig) -> Self {
+        let rev: Vec<usize> = cfg.block_out_channels.iter().rev().copied().collect();
+        let g = cfg.norm_num_groups;
+        let n = rev.len();
+        let mut prev = rev[0];
+        let up = (0..n)
+            .map(|i| {
+                let b = vb.pp("up_blocks").pp(i);
+                let resnets = (0..cfg.layers_per_block + 1)
+                    .map(|j| {
+                        let cin = if j == 0 { prev } else { rev[i] };
+                        ResnetBlock2D::new(&b.pp("resnets").pp(j), cin, rev[i], None, g, 1e-6)
+                    })
+                    .collect();
+                prev = rev[i];
+                (
+                    resnets,
+                    (i + 1 < n).then(|| Upsample2D::new(&b.pp("upsamplers.0"), rev[i])),
+                )
+            })
+            .collect();
+        let c0 = cfg.block_out_channels[0];
+        Self {
+            conv_in: Conv2d::new(&vb.pp("conv_in"), cfg.latent_channels, rev[0], 3, 1, 1),
+            mid: VaeMidBlock::new(&vb.pp("mid_block"), rev[0], g, cfg.mid_block_add_attention),
+            up,
+            conv_norm_out: GroupNorm::new(&vb.pp("conv_norm_out"), g, c0, 1e-6),
+            conv_out: Conv2d::new(&vb.pp("conv_out"), c0, cfg.out_channels, 3, 1, 1),
+        }
+    }
+
+    /// Latents `[B, L, h, w]` (after `post_quant_conv`) → image `[B, 3, 8h, 8w]`.
+    pub fn forward(&self, z: Tensor<4>) -> Tensor<4> {
+        let mut x = self.mid.forward(self.conv_in.forward(z));
+        for (resnets, us) in &self.up {
+            for r in resnets {
+                x = r.forward(x, None);
+            }
+            if let Some(us) = us {
+                x = us.forward(x, None);
+            }
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}
+
+/// `AutoencoderKL`: encoder + `quant_conv`, `post_quant_conv` + decoder.
+#[derive(Clone, Debug)]
+pub struct AutoencoderKL {
+    encoder: Encoder,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    decoder: Decoder,
+    latent_channels: usize,
+    /// The config's `scaling_factor` (0.13025 for sdxl-vae-fp16-fix).
+    pub scaling_factor: f64,
+}
+
+impl AutoencoderKL {
+    /// Keys as diffusers names them (`encoder.*`, `quant_conv`, `post_quant_conv`, `decoder.*`).
+    pub fn new(vb: &VarBuilder, cfg: &AutoencoderKLConfig) -> Result<Self> {
+        cfg.validate()?;
+        let l2 = 2 * cfg.latent_channels;
+        let l = cfg.latent_channels;
+        Ok(Self {
+            encoder: Encoder::new(&vb.pp("encoder"), cfg, true),
+            quant_conv: cfg
+                .use_quant_conv
+                .then(|| Conv2d::new(&vb.pp("quant_conv"), l2, l2, 1, 1, 0)),
+            post_quant_conv: cfg
+                .use_post_quant_conv
+                .then(|| Conv2d::new(&vb.pp("post_quant_conv"), l, l, 1, 1, 0)),
+            decoder: Decoder::new(&vb.pp("decoder"), cfg),
+            latent_channels: l,
+            scaling_factor: cfg.scaling_factor,
+        })
+    }
+
+    /// The posterior's moments `[B, 2L, h, w]` (mean ‖ log-variance).
+    pub fn encode_moments(&self, image: Tensor<4>) -> Tensor<4> {
+        let m = self.encoder.forward(image);
+        match &self.quant_conv {
+            Some(q) => q.forward(m),
+            None => m,
+        }
+    }
+
+    /// `latent_dist.mean` (unscaled).
+    pub fn encode_mean(&self, image: Tensor<4>) -> Tensor<4> {
+        let m = self.encode_moments(image);
+        let [b, _, h, w] = m.dims();
+        m.slice([0..b, 0..self.latent_channels, 0..h, 0..w])
+    }
+
+    /// A posterior sample `mean + std·ε` with `ε` `[B, L, h, w]` given (diffusers clamps the
+    /// log-variance to [-30, 20]).
+    pub fn encode_sample(&self, image: Tensor<4>, eps: Tensor<4>) -> Tensor<4> {
+        let m = self.encode_moments(image);
+        let [b, c2, h, w] = m.dims();
+        let l = c2 / 2;
+        let mean = m.clone().slice([0..b, 0..l, 0..h, 0..w]);
+        let logvar = m.slice([0..b, l..c2, 0..h, 0..w]).clamp(-30.0, 20.0);
+        mean + (logvar * 0.5).exp() * eps
+    }
+
+    /// Unscaled latents → image in (roughly) [-1, 1].
+    pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+        let z = match &self.post_quant_conv {
+            Some(p) => p.forward(z),
+            None => z,
+        };
+        self.decoder.forward(z)
+    }
+}
+
+/// FaithDiff's `denoise_encoder`: the VAE encoder without `conv_norm_out`/`conv_out`, keys
+/// prefixed `denoise_encoder.` in `FaithDiff.bin`.
+#[derive(Clone, Debug)]
+pub struct DenoiseEncoder {
+    encoder: Encoder,
+}
+
+impl DenoiseEncoder {
+    /// `vb` is positioned at `denoise_encoder`.
+    pub fn new(vb: &VarBuilder, cfg: &AutoencoderKLConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Self {
+            encoder: Encoder::new(vb, cfg, false),
+        })
+    }
+
+    /// `[B, 3, H, W]` in [-1, 1] → LQ features `[B, C, H/8, W/8]`.
+    pub fn forward(&self, image: Tensor<4>) -> Tensor<4> {
+        self.encoder.forward(image)
+    }
+}

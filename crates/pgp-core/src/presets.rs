@@ -1,0 +1,109 @@
+//! The architectures users run, as the config dicts their checkpoints ship with: SDXL's UNet
+//! (RealVisXL_V4.0 / FaithDiff), the two PGP-DiffSR pruning stages, SDXL's VAE and FaithDiff's
+//! extras. Pruned presets differ from SDXL only in transformer depths (pgp-model.md §1).
+
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::models::faithdiff::FaithDiffConfig;
+use crate::models::peam::PeamConfig;
+use crate::models::unet_2d::UNet2DConditionConfig;
+use crate::models::vae::AutoencoderKLConfig;
+
+/// The SDXL UNet `config.json` (RealVisXL_V4.0, stable-diffusion-xl-base-1.0).
+pub fn sdxl_unet_json() -> Value {
+    json!({
+        "in_channels": 4, "out_channels": 4, "sample_size": 128,
+        "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+        "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+        "block_out_channels": [320, 640, 1280], "layers_per_block": 2,
+        "transformer_layers_per_block": [1, 2, 10], "attention_head_dim": [5, 10, 20],
+        "cross_attention_dim": 2048, "addition_embed_type": "text_time",
+        "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 2816,
+        "use_linear_projection": true, "norm_num_groups": 32, "norm_eps": 1e-5,
+        "flip_sin_to_cos": true, "freq_shift": 0
+    })
+}
+
+/// The SDXL VAE `config.json` (sdxl-vae-fp16-fix).
+pub fn sdxl_vae_json() -> Value {
+    json!({
+        "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+        "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 0.13025
+    })
+}
+
+/// An architecture preset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// FaithDiff: the full SDXL UNet ("w/o PPA").
+    FaithDiff,
+    /// PGP-DiffSR after the coarse pruning stage ("w/ Coarse").
+    PgpCoarse,
+    /// PGP-DiffSR after the fine stage, with PEAM ("Ours").
+    Pgp,
+}
+
+impl Arch {
+    /// Every preset, in the paper's order.
+    pub const ALL: [Arch; 3] = [Arch::FaithDiff, Arch::PgpCoarse, Arch::Pgp];
+
+    /// Parses `faithdiff`, `pgp-coarse` or `pgp`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "faithdiff" => Ok(Self::FaithDiff),
+            "pgp-coarse" => Ok(Self::PgpCoarse),
+            "pgp" => Ok(Self::Pgp),
+            other => Err(Error::config(format!(
+                "unknown architecture `{other}` (known: faithdiff, pgp-coarse, pgp)"
+            ))),
+        }
+    }
+
+    /// The preset's command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::FaithDiff => "faithdiff",
+            Self::PgpCoarse => "pgp-coarse",
+            Self::Pgp => "pgp",
+        }
+    }
+
+    /// The UNet config dict.
+    pub fn unet_json(self) -> Value {
+        let mut cfg = sdxl_unet_json();
+        let up_l2 = match self {
+            Self::FaithDiff => return cfg,
+            Self::PgpCoarse => 10,
+            Self::Pgp => 4,
+        };
+        cfg["transformer_layers_per_block"] = json!([1, 1, 1]);
+        cfg["mid_transformer_layers_per_block"] = json!(1);
+        cfg["reverse_transformer_layers_per_block"] =
+            json!([[up_l2, up_l2, up_l2], [2, 2, 2], [1, 1, 1]]);
+        cfg
+    }
+
+    /// The parsed UNet config.
+    pub fn unet_config(self) -> UNet2DConditionConfig {
+        UNet2DConditionConfig::from_json(&self.unet_json()).expect("presets are valid")
+    }
+
+    /// FaithDiff's extras (the real model: 512 LQ channels, 8 heads, 2 blocks, 32 groups).
+    pub fn faithdiff_config(self) -> FaithDiffConfig {
+        FaithDiffConfig::default()
+    }
+
+    /// The PEAM placed in the UNet, if any.
+    pub fn peam_config(self) -> Option<PeamConfig> {
+        (self == Self::Pgp).then(PeamConfig::default)
+    }
+}
+
+/// The SDXL VAE config (the `denoise_encoder` shares its encoder layout).
+pub fn sdxl_vae_config() -> AutoencoderKLConfig {
+    AutoencoderKLConfig::from_json(&sdxl_vae_json()).expect("preset is valid")
+}

@@ -1,0 +1,3 @@
+//! Noise schedulers as plain functions over their diffusers configs.
+
+pub mod euler;

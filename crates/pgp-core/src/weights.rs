@@ -1,0 +1,422 @@
+//! Weights: safetensors files parsed from bytes, and a [`VarBuilder`] that hands modules their
+//! tensors by the same dotted paths diffusers and transformers use.
+//!
+//! Loading is two passes. The first builds the module in *shape-only* mode: every tensor the
+//! module asks for is recorded with its expected shape and answered with a 1-element
+//! placeholder. The record is then compared with the file's header, so a file with missing,
+//! unexpected or mis-shaped tensors is rejected with one error that lists them all before any
+//! real tensor is uploaded. The second pass builds the module for real.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result, WeightsMismatch};
+
+/// Element types a weights file may store floats in; all are computed in f32.
+fn float_bytes(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F32 => Some(4),
+        Dtype::F16 | Dtype::BF16 => Some(2),
+        Dtype::F64 => Some(8),
+        _ => None,
+    }
+}
+
+/// A safetensors file held in memory, with its header parsed and checked.
+pub struct WeightFile {
+    name: String,
+    bytes: Vec<u8>,
+    data_start: usize,
+    entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: usize,
+    end: usize,
+}
+
+impl WeightFile {
+    /// Parses a safetensors file; `name` (usually its path) is used in every error.
+    pub fn from_bytes(name: impl Into<String>, bytes: Vec<u8>) -> Result<Self> {
+        let name = name.into();
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&bytes).map_err(|e| Error::BadSafetensors {
+                source_name: name.clone(),
+                reason: format!("{e:?}"),
+            })?;
+        let entries = metadata
+            .tensors()
+            .into_iter()
+            .map(|(k, info)| {
+                let entry = Entry {
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    start: info.data_offsets.0,
+                    end: info.data_offsets.1,
+                };
+                (k, entry)
+            })
+            .collect();
+        Ok(Self {
+            name,
+            bytes,
+            data_start: 8 + header_len,
+            entries,
+        })
+    }
+
+    /// The name given at parse time.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Every tensor name in the file, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Shape of one tensor, if present.
+    pub fn shape(&self, key: &str) -> Option<&[usize]> {
+        self.entries.get(key).map(|e| e.shape.as_slice())
+    }
+
+    /// One float tensor converted to f32 on the host.
+    pub fn f32_data(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let e = self
+            .entries
+            .get(key)
+            .ok_or_else(|| Error::input(format!("{}: no tensor named `{key}`", self.name)))?;
+        let raw = &self.bytes[self.data_start + e.start..self.data_start + e.end];
+        let values: Vec<f32> = match e.dtype {
+            Dtype::F32 => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => raw
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => raw
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::F64 => raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::I32 => raw
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f32)
+                .collect(),
+            other => {
+                return Err(Error::input(format!(
+                    "{}: tensor `{key}` has unsupported dtype {other:?}",
+                    self.name
+                )));
+            }
+        };
+        Ok((values, e.shape.clone()))
+    }
+
+    /// One integer tensor (i64, i32, u8, ...) as i64 on the host.
+    pub fn i64_data(&self, key: &str) -> Result<(Vec<i64>, Vec<usize>)> {
+        let e = self
+            .entries
+            .get(key)
+            .ok_or_else(|| Error::input(format!("{}: no tensor named `{key}`", self.name)))?;
+        let raw = &self.bytes[self.data_start + e.start..self.data_start + e.end];
+        let values: Vec<i64> = match e.dtype {
+            Dtype::I64 => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect(),
+            Dtype::I32 => raw
+                .chunks_exact(4)
+                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as i64)
+                .collect(),
+            Dtype::U8 => raw.iter().map(|&b| b as i64).collect(),
+            other => {
+                return Err(Error::input(format!(
+                    "{}: tensor `{key}` is {other:?}, expected integers",
+                    self.name
+                )));
+            }
+        };
+        Ok((values, e.shape.clone()))
+    }
+
+    /// One float tensor uploaded to `device` as f32 with rank `D`.
+    pub fn tensor<const D: usize>(&self, key: &str, device: &Device) -> Result<Tensor<D>> {
+        let (values, shape) = self.f32_data(key)?;
+        if shape.len() != D {
+            return Err(Error::input(format!(
+                "{}: tensor `{key}` has shape {shape:?}, expected rank {D}",
+                self.name
+            )));
+        }
+        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+    }
+}
+
+/// What the shape-only pass recorded: every key a module asked for, with its expected shape.
+#[derive(Default)]
+struct Record {
+    wanted: BTreeMap<String, Vec<usize>>,
+}
+
+enum Mode<'a> {
+    /// Record keys and shapes; answer with placeholders.
+    Shapes,
+    /// Read the tensors from this file.
+    Load(&'a WeightFile),
+}
+
+/// Hands out a module's tensors by dotted path (`down_blocks.1.attentions.0.proj_in.weight`).
+#[derive(Clone)]
+pub struct VarBuilder<'a> {
+    mode: Rc<Mode<'a>>,
+    record: Rc<RefCell<Record>>,
+    prefix: String,
+    device: Device,
+}
+
+impl<'a> VarBuilder<'a> {
+    fn new(mode: Mode<'a>, device: &Device) -> Self {
+        Self {
+            mode: Rc::new(mode),
+            record: Rc::default(),
+            prefix: String::new(),
+            device: device.clone(),
+        }
+    }
+
+    /// A builder that records expected keys and shapes, returning placeholders.
+    pub fn shapes_only(device: &Device) -> Self {
+        Self::new(Mode::Shapes, device)
+    }
+
+    /// The device tensors are created on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A builder for the sub-module `name` (`vb.pp("down_blocks").pp(1)`).
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let mut child = self.clone();
+        child.prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        };
+        child
+    }
+
+    fn path(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.prefix, name)
+        }
+    }
+
+    /// The tensor `name` under this prefix, of the given shape.
+    pub fn get<const D: usize>(&self, name: &str, shape: [usize; D]) -> Tensor<D> {
+        let path = self.path(name);
+        self.record
+            .borrow_mut()
+            .wanted
+            .insert(path.clone(), shape.to_vec());
+        match &*self.mode {
+            Mode::Shapes => Tensor::zeros([1; D], &self.device),
+            Mode::Load(file) => file
+                .tensor::<D>(&path, &self.device)
+                .expect("checked by the shape pass"),
+        }
+    }
+
+    /// Rows `rows` of the 2-D tensor `name` of shape `shape` (e.g. V of a stacked q‖k‖v).
+    pub fn get_rows(
+        &self,
+        name: &str,
+        shape: [usize; 2],
+        rows: std::ops::Range<usize>,
+    ) -> Tensor<2> {
+        let full = self.get(name, shape);
+        match &*self.mode {
+            Mode::Shapes => full,
+            Mode::Load(_) => full.slice([rows, 0..shape[1]]),
+        }
+    }
+
+    /// Rows `rows` of the 1-D tensor `name` of length `len`.
+    pub fn get_range(&self, name: &str, len: usize, rows: std::ops::Range<usize>) -> Tensor<1> {
+        let full = self.get(name, [len]);
+        match &*self.mode {
+            Mode::Shapes => full,
+            Mode::Load(_) => full.slice([rows]),
+        }
+    }
+
+    /// Every key requested so far, with its expected shape.
+    pub fn wanted(&self) -> BTreeMap<String, Vec<usize>> {
+        self.record.borrow().wanted.clone()
+    }
+}
+
+/// Keys that checkpoints carry but no module reads (buffers saved by older library versions).
+fn ignorable(key: &str) -> bool {
+    key.ends_with("position_ids")
+}
+
+/// Compares what a module wants with what a file has.
+pub fn compare(wanted: &BTreeMap<String, Vec<usize>>, file: &WeightFile) -> WeightsMismatch {
+    let mut m = WeightsMismatch {
+        source_name: file.name().to_string(),
+        ..Default::default()
+    };
+    for (key, shape) in wanted {
+        match file.entries.get(key) {
+            None => m.missing.push(format!("{key} {shape:?}")),
+            Some(e) if e.shape != *shape => {
+                m.mismatched
+                    .push((key.clone(), format!("{shape:?}"), format!("{:?}", e.shape)))
+            }
+            Some(e) if float_bytes(e.dtype).is_none() => m.mismatched.push((
+                key.clone(),
+                "a float dtype".into(),
+                format!("{:?}", e.dtype),
+            )),
+            Some(_) => {}
+        }
+    }
+    let wanted_keys: BTreeSet<&String> = wanted.keys().collect();
+    m.unexpected = file
+        .entries
+        .keys()
+        .filter(|k| !wanted_keys.contains(k) && !ignorable(k))
+        .cloned()
+        .collect();
+    m
+}
+
+/// Builds a module from a file in two passes: check every key and shape, then load.
+pub fn load_checked<M>(
+    file: &WeightFile,
+    device: &Device,
+    build: impl Fn(VarBuilder<'_>) -> Result<M>,
+) -> Result<M> {
+    let shapes = VarBuilder::shapes_only(device);
+    build(shapes.clone())?;
+    let mismatch = compare(&shapes.wanted(), file);
+    if !mismatch.is_empty() {
+        return Err(Error::Weights(mismatch));
+    }
+    build(VarBuilder::new(Mode::Load(file), device))
+}
+
+/// Number of parameters a module built by `build` has, counted from the shapes it asks for.
+pub fn count_params<M>(
+    device: &Device,
+    build: impl Fn(VarBuilder<'_>) -> Result<M>,
+) -> Result<u64> {
+    let shapes = VarBuilder::shapes_only(device);
+    build(shapes.clone())?;
+    Ok(shapes
+        .wanted()
+        .values()
+        .map(|s| s.iter().product::<usize>() as u64)
+        .sum())
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+
+    fn file(tensors: &[(&str, Vec<usize>)]) -> WeightFile {
+        let data: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.to_string(),
+                    s.clone(),
+                    vec![0u8; 4 * s.iter().product::<usize>()],
+                )
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = data
+            .iter()
+            .map(|(k, s, b)| {
+                (
+                    k.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        let bytes = safetensors::serialize(views, None).unwrap();
+        WeightFile::from_bytes("test.safetensors", bytes).unwrap()
+    }
+
+    fn build(vb: VarBuilder<'_>) -> Result<(Tensor<2>, Tensor<1>)> {
+        let l = vb.pp("layer");
+        Ok((l.get("weight", [3, 2]), l.get("bias", [3])))
+    }
+
+    #[test]
+    fn a_matching_file_loads() {
+        let f = file(&[
+            ("layer.weight", vec![3, 2]),
+            ("layer.bias", vec![3]),
+            ("x.position_ids", vec![1]),
+        ]);
+        let (w, b) = load_checked(&f, &Device::flex(), build).unwrap();
+        assert_eq!(w.dims(), [3, 2]);
+        assert_eq!(b.dims(), [3]);
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let f = file(&[("layer.weight", vec![2, 3]), ("extra", vec![1])]);
+        let Err(Error::Weights(m)) = load_checked(&f, &Device::flex(), build) else {
+            panic!("expected a weights error");
+        };
+        assert_eq!(m.missing, vec!["layer.bias [3]".to_string()]);
+        assert_eq!(m.unexpected, vec!["extra".to_string()]);
+        assert_eq!(
+            m.mismatched,
+            vec![("layer.weight".into(), "[3, 2]".into(), "[2, 3]".into())]
+        );
+        let text = Error::Weights(m).to_string();
+        assert!(text.starts_with("test.safetensors: weights do not match"));
+    }
+
+    #[test]
+    fn truncated_bytes_are_rejected_with_the_name() {
+        let f = file(&[("a", vec![4])]);
+        let mut bytes = f.bytes.clone();
+        bytes.truncate(bytes.len() - 3);
+        let err = WeightFile::from_bytes("m.safetensors", bytes)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .starts_with("m.safetensors: not a valid safetensors file")
+        );
+        assert!(WeightFile::from_bytes("z", b"not a file".to_vec()).is_err());
+    }
+
+    #[test]
+    fn counting_uses_the_requested_shapes() {
+        assert_eq!(count_params(&Device::flex(), build).unwrap(), 9);
+    }
+}

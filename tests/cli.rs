@@ -1,0 +1,265 @@
+//! End-to-end tests of the `pgp-wgpu` binary: conformance on both devices, bad input, info.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_pgp-wgpu"));
+    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
+    c
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn cases() -> PathBuf {
+    root().join("tests/conformance")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A scratch folder under the target dir, fresh per test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn copy_case(name: &str, to: &Path) -> PathBuf {
+    let dst = to.join(name);
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in std::fs::read_dir(cases().join(name)).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, dst.join(f.file_name().unwrap())).unwrap();
+    }
+    dst
+}
+
+fn check_all_pass(device: &str) {
+    let out = bin()
+        .args(["conformance", "--device", device])
+        .arg(cases())
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "conformance on {device} failed:\n{t}");
+    let lines: Vec<&str> = t.lines().filter(|l| l.contains("PASS")).collect();
+    let expected = std::fs::read_dir(cases()).unwrap().count();
+    assert_eq!(lines.len(), expected, "one PASS line per case:\n{t}");
+    for kind in pgp_core_kinds() {
+        assert!(t.contains(kind), "no case of kind {kind} ran:\n{t}");
+    }
+}
+
+fn pgp_core_kinds() -> &'static [&'static str] {
+    &[
+        "unet",
+        "faithdiff_unet",
+        "vae_encode",
+        "vae_decode",
+        "denoise_encoder",
+        "clip_text",
+        "clip_text_with_projection",
+        "euler_schedule",
+        "phase_exchange",
+        "attention",
+    ]
+}
+
+#[test]
+fn conformance_passes_on_wgpu() {
+    check_all_pass("wgpu");
+}
+
+#[test]
+fn conformance_passes_on_cpu() {
+    check_all_pass("cpu");
+}
+
+#[test]
+fn conformance_fails_a_perturbed_reference() {
+    // The runner must be able to fail: scale one expected output and it must say FAIL.
+    let dir = scratch("perturbed");
+    let case = copy_case("phase_exchange_16", &dir);
+    let path = case.join("tensors.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> = HashMap::new();
+    for (name, view) in st.tensors() {
+        let mut data = view.data().to_vec();
+        if name == "expected" {
+            for c in data.chunks_exact_mut(4) {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * 1.001;
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        owned.insert(name, (view.dtype(), view.shape().to_vec(), data));
+    }
+    write_safetensors(&path, &owned);
+    let out = bin()
+        .args(["conformance", "--device", "cpu"])
+        .arg(&case)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAIL") && t.contains("1.000e-3"), "{t}");
+}
+
+fn write_safetensors(
+    path: &Path,
+    tensors: &HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)>,
+) {
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, (d, s, b))| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+#[test]
+fn mismatched_weights_are_listed_in_one_error() {
+    let dir = scratch("mismatch");
+    let case = copy_case("vae_tiny_encode", &dir);
+    let path = case.join("weights.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: HashMap<String, (safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(k, v)| (k, (v.dtype(), v.shape().to_vec(), v.data().to_vec())))
+        .collect();
+    owned.remove("encoder.conv_in.bias").unwrap();
+    owned.insert(
+        "encoder.not_a_layer.weight".into(),
+        (safetensors::Dtype::F32, vec![2], vec![0; 8]),
+    );
+    let w = owned.get_mut("decoder.conv_out.bias").unwrap();
+    w.1 = vec![4];
+    w.2 = vec![0; 16];
+    write_safetensors(&path, &owned);
+    let out = bin()
+        .args(["conformance", "--device", "cpu"])
+        .arg(&case)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAIL"), "{t}");
+    assert!(t.contains("1 missing, 1 unexpected, 1 mis-shaped"), "{t}");
+    assert!(t.contains("encoder.conv_in.bias"), "{t}");
+    assert!(t.contains("encoder.not_a_layer.weight"), "{t}");
+    assert!(t.contains("decoder.conv_out.bias: [3] vs [4]"), "{t}");
+    assert!(!t.contains("panicked"), "{t}");
+}
+
+#[test]
+fn truncated_and_foreign_files_are_rejected_by_path() {
+    let dir = scratch("truncated");
+    let case = copy_case("unet_sdxl_tiny", &dir);
+    let path = case.join("weights.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let foreign = copy_case("attention_256", &dir);
+    std::fs::write(
+        foreign.join("tensors.safetensors"),
+        b"PK\x03\x04 this is a zip",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["conformance", "--device", "cpu"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("unet_sdxl_tiny/weights.safetensors: not a valid safetensors file"),
+        "{t}"
+    );
+    assert!(
+        t.contains("attention_256/tensors.safetensors: not a valid safetensors file"),
+        "{t}"
+    );
+    assert_eq!(t.matches("FAIL").count(), 2, "{t}");
+}
+
+#[test]
+fn unknown_kinds_and_unsupported_blocks_are_named() {
+    let dir = scratch("unsupported");
+    let case = copy_case("unet_pruned_tiny", &dir);
+    let json = std::fs::read_to_string(case.join("case.json")).unwrap();
+    let json = json.replacen(
+        "\"CrossAttnDownBlock2D\"",
+        "\"SimpleCrossAttnDownBlock2D\"",
+        1,
+    );
+    std::fs::write(case.join("case.json"), json).unwrap();
+    let odd = copy_case("attention_256", &dir);
+    let json = std::fs::read_to_string(odd.join("case.json")).unwrap();
+    std::fs::write(
+        odd.join("case.json"),
+        json.replace("\"attention\"", "\"teleport\""),
+    )
+    .unwrap();
+    let broken = dir.join("zz_broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("case.json"), "{ not json").unwrap();
+    let out = bin()
+        .args(["conformance", "--device", "cpu"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("unsupported UNet down block type `SimpleCrossAttnDownBlock2D`"),
+        "{t}"
+    );
+    assert!(t.contains("unknown kind `teleport`"), "{t}");
+    assert!(t.contains("zz_broken"), "{t}");
+    assert_eq!(t.matches("FAIL").count(), 3, "{t}");
+}
+
+#[test]
+fn info_gives_the_paper_numbers() {
+    let mut flops = HashMap::new();
+    for (arch, unet, peam) in [
+        ("faithdiff", 2_567_463_684u64, 0u64),
+        ("pgp-coarse", 1_609_045_764, 0),
+        ("pgp", 983_440_644, 1_107_264),
+    ] {
+        let out = bin()
+            .args(["info", "--arch", arch, "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["unet_params"].as_u64(), Some(unet), "{arch}");
+        assert_eq!(v["peam_params"].as_u64(), Some(peam), "{arch}");
+        assert_eq!(v["extras_params"].as_u64(), Some(44_734_208), "{arch}");
+        flops.insert(arch, v["flops_1024"].as_u64().unwrap() as f64);
+    }
+    let coarse = flops["pgp-coarse"] / flops["faithdiff"];
+    let fine = flops["pgp"] / flops["faithdiff"];
+    assert!((coarse - 0.702).abs() < 0.001, "{coarse}");
+    assert!((fine - 0.523).abs() < 0.001, "{fine}");
+    assert!((flops["faithdiff"] / 1e9 - 6761.2).abs() < 0.1);
+    let out = bin().args(["info", "--arch", "sd15"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(text(&out).contains("unknown architecture `sd15`"));
+}
