@@ -112,7 +112,10 @@ fn conformance_fails_a_perturbed_reference() {
         .unwrap();
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    let line = t.lines().find(|l| l.starts_with("phase_exchange_16")).expect("a line per case");
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("phase_exchange_16"))
+        .expect("a line per case");
     assert!(line.contains("FAIL"), "{t}");
     // 1 − 1/1.001 ≈ 9.99e-4, plus the kernel's own error (~1e-7).
     let err: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();

@@ -175,9 +175,9 @@ pub async fn run_case(files: &CaseFiles, device: &Device) -> Result<CaseOutcome>
             let cfg = AutoencoderKLConfig::from_json(&case.config)?;
             let m = load_checked(weights(files)?, device, |vb| AutoencoderKL::new(&vb, &cfg))?;
             let out = if case.kind == "vae_encode" {
-                m.encode_mean(input("image")?)
+                m.encode_mean(input("image")?)?
             } else {
-                m.decode(input("latents")?)
+                m.decode(input("latents")?)?
             };
             c.check("expected", out).await?;
         }
@@ -186,7 +186,7 @@ pub async fn run_case(files: &CaseFiles, device: &Device) -> Result<CaseOutcome>
             let m = load_checked(weights(files)?, device, |vb| {
                 DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg)
             })?;
-            c.check("expected", m.forward(input("image")?)).await?;
+            c.check("expected", m.forward(input("image")?)?).await?;
         }
         "clip_text" | "clip_text_with_projection" => {
             let cfg = ClipTextConfig::from_json(&case.config)?;

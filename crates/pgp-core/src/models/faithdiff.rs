@@ -151,6 +151,7 @@ impl AlignmentBlock {
 /// FaithDiff's fusion after `conv_in`: `s + spatial_ch_projs(align(cat(s, cond(lq))))`.
 #[derive(Clone, Debug)]
 pub struct FaithDiffFusion {
+    lq_channels: usize,
     condition_embedding: ConditionEmbedding,
     align: Vec<AlignmentBlock>,
     spatial_ch_projs: Linear,
@@ -173,6 +174,7 @@ impl FaithDiffFusion {
             )));
         }
         Ok(Self {
+            lq_channels: cfg.lq_channels,
             condition_embedding: ConditionEmbedding::new(
                 &vb.pp("condition_embedding"),
                 cfg.lq_channels,
@@ -195,11 +197,12 @@ impl FaithDiffFusion {
     /// `s` = `conv_in` output `[B, c0, h, w]`, `lq` = LQ features `[B, lq, h, w]`.
     pub fn forward(&self, s: Tensor<4>, lq: Tensor<4>) -> Result<Tensor<4>> {
         let [b, _, h, w] = s.dims();
-        let [lb, _, lh, lw] = lq.dims();
-        if [lb, lh, lw] != [b, h, w] {
+        let [lb, lc, lh, lw] = lq.dims();
+        if [lb, lc, lh, lw] != [b, self.lq_channels, h, w] {
             return Err(Error::input(format!(
-                "LQ features are {:?}, the latent is {:?}",
+                "LQ features are {:?}; expected [{b}, {}, {h}, {w}] for a latent of {:?}",
                 lq.dims(),
+                self.lq_channels,
                 s.dims()
             )));
         }

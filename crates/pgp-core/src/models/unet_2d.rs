@@ -344,6 +344,9 @@ pub struct UNet2DConditionModel {
     up_blocks: Vec<UpBlock>,
     conv_norm_out: GroupNorm,
     conv_out: Conv2d,
+    in_channels: usize,
+    cross_dims: Vec<usize>,
+    add_input: Option<usize>,
 }
 
 impl UNet2DConditionModel {
@@ -430,6 +433,12 @@ impl UNet2DConditionModel {
             up_blocks,
             conv_norm_out: GroupNorm::new(&vb.pp("conv_norm_out"), groups, c0, eps),
             conv_out: Conv2d::new(&vb.pp("conv_out"), c0, cfg.out_channels, kout, 1, kout / 2),
+            in_channels: cfg.in_channels,
+            cross_dims: l.cross.clone(),
+            add_input: cfg
+                .addition_embed_type
+                .as_ref()
+                .and(cfg.projection_class_embeddings_input_dim),
         })
     }
 
@@ -452,6 +461,16 @@ impl UNet2DConditionModel {
                 "text_embeds / time_ids batch differs from the sample's",
             ));
         }
+        let width = text.dims()[1] + n_ids * proj.dim();
+        if Some(width) != self.add_input {
+            return Err(Error::input(format!(
+                "text_embeds {:?} and time_ids {:?} give {width} add-embedding inputs, the \
+                 config expects {:?}",
+                text.dims(),
+                ids.dims(),
+                self.add_input
+            )));
+        }
         let time = proj.forward(ids.clone().reshape([b * n_ids]));
         let time = time.reshape([b, n_ids * proj.dim()]);
         Ok(t + emb.forward(Tensor::cat(vec![text.clone(), time], 1)))
@@ -470,10 +489,23 @@ impl UNet2DConditionModel {
         cond: &UNetConditioning,
         fuse: impl FnOnce(Tensor<4>) -> Result<Tensor<4>>,
     ) -> Result<Tensor<4>> {
-        let [b, _, _, _] = sample.dims();
-        if cond.timestep.dims()[0] != b || cond.encoder_hidden_states.dims()[0] != b {
+        let [b, c, _, _] = sample.dims();
+        if c != self.in_channels {
+            return Err(Error::input(format!(
+                "sample has {c} channels, the UNet takes {}",
+                self.in_channels
+            )));
+        }
+        let [eb, _, ed] = cond.encoder_hidden_states.dims();
+        if cond.timestep.dims()[0] != b || eb != b {
             return Err(Error::input(format!(
                 "timestep / encoder_hidden_states batch differs from the sample's ({b})"
+            )));
+        }
+        if self.cross_dims.iter().any(|&d| d != ed) {
+            return Err(Error::input(format!(
+                "encoder_hidden_states width is {ed}, the UNet's cross_attention_dim is {:?}",
+                self.cross_dims
             )));
         }
         let temb = self.embed(cond, b)?;

@@ -144,6 +144,7 @@ impl VaeMidBlock {
 /// The VAE encoder. With `head = false` it is FaithDiff's `denoise_encoder`.
 #[derive(Clone, Debug)]
 pub struct Encoder {
+    in_channels: usize,
     conv_in: Conv2d,
     down: Vec<(Vec<ResnetBlock2D>, Option<Downsample2D>)>,
     mid: VaeMidBlock,
@@ -175,6 +176,7 @@ impl Encoder {
             .collect();
         let c = ch[n - 1];
         Self {
+            in_channels: cfg.in_channels,
             conv_in: Conv2d::new(&vb.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1),
             down,
             mid: VaeMidBlock::new(&vb.pp("mid_block"), c, g, cfg.mid_block_add_attention),
@@ -185,6 +187,18 @@ impl Encoder {
                 )
             }),
         }
+    }
+
+    /// Checks an image's channels.
+    pub fn check_input(&self, x: &Tensor<4>) -> Result<()> {
+        let c = x.dims()[1];
+        if c != self.in_channels {
+            return Err(Error::input(format!(
+                "image has {c} channels, the VAE encoder takes {}",
+                self.in_channels
+            )));
+        }
+        Ok(())
     }
 
     /// `[B, 3, H, W]` in [-1, 1] → moments `[B, 2L, H/8, W/8]` (or features without head).
@@ -297,39 +311,54 @@ impl AutoencoderKL {
     }
 
     /// The posterior's moments `[B, 2L, h, w]` (mean ‖ log-variance).
-    pub fn encode_moments(&self, image: Tensor<4>) -> Tensor<4> {
+    pub fn encode_moments(&self, image: Tensor<4>) -> Result<Tensor<4>> {
+        self.encoder.check_input(&image)?;
         let m = self.encoder.forward(image);
-        match &self.quant_conv {
+        Ok(match &self.quant_conv {
             Some(q) => q.forward(m),
             None => m,
-        }
+        })
     }
 
     /// `latent_dist.mean` (unscaled).
-    pub fn encode_mean(&self, image: Tensor<4>) -> Tensor<4> {
-        let m = self.encode_moments(image);
+    pub fn encode_mean(&self, image: Tensor<4>) -> Result<Tensor<4>> {
+        let m = self.encode_moments(image)?;
         let [b, _, h, w] = m.dims();
-        m.slice([0..b, 0..self.latent_channels, 0..h, 0..w])
+        Ok(m.slice([0..b, 0..self.latent_channels, 0..h, 0..w]))
     }
 
     /// A posterior sample `mean + std·ε` with `ε` `[B, L, h, w]` given (diffusers clamps the
     /// log-variance to [-30, 20]).
-    pub fn encode_sample(&self, image: Tensor<4>, eps: Tensor<4>) -> Tensor<4> {
-        let m = self.encode_moments(image);
+    pub fn encode_sample(&self, image: Tensor<4>, eps: Tensor<4>) -> Result<Tensor<4>> {
+        let m = self.encode_moments(image)?;
         let [b, c2, h, w] = m.dims();
         let l = c2 / 2;
+        if eps.dims() != [b, l, h, w] {
+            return Err(Error::input(format!(
+                "posterior noise is {:?}, expected {:?}",
+                eps.dims(),
+                [b, l, h, w]
+            )));
+        }
         let mean = m.clone().slice([0..b, 0..l, 0..h, 0..w]);
         let logvar = m.slice([0..b, l..c2, 0..h, 0..w]).clamp(-30.0, 20.0);
-        mean + (logvar * 0.5).exp() * eps
+        Ok(mean + (logvar * 0.5).exp() * eps)
     }
 
     /// Unscaled latents → image in (roughly) [-1, 1].
-    pub fn decode(&self, z: Tensor<4>) -> Tensor<4> {
+    pub fn decode(&self, z: Tensor<4>) -> Result<Tensor<4>> {
+        let c = z.dims()[1];
+        if c != self.latent_channels {
+            return Err(Error::input(format!(
+                "latents have {c} channels, the VAE has {}",
+                self.latent_channels
+            )));
+        }
         let z = match &self.post_quant_conv {
             Some(p) => p.forward(z),
             None => z,
         };
-        self.decoder.forward(z)
+        Ok(self.decoder.forward(z))
     }
 }
 
@@ -350,7 +379,8 @@ impl DenoiseEncoder {
     }
 
     /// `[B, 3, H, W]` in [-1, 1] → LQ features `[B, C, H/8, W/8]`.
-    pub fn forward(&self, image: Tensor<4>) -> Tensor<4> {
-        self.encoder.forward(image)
+    pub fn forward(&self, image: Tensor<4>) -> Result<Tensor<4>> {
+        self.encoder.check_input(&image)?;
+        Ok(self.encoder.forward(image))
     }
 }
