@@ -270,3 +270,34 @@ fn info_gives_the_paper_numbers() {
     assert!(!out.status.success());
     assert!(text(&out).contains("unknown architecture `sd15`"));
 }
+
+#[test]
+fn tokenize_prints_both_id_lists() {
+    let out = bin()
+        .args(["tokenize", "--json", "A photo of a cat!"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids = |k: &str| -> Vec<u64> {
+        v[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap())
+            .collect()
+    };
+    let (a, b) = (ids("ids_1"), ids("ids_2"));
+    assert_eq!(a.len(), 77);
+    assert_eq!(&a[..8], &[49406, 320, 1125, 539, 320, 2368, 256, 49407]);
+    // Tokenizer 2's pad token "!" is special: the prompt's "!" becomes id 0, padding is 0.
+    assert_eq!(&b[..8], &[49406, 320, 1125, 539, 320, 2368, 0, 49407]);
+    assert!(b[8..].iter().all(|&x| x == 0));
+    assert_eq!(v["truncated"], false);
+    let long = "word ".repeat(80);
+    let out = bin().args(["tokenize", &long]).output().unwrap();
+    assert!(
+        text(&out).contains("TRUNCATED: 80 content tokens, 75 fit"),
+        "{}",
+        text(&out)
+    );
+}

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use pgp_core::device::Backend;
 use pgp_core::info::arch_info;
 use pgp_core::presets::Arch;
+use pgp_core::tokenizer::ClipTokenizer;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +35,14 @@ enum Command {
         /// Also print the error of every expected tensor.
         #[arg(long, short)]
         verbose: bool,
+    },
+    /// Show the token ids SDXL's two CLIP tokenizers give a prompt.
+    Tokenize {
+        /// The prompt.
+        text: String,
+        /// Print JSON: {"ids_1": [77 ids], "ids_2": [77 ids], "truncated": bool}.
+        #[arg(long)]
+        json: bool,
     },
     /// Parameter counts and FLOPs of an architecture preset.
     Info {
@@ -71,6 +80,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Tokenize { text, json } => {
+            let (t1, t2) = ClipTokenizer::sdxl()?;
+            let (e1, e2) = (t1.encode(&text), t2.encode(&text));
+            if json {
+                let v = serde_json::json!({
+                    "ids_1": e1.ids, "ids_2": e2.ids, "truncated": e1.truncated || e2.truncated,
+                });
+                println!("{v}");
+            } else {
+                let ids =
+                    |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(" ");
+                let content = t1.content_ids(&text);
+                let shown: String = content
+                    .iter()
+                    .take(75)
+                    .map(|&id| t1.token_text(id))
+                    .collect();
+                println!("tokenizer 1 (pads with <|endoftext|>): {}", ids(&e1.ids));
+                println!("tokenizer 2 (pads with !):             {}", ids(&e2.ids));
+                println!("the model sees: {}", shown.trim_end());
+                if e1.truncated {
+                    let dropped: String = content
+                        .iter()
+                        .skip(75)
+                        .map(|&id| t1.token_text(id))
+                        .collect();
+                    println!(
+                        "TRUNCATED: {} content tokens, 75 fit; dropped: {}",
+                        content.len(),
+                        dropped.trim_end()
+                    );
+                } else {
+                    println!("{} of 75 content tokens used, not truncated", content.len());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Info { arch, json } => {
             let arch = Arch::parse(&arch)?;

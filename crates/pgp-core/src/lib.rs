@@ -28,6 +28,7 @@ pub mod nn;
 pub mod phase;
 pub mod presets;
 pub mod schedulers;
+pub mod tokenizer;
 pub mod weights;
 
 pub use burn;
