@@ -13,6 +13,10 @@ pub enum Error {
     #[error("{source_name}: not a valid safetensors file: {reason}")]
     BadSafetensors { source_name: String, reason: String },
 
+    /// A `torch.save` checkpoint that is malformed or asks to run code.
+    #[error("{source_name}: {reason}")]
+    BadCheckpoint { source_name: String, reason: String },
+
     /// A weights file does not match the architecture its config describes.
     #[error("{0}")]
     Weights(WeightsMismatch),

@@ -29,6 +29,7 @@ pub mod phase;
 pub mod presets;
 pub mod schedulers;
 pub mod tokenizer;
+pub mod torch_pickle;
 pub mod weights;
 
 pub use burn;
