@@ -26,6 +26,7 @@ pub mod info;
 pub mod models;
 pub mod nn;
 pub mod phase;
+pub mod pipeline;
 pub mod presets;
 pub mod schedulers;
 pub mod tokenizer;

@@ -1,0 +1,120 @@
+//! MultiDiffusion-style latent tiling (pipeline.md step 7): the tile grid and FaithDiff's
+//! Gaussian blending weights with their asymmetric centres.
+
+use std::f64::consts::PI;
+
+/// Start offsets of tiles of `tile` along an axis of `len`, `stride` apart, the last one
+/// snapped to the edge; an axis shorter than a tile is one tile.
+pub fn tile_starts(len: usize, tile: usize, stride: usize) -> Vec<usize> {
+    if len <= tile || stride == 0 {
+        return vec![0];
+    }
+    let mut starts: Vec<usize> = (0..)
+        .map(|i| i * stride)
+        .take_while(|&s| s + tile < len)
+        .collect();
+    starts.push(len - tile);
+    starts.dedup();
+    starts
+}
+
+/// One tile of the latent: top-left corner and size, in latent units.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    /// First row.
+    pub top: usize,
+    /// First column.
+    pub left: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+}
+
+/// Every tile covering an `h × w` latent, row by row.
+pub fn tile_grid(h: usize, w: usize, tile: usize, stride: usize) -> Vec<Tile> {
+    let (th, tw) = (tile.min(h), tile.min(w));
+    let mut tiles = Vec::new();
+    for top in tile_starts(h, tile, stride) {
+        for left in tile_starts(w, tile, stride) {
+            tiles.push(Tile {
+                top,
+                left,
+                height: th,
+                width: tw,
+            });
+        }
+    }
+    tiles
+}
+
+/// FaithDiff's per-tile weights, `[height · width]` row-major: the outer product of
+/// `exp(−(x − cx)²/(w²·2·var))/sqrt(2π·var)` with `cx = (w − 1)/2` across and `cy = h/2`
+/// down, `var = 0.01`.
+pub fn gaussian_weights(height: usize, width: usize) -> Vec<f32> {
+    let var = 0.01f64;
+    let g = |x: usize, centre: f64, size: usize| {
+        let d = x as f64 - centre;
+        (-(d * d) / ((size * size) as f64 * 2.0 * var)).exp() / (2.0 * PI * var).sqrt()
+    };
+    let cx = (width as f64 - 1.0) / 2.0;
+    let cy = height as f64 / 2.0;
+    let xs: Vec<f64> = (0..width).map(|x| g(x, cx, width)).collect();
+    let ys: Vec<f64> = (0..height).map(|y| g(y, cy, height)).collect();
+    ys.iter()
+        .flat_map(|&y| xs.iter().map(move |&x| (y * x) as f32))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grid_covers_the_latent_with_half_overlap() {
+        assert_eq!(tile_starts(100, 128, 64), vec![0]);
+        assert_eq!(tile_starts(128, 128, 64), vec![0]);
+        assert_eq!(tile_starts(129, 128, 64), vec![0, 1]);
+        assert_eq!(tile_starts(256, 128, 64), vec![0, 64, 128]);
+        assert_eq!(tile_starts(300, 128, 64), vec![0, 64, 128, 172]);
+        let grid = tile_grid(300, 100, 128, 64);
+        assert_eq!(grid.len(), 4);
+        assert!(
+            grid.iter()
+                .all(|t| t.width == 100 && t.height == 128 && t.left == 0)
+        );
+        for len in 1..400 {
+            let s = tile_starts(len, 128, 64);
+            let mut covered = vec![false; len];
+            for &start in &s {
+                covered[start..(start + 128).min(len)]
+                    .iter_mut()
+                    .for_each(|c| *c = true);
+            }
+            assert!(covered.iter().all(|&c| c), "{len}");
+            assert!(
+                s.windows(2).all(|w| w[1] > w[0] && w[1] - w[0] <= 64),
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn weights_peak_at_the_asymmetric_centres() {
+        let (h, w) = (8, 6);
+        let wts = gaussian_weights(h, w);
+        // Across: symmetric about (w − 1)/2. Down: peak at row h/2, so row 0 is lower than row h − 1.
+        for y in 0..h {
+            for x in 0..w / 2 {
+                assert!((wts[y * w + x] - wts[y * w + (w - 1 - x)]).abs() < 1e-6);
+            }
+        }
+        let col: Vec<f32> = (0..h).map(|y| wts[y * w]).collect();
+        let peak = col.iter().cloned().fold(f32::MIN, f32::max);
+        assert_eq!(col[h / 2], peak);
+        assert!(col[0] < col[h - 1]);
+        let expected = (-(4.0f64 * 4.0) / (64.0 * 0.02)).exp() / (2.0 * PI * 0.01).sqrt();
+        let cx = (-(0.5f64 * 0.5) / (36.0 * 0.02)).exp() / (2.0 * PI * 0.01).sqrt();
+        assert!((f64::from(wts[2]) - expected * cx).abs() < 1e-6);
+    }
+}
