@@ -301,3 +301,155 @@ fn tokenize_prints_both_id_lists() {
         text(&out)
     );
 }
+
+fn hub() -> PathBuf {
+    root().join("tests/hub")
+}
+
+fn convert(out: &Path, faithdiff: &Path, extra: &[&str]) -> Output {
+    bin()
+        .arg("convert")
+        .arg("--sdxl")
+        .arg(hub().join("sdxl"))
+        .arg("--vae")
+        .arg(hub().join("vae"))
+        .arg("--faithdiff")
+        .arg(faithdiff)
+        .arg("-o")
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn convert_writes_a_checked_sharded_bundle() {
+    let dir = scratch("convert");
+    let out = dir.join("bundle");
+    let o = convert(
+        &out,
+        &hub().join("FaithDiff.bin"),
+        &["--max-shard-mib", "2", "--dtype", "f32"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "pgp-wgpu-bundle");
+    assert_eq!(manifest["pad_tokens"][1], "!");
+    let shards = manifest["shards"].as_array().unwrap();
+    assert!(shards.len() > 3, "{shards:?}");
+    for s in shards {
+        let f = out.join(s["file"].as_str().unwrap());
+        let len = std::fs::metadata(&f).unwrap().len();
+        assert_eq!(len, s["bytes"].as_u64().unwrap());
+        // 2 MiB of data per shard unless one tensor is larger, plus the header.
+        assert!(len < (2 << 20) + (64 << 10) || s["tensors"] == 1, "{len}");
+    }
+    // The cached empty prompt equals transformers' text encoders on "".
+    let reference = std::fs::read(hub().join("empty_prompt.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let mut found = 0;
+    for s in shards {
+        let bytes = std::fs::read(out.join(s["file"].as_str().unwrap())).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (key, reference_key) in [
+            ("empty_prompt.prompt_embeds", "prompt_embeds"),
+            ("empty_prompt.pooled_prompt_embeds", "pooled_prompt_embeds"),
+        ] {
+            if let Ok(t) = st.tensor(key) {
+                let e = reference.tensor(reference_key).unwrap();
+                assert_eq!(t.shape(), e.shape());
+                let f = |b: &[u8]| -> Vec<f64> {
+                    b.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+                        .collect()
+                };
+                let (a, b) = (f(t.data()), f(e.data()));
+                let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+                let den: f64 = b.iter().map(|y| y * y).sum();
+                assert!((num / den).sqrt() < 1e-5, "{key}: {}", (num / den).sqrt());
+                found += 1;
+            }
+        }
+    }
+    assert_eq!(found, 2);
+    let o = bin().arg("inspect").arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("all components match their configs"),
+        "{}",
+        text(&o)
+    );
+    // f16 (the default) halves the weights.
+    let out16 = dir.join("bundle16");
+    assert!(
+        convert(&out16, &hub().join("FaithDiff.bin"), &["-q"])
+            .status
+            .success()
+    );
+    let size = |d: &Path| -> u64 {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    assert!(
+        size(&out16) * 10 < size(&out) * 6,
+        "{} vs {}",
+        size(&out16),
+        size(&out)
+    );
+    // An existing output is never overwritten.
+    let o = convert(&out16, &hub().join("FaithDiff.bin"), &[]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+}
+
+#[test]
+fn convert_refuses_bad_inputs_and_leaves_nothing_behind() {
+    let dir = scratch("convert_bad");
+    let pickles = root().join("tests/pickle");
+    for (faithdiff, expect) in [
+        (
+            pickles.join("malicious.bin"),
+            "refusing global `posix.system`",
+        ),
+        (
+            pickles.join("module.bin"),
+            "weights do not match the config",
+        ),
+        (pickles.join("legacy.bin"), "legacy format"),
+        (dir.join("missing.bin"), "opening"),
+    ] {
+        let out = dir.join("bundle");
+        let o = convert(&out, &faithdiff, &[]);
+        assert!(!o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains(expect), "{expect}: {}", text(&o));
+        assert!(!text(&o).contains("panicked"), "{}", text(&o));
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "something was written"
+        );
+    }
+    assert!(!Path::new("/tmp/pgp_pwned").exists());
+    let o = bin()
+        .args([
+            "convert",
+            "--sdxl",
+            "/nonexistent",
+            "--vae",
+            "/nonexistent",
+            "--faithdiff",
+            "x",
+            "-o",
+        ])
+        .arg(dir.join("b"))
+        .output()
+        .unwrap();
+    assert!(
+        text(&o).contains("--sdxl /nonexistent: not a folder"),
+        "{}",
+        text(&o)
+    );
+}

@@ -16,9 +16,7 @@ from diffusers.models.autoencoders.vae import Encoder
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 torch.set_grad_enabled(False)
-OUT, SEED = sys.argv[1], int(sys.argv[2])
-SET = sys.argv[3] if len(sys.argv) > 3 else "base"
-g = torch.Generator().manual_seed(SEED)
+g = torch.Generator()  # seeded in __main__; make_hub_fixture.py imports the modules below
 
 
 def rnd(*shape, scale=1.0):
@@ -227,39 +225,43 @@ def attention_case(name, B, H, S, Skv, D):
     write(name, "attention", {}, None, {"q": q, "k": k, "v": v, "expected": out})
 
 
-if SET == "base":
-    cfg = unet_cfg((16, 32, 64), (1, 2, 3), None, (1, 2, 4), 32, 8, 16, 8, 16)
-    unet_case("unet_sdxl_tiny", cfg, 1, 16, 16)
-    cfgp = unet_cfg((16, 32, 64), (1, 1, 1), [[2, 2, 2], [2, 2, 2], [1, 1, 1]], (1, 2, 4), 32, 8, 16, 8, 16)
-    unet_case("unet_pruned_tiny", cfgp, 1, 16, 16, mid_depth=1)
-    faithdiff_case("faithdiff_unet_tiny", cfg, 32, 1, 16, 16, 8)
-    vae_cases("vae_tiny", (16, 32, 32, 32), 8, 64, 64)
-    clip_cases("clip_tiny", 1000, 32, 3, 4, 24)
-    euler_case("euler_leading_20", 20)
-    phase_exchange_case("phase_exchange_16", 1, 4, 16, 16)
-    attention_case("attention_256", 1, 2, 256, 256, 16)
-else:
-    # odd latent sides (upsampling to the skip's size), batch 2, other head counts
-    cfg = unet_cfg((16, 32, 64), (1, 2, 1), None, (2, 2, 4), 24, 8, 12, 8, 16)
-    unet_case("unet_odd_b2", cfg, 2, 13, 11)
-    # f16 weights, computed in f32
-    cfg = unet_cfg((16, 32, 64), (1, 1, 2), [[1, 2, 1], [2, 1, 1], [1, 1, 1]], (1, 2, 4), 32, 8, 16, 8, 16)
-    unet_case("unet_f16_weights_pruned", cfg, 1, 8, 8, mid_depth=2, f16_weights=True)
-    # a different layout: int head count, deeper levels, wider text embeddings
-    cfg = unet_cfg((32, 32, 64), 2, None, 4, 40, 4, 8, 16, 16)
-    cfg["layers_per_block"] = 1
-    unet_case("unet_int_heads", cfg, 1, 10, 6)
-    # FaithDiff with batch 2: the alignment blocks attend across the batch axis
-    cfg = unet_cfg((16, 32, 64), (1, 1, 1), None, (1, 2, 4), 32, 8, 16, 8, 16)
-    faithdiff_case("faithdiff_b2_odd", cfg, 24, 2, 9, 7, 8, heads=4)
-    vae_cases("vae_odd", (16, 32, 32), 8, 40, 56)
-    clip_cases("clip_legacy_eos", 1000, 48, 2, 6, 16, legacy_eos=True, B=3)
-    euler_case("euler_leading_7", 7)
-    euler_case("euler_trailing_4", 4, "trailing")
-    euler_case("euler_linspace_30", 30, "linspace")
-    phase_exchange_case("phase_exchange_odd_b2", 2, 3, 7, 10)
-    phase_exchange_case("phase_exchange_1x1", 1, 2, 1, 1)
-    phase_exchange_case("phase_exchange_96x40", 1, 2, 96, 40)
-    attention_case("attention_cross_77", 2, 3, 64, 77, 64)
-    attention_case("attention_one_token", 1, 2, 1, 5, 8)
-    attention_case("attention_d80_long", 1, 2, 300, 300, 80)
+if __name__ == "__main__":
+    OUT, SEED = sys.argv[1], int(sys.argv[2])
+    SET = sys.argv[3] if len(sys.argv) > 3 else "base"
+    g.manual_seed(SEED)
+    if SET == "base":
+        cfg = unet_cfg((16, 32, 64), (1, 2, 3), None, (1, 2, 4), 32, 8, 16, 8, 16)
+        unet_case("unet_sdxl_tiny", cfg, 1, 16, 16)
+        cfgp = unet_cfg((16, 32, 64), (1, 1, 1), [[2, 2, 2], [2, 2, 2], [1, 1, 1]], (1, 2, 4), 32, 8, 16, 8, 16)
+        unet_case("unet_pruned_tiny", cfgp, 1, 16, 16, mid_depth=1)
+        faithdiff_case("faithdiff_unet_tiny", cfg, 32, 1, 16, 16, 8)
+        vae_cases("vae_tiny", (16, 32, 32, 32), 8, 64, 64)
+        clip_cases("clip_tiny", 1000, 32, 3, 4, 24)
+        euler_case("euler_leading_20", 20)
+        phase_exchange_case("phase_exchange_16", 1, 4, 16, 16)
+        attention_case("attention_256", 1, 2, 256, 256, 16)
+    else:
+        # odd latent sides (upsampling to the skip's size), batch 2, other head counts
+        cfg = unet_cfg((16, 32, 64), (1, 2, 1), None, (2, 2, 4), 24, 8, 12, 8, 16)
+        unet_case("unet_odd_b2", cfg, 2, 13, 11)
+        # f16 weights, computed in f32
+        cfg = unet_cfg((16, 32, 64), (1, 1, 2), [[1, 2, 1], [2, 1, 1], [1, 1, 1]], (1, 2, 4), 32, 8, 16, 8, 16)
+        unet_case("unet_f16_weights_pruned", cfg, 1, 8, 8, mid_depth=2, f16_weights=True)
+        # a different layout: int head count, deeper levels, wider text embeddings
+        cfg = unet_cfg((32, 32, 64), 2, None, 4, 40, 4, 8, 16, 16)
+        cfg["layers_per_block"] = 1
+        unet_case("unet_int_heads", cfg, 1, 10, 6)
+        # FaithDiff with batch 2: the alignment blocks attend across the batch axis
+        cfg = unet_cfg((16, 32, 64), (1, 1, 1), None, (1, 2, 4), 32, 8, 16, 8, 16)
+        faithdiff_case("faithdiff_b2_odd", cfg, 24, 2, 9, 7, 8, heads=4)
+        vae_cases("vae_odd", (16, 32, 32), 8, 40, 56)
+        clip_cases("clip_legacy_eos", 1000, 48, 2, 6, 16, legacy_eos=True, B=3)
+        euler_case("euler_leading_7", 7)
+        euler_case("euler_trailing_4", 4, "trailing")
+        euler_case("euler_linspace_30", 30, "linspace")
+        phase_exchange_case("phase_exchange_odd_b2", 2, 3, 7, 10)
+        phase_exchange_case("phase_exchange_1x1", 1, 2, 1, 1)
+        phase_exchange_case("phase_exchange_96x40", 1, 2, 96, 40)
+        attention_case("attention_cross_77", 2, 3, 64, 77, 64)
+        attention_case("attention_one_token", 1, 2, 1, 5, 8)
+        attention_case("attention_d80_long", 1, 2, 300, 300, 80)

@@ -1,6 +1,7 @@
 //! `pgp-wgpu`: the command-line shell over `pgp-core`.
 
 mod conformance;
+mod convert;
 
 use std::process::ExitCode;
 
@@ -35,6 +36,37 @@ enum Command {
         /// Also print the error of every expected tensor.
         #[arg(long, short)]
         verbose: bool,
+    },
+    /// Convert downloaded weights (SDXL diffusers folder, VAE folder, FaithDiff.bin) into a
+    /// model bundle: manifest.json + safetensors shards of at most 256 MiB.
+    Convert {
+        /// The SDXL diffusers folder (RealVisXL_V4.0: unet/, text_encoder/, text_encoder_2/,
+        /// tokenizer/, tokenizer_2/, scheduler/).
+        #[arg(long)]
+        sdxl: std::path::PathBuf,
+        /// The VAE folder (sdxl-vae-fp16-fix).
+        #[arg(long)]
+        vae: std::path::PathBuf,
+        /// FaithDiff.bin (a torch.save state dict; read without running any code).
+        #[arg(long)]
+        faithdiff: std::path::PathBuf,
+        /// Storage dtype of the weights.
+        #[arg(long, default_value = "f16")]
+        dtype: String,
+        /// The bundle folder to create (must not exist).
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// Largest shard in MiB (256 fits WebGPU's default buffer limit).
+        #[arg(long, default_value_t = 256, hide = true)]
+        max_shard_mib: usize,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a model bundle and list what it holds.
+    Inspect {
+        /// The bundle folder.
+        bundle: std::path::PathBuf,
     },
     /// Show the token ids SDXL's two CLIP tokenizers give a prompt.
     Tokenize {
@@ -80,6 +112,65 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Convert {
+            sdxl,
+            vae,
+            faithdiff,
+            dtype,
+            output,
+            max_shard_mib,
+            quiet,
+        } => {
+            convert::run(&convert::ConvertArgs {
+                sdxl,
+                vae,
+                faithdiff,
+                dtype,
+                output,
+                max_shard_bytes: max_shard_mib.max(1) << 20,
+                quiet,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { bundle } => {
+            let b = convert::load_bundle(&bundle)?;
+            b.check(&Backend::Cpu.device())?;
+            let m = &b.manifest;
+            println!("bundle        {}", bundle.display());
+            println!("architecture  {} ({} weights)", m.arch, m.dtype);
+            let src = b.source();
+            for prefix in [
+                "unet.",
+                "denoise_encoder.",
+                "vae.",
+                "text_encoder.",
+                "text_encoder_2.",
+                "empty_prompt.",
+            ] {
+                let (n, params) = src
+                    .all_keys()
+                    .iter()
+                    .filter(|k| k.starts_with(prefix))
+                    .filter_map(|k| src.info(k))
+                    .fold((0usize, 0u64), |(n, p), (_, s)| {
+                        (n + 1, p + s.iter().product::<usize>() as u64)
+                    });
+                println!(
+                    "{:<16} {:>5} tensors {:>16} values",
+                    prefix.trim_end_matches('.'),
+                    n,
+                    group(params)
+                );
+            }
+            for s in &m.shards {
+                println!(
+                    "{:<24} {:>12} bytes {:>5} tensors",
+                    s.file, s.bytes, s.tensors
+                );
+            }
+            println!("all components match their configs");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Tokenize { text, json } => {
             let (t1, t2) = ClipTokenizer::sdxl()?;

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod attention;
+pub mod bundle;
 pub mod config;
 pub mod conformance;
 pub mod device;
@@ -35,3 +36,4 @@ pub mod weights;
 
 pub use burn;
 pub use error::{Error, Result, WeightsMismatch};
+pub use safetensors;

@@ -8,7 +8,7 @@
 //! real tensor is uploaded. The second pass builds the module for real.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -87,6 +87,15 @@ impl WeightFile {
         self.entries.get(key).map(|e| e.shape.as_slice())
     }
 
+    /// One tensor's stored bytes (little-endian, its own dtype).
+    pub fn raw(&self, key: &str) -> Result<&[u8]> {
+        let e = self
+            .entries
+            .get(key)
+            .ok_or_else(|| Error::input(format!("{}: no tensor named `{key}`", self.name)))?;
+        Ok(&self.bytes[self.data_start + e.start..self.data_start + e.end])
+    }
+
     /// One float tensor converted to f32 on the host.
     pub fn f32_data(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         let e = self
@@ -158,15 +167,103 @@ impl WeightFile {
 
     /// One float tensor uploaded to `device` as f32 with rank `D`.
     pub fn tensor<const D: usize>(&self, key: &str, device: &Device) -> Result<Tensor<D>> {
-        let (values, shape) = self.f32_data(key)?;
-        if shape.len() != D {
-            return Err(Error::input(format!(
-                "{}: tensor `{key}` has shape {shape:?}, expected rank {D}",
-                self.name
-            )));
-        }
-        Ok(Tensor::from_data(TensorData::new(values, shape), device))
+        to_tensor(self, key, device)
     }
+}
+
+/// Anything tensors can be loaded from by name: one safetensors file, or a bundle's shards.
+pub trait TensorSource {
+    /// Name used in errors (a path).
+    fn source_name(&self) -> &str;
+    /// Every key, sorted.
+    fn all_keys(&self) -> Vec<&str>;
+    /// Element type and shape of one tensor.
+    fn info(&self, key: &str) -> Option<(Dtype, &[usize])>;
+    /// One float tensor as f32 on the host.
+    fn read_f32(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)>;
+}
+
+impl TensorSource for WeightFile {
+    fn source_name(&self) -> &str {
+        &self.name
+    }
+    fn all_keys(&self) -> Vec<&str> {
+        self.keys().collect()
+    }
+    fn info(&self, key: &str) -> Option<(Dtype, &[usize])> {
+        self.entries.get(key).map(|e| (e.dtype, e.shape.as_slice()))
+    }
+    fn read_f32(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        self.f32_data(key)
+    }
+}
+
+/// Several safetensors files seen as one key space (a bundle's shards).
+pub struct WeightStore {
+    name: String,
+    files: Vec<WeightFile>,
+    index: BTreeMap<String, usize>,
+}
+
+impl WeightStore {
+    /// Merges shards; a key present in two shards is an error.
+    pub fn new(name: impl Into<String>, files: Vec<WeightFile>) -> Result<Self> {
+        let name = name.into();
+        let mut index = BTreeMap::new();
+        for (i, f) in files.iter().enumerate() {
+            for k in f.keys() {
+                if index.insert(k.to_string(), i).is_some() {
+                    return Err(Error::BadSafetensors {
+                        source_name: name.clone(),
+                        reason: format!("tensor `{k}` is in more than one shard"),
+                    });
+                }
+            }
+        }
+        Ok(Self { name, files, index })
+    }
+
+    /// One tensor uploaded to `device` as f32 with rank `D`.
+    pub fn tensor<const D: usize>(&self, key: &str, device: &Device) -> Result<Tensor<D>> {
+        to_tensor(self, key, device)
+    }
+}
+
+impl TensorSource for WeightStore {
+    fn source_name(&self) -> &str {
+        &self.name
+    }
+    fn all_keys(&self) -> Vec<&str> {
+        self.index.keys().map(String::as_str).collect()
+    }
+    fn info(&self, key: &str) -> Option<(Dtype, &[usize])> {
+        self.index.get(key).and_then(|&i| self.files[i].info(key))
+    }
+    fn read_f32(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        match self.index.get(key) {
+            Some(&i) => self.files[i].f32_data(key),
+            None => Err(Error::input(format!(
+                "{}: no tensor named `{key}`",
+                self.name
+            ))),
+        }
+    }
+}
+
+/// Uploads one tensor of any source, checking its rank.
+fn to_tensor<const D: usize>(
+    src: &dyn TensorSource,
+    key: &str,
+    device: &Device,
+) -> Result<Tensor<D>> {
+    let (values, shape) = src.read_f32(key)?;
+    if shape.len() != D {
+        return Err(Error::input(format!(
+            "{}: tensor `{key}` has shape {shape:?}, expected rank {D}",
+            src.source_name()
+        )));
+    }
+    Ok(Tensor::from_data(TensorData::new(values, shape), device))
 }
 
 /// What the shape-only pass recorded: every key a module asked for, with its expected shape.
@@ -178,8 +275,8 @@ struct Record {
 enum Mode<'a> {
     /// Record keys and shapes; answer with placeholders.
     Shapes,
-    /// Read the tensors from this file.
-    Load(&'a WeightFile),
+    /// Read the tensors from this source.
+    Load(&'a dyn TensorSource),
 }
 
 /// Hands out a module's tensors by dotted path (`down_blocks.1.attentions.0.proj_in.weight`).
@@ -239,9 +336,9 @@ impl<'a> VarBuilder<'a> {
             .insert(path.clone(), shape.to_vec());
         match &*self.mode {
             Mode::Shapes => Tensor::zeros([1; D], &self.device),
-            Mode::Load(file) => file
-                .tensor::<D>(&path, &self.device)
-                .expect("checked by the shape pass"),
+            Mode::Load(src) => {
+                to_tensor::<D>(*src, &path, &self.device).expect("checked by the shape pass")
+            }
         }
     }
 
@@ -279,50 +376,86 @@ fn ignorable(key: &str) -> bool {
     key.ends_with("position_ids")
 }
 
-/// Compares what a module wants with what a file has.
-pub fn compare(wanted: &BTreeMap<String, Vec<usize>>, file: &WeightFile) -> WeightsMismatch {
+/// Compares what a module wants with what a source has under `prefix` (keys outside the
+/// prefix belong to other modules and are not "unexpected").
+pub fn compare(
+    wanted: &BTreeMap<String, Vec<usize>>,
+    src: &dyn TensorSource,
+    prefix: &str,
+) -> WeightsMismatch {
     let mut m = WeightsMismatch {
-        source_name: file.name().to_string(),
+        source_name: src.source_name().to_string(),
         ..Default::default()
     };
     for (key, shape) in wanted {
-        match file.entries.get(key) {
+        match src.info(key) {
             None => m.missing.push(format!("{key} {shape:?}")),
-            Some(e) if e.shape != *shape => {
+            Some((_, found)) if found != shape.as_slice() => {
                 m.mismatched
-                    .push((key.clone(), format!("{shape:?}"), format!("{:?}", e.shape)))
+                    .push((key.clone(), format!("{shape:?}"), format!("{found:?}")))
             }
-            Some(e) if float_bytes(e.dtype).is_none() => m.mismatched.push((
-                key.clone(),
-                "a float dtype".into(),
-                format!("{:?}", e.dtype),
-            )),
+            Some((dtype, _)) if float_bytes(dtype).is_none() => {
+                m.mismatched
+                    .push((key.clone(), "a float dtype".into(), format!("{dtype:?}")))
+            }
             Some(_) => {}
         }
     }
-    let wanted_keys: BTreeSet<&String> = wanted.keys().collect();
-    m.unexpected = file
-        .entries
-        .keys()
-        .filter(|k| !wanted_keys.contains(k) && !ignorable(k))
-        .cloned()
+    m.unexpected = src
+        .all_keys()
+        .into_iter()
+        .filter(|k| k.starts_with(prefix) && !wanted.contains_key(*k) && !ignorable(k))
+        .map(str::to_string)
         .collect();
     m
 }
 
-/// Builds a module from a file in two passes: check every key and shape, then load.
-pub fn load_checked<M>(
-    file: &WeightFile,
+/// The keys and shapes the module built by `build` asks for (no tensor is read).
+pub fn wanted_shapes<M>(
+    device: &Device,
+    build: impl Fn(VarBuilder<'_>) -> Result<M>,
+) -> Result<BTreeMap<String, Vec<usize>>> {
+    let shapes = VarBuilder::shapes_only(device);
+    build(shapes.clone())?;
+    Ok(shapes.wanted())
+}
+
+/// Checks a source against a module without loading anything: every missing, unexpected (under
+/// `prefix`) or mis-shaped tensor in one error.
+pub fn check<M>(
+    src: &dyn TensorSource,
+    prefix: &str,
+    device: &Device,
+    build: impl Fn(VarBuilder<'_>) -> Result<M>,
+) -> Result<()> {
+    let mismatch = compare(&wanted_shapes(device, build)?, src, prefix);
+    if mismatch.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Weights(mismatch))
+    }
+}
+
+/// Builds a module from a source in two passes: check every key and shape, then load.
+/// `build` receives a builder at the root; `prefix` limits which unused keys count as
+/// unexpected (`""`: the whole source belongs to this module).
+pub fn load_prefixed<M>(
+    src: &dyn TensorSource,
+    prefix: &str,
     device: &Device,
     build: impl Fn(VarBuilder<'_>) -> Result<M>,
 ) -> Result<M> {
-    let shapes = VarBuilder::shapes_only(device);
-    build(shapes.clone())?;
-    let mismatch = compare(&shapes.wanted(), file);
-    if !mismatch.is_empty() {
-        return Err(Error::Weights(mismatch));
-    }
-    build(VarBuilder::new(Mode::Load(file), device))
+    check(src, prefix, device, &build)?;
+    build(VarBuilder::new(Mode::Load(src), device))
+}
+
+/// [`load_prefixed`] for a source that holds exactly one module.
+pub fn load_checked<M>(
+    src: &dyn TensorSource,
+    device: &Device,
+    build: impl Fn(VarBuilder<'_>) -> Result<M>,
+) -> Result<M> {
+    load_prefixed(src, "", device, build)
 }
 
 /// Number of parameters a module built by `build` has, counted from the shapes it asks for.

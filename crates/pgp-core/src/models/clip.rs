@@ -155,8 +155,8 @@ impl ClipTextModel {
 
     /// Whether a checkpoint stores the transformer under `text_model.` (diffusers folders
     /// and `CLIPTextModelWithProjection` do; transformers 5's `CLIPTextModel` does not).
-    pub fn has_prefix(file: &crate::weights::WeightFile) -> bool {
-        file.keys().any(|k| k.starts_with("text_model."))
+    pub fn has_prefix(src: &dyn crate::weights::TensorSource) -> bool {
+        src.all_keys().iter().any(|k| k.starts_with("text_model."))
     }
 
     /// Index of the pooled token in one row, as transformers picks it: the first `eos`, or

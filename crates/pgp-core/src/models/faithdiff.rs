@@ -3,7 +3,7 @@
 //! `spatial_ch_projs`, fused into the UNet right after `conv_in`.
 
 use burn::tensor::Tensor;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel, UNetConditioning};
 use crate::attention::{attention, merge_heads, split_heads};
@@ -25,7 +25,7 @@ fn d_groups() -> usize {
 }
 
 /// FaithDiff's extra hyper-parameters (the real model: 512, 8, 2, 32).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct FaithDiffConfig {
     /// Channels of the LQ features (`denoise_encoder` output).
     #[serde(default = "d_lq")]

@@ -1,0 +1,381 @@
+//! The model bundle both the native binary and the browser load: `manifest.json` (every
+//! component's config dict, the dtype, the shard list) plus safetensors shards of at most
+//! 256 MiB (WebGPU's `maxBufferSize`), with one key space:
+//!
+//! | prefix | what | from |
+//! |---|---|---|
+//! | `unet.` | FaithDiff's UNet and fusion modules | `FaithDiff.bin` |
+//! | `denoise_encoder.` | FaithDiff's LQ encoder | `FaithDiff.bin` |
+//! | `vae.` | `AutoencoderKL` | the VAE folder |
+//! | `text_encoder.`, `text_encoder_2.` | the CLIP text encoders (`text_model.*`) | the SDXL folder |
+//! | `empty_prompt.` | `prompt_embeds` [1, 77, D], `pooled_prompt_embeds` [1, P] of `""` | computed once |
+//!
+//! The empty prompt's embeddings are cached so that the text encoders need not be loaded at all
+//! for the default (empty) prompt. File access stays with the caller: this module takes the
+//! manifest's text and the shards' bytes, and produces shard bytes for a writer.
+
+use burn::tensor::{Device, Tensor};
+use safetensors::Dtype;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
+use crate::models::unet_2d::UNet2DConditionConfig;
+use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+use crate::schedulers::euler::EulerConfig;
+use crate::weights::{TensorSource, WeightFile, WeightStore, check, load_prefixed};
+
+/// `format` of every manifest.
+pub const FORMAT: &str = "pgp-wgpu-bundle";
+/// The manifest version this library reads and writes.
+pub const VERSION: u32 = 1;
+/// Largest shard the converter writes (WebGPU's default `maxBufferSize`).
+pub const MAX_SHARD_BYTES: usize = 256 << 20;
+/// The manifest's file name inside a bundle folder.
+pub const MANIFEST: &str = "manifest.json";
+
+/// One shard file.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ShardInfo {
+    /// File name inside the bundle folder.
+    pub file: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// How many tensors it holds.
+    pub tensors: usize,
+}
+
+/// `manifest.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// [`VERSION`].
+    pub version: u32,
+    /// Storage dtype of the weights (`f16` or `f32`); computation is f32 either way.
+    pub dtype: String,
+    /// The UNet architecture (`faithdiff`).
+    pub arch: String,
+    /// diffusers `UNet2DConditionModel` config.
+    pub unet: serde_json::Value,
+    /// FaithDiff's extra hyper-parameters.
+    pub faithdiff: FaithDiffConfig,
+    /// diffusers `AutoencoderKL` config (also the `denoise_encoder`'s layout).
+    pub vae: serde_json::Value,
+    /// transformers `CLIPTextConfig` of `text_encoder`.
+    pub text_encoder: serde_json::Value,
+    /// transformers `CLIPTextConfig` of `text_encoder_2`.
+    pub text_encoder_2: serde_json::Value,
+    /// Pad tokens of `tokenizer` and `tokenizer_2`.
+    pub pad_tokens: [String; 2],
+    /// diffusers scheduler config.
+    pub scheduler: serde_json::Value,
+    /// The shards, in order.
+    pub shards: Vec<ShardInfo>,
+    /// Where each part came from (paths given to `convert`), for the record.
+    #[serde(default)]
+    pub sources: std::collections::BTreeMap<String, String>,
+}
+
+/// A loaded bundle: its manifest and its shards as one key space.
+pub struct Bundle {
+    /// The parsed manifest.
+    pub manifest: Manifest,
+    store: WeightStore,
+}
+
+impl Bundle {
+    /// Parses a manifest and checks its format; `name` is used in errors.
+    pub fn parse_manifest(name: &str, json: &str) -> Result<Manifest> {
+        let m: Manifest = serde_json::from_str(json)
+            .map_err(|e| Error::config(format!("{name}: not a pgp-wgpu bundle manifest: {e}")))?;
+        if m.format != FORMAT || m.version != VERSION {
+            return Err(Error::config(format!(
+                "{name}: bundle format `{}` version {}, this build reads `{FORMAT}` version {VERSION}",
+                m.format, m.version
+            )));
+        }
+        Ok(m)
+    }
+
+    /// A bundle from its manifest and its shards (in manifest order).
+    pub fn new(name: &str, manifest: Manifest, shards: Vec<WeightFile>) -> Result<Self> {
+        if shards.len() != manifest.shards.len() {
+            return Err(Error::config(format!(
+                "{name}: the manifest lists {} shards, {} were given",
+                manifest.shards.len(),
+                shards.len()
+            )));
+        }
+        Ok(Self {
+            store: WeightStore::new(name, shards)?,
+            manifest,
+        })
+    }
+
+    /// The tensors, for inspection.
+    pub fn source(&self) -> &dyn TensorSource {
+        &self.store
+    }
+
+    fn unet_config(&self) -> Result<UNet2DConditionConfig> {
+        UNet2DConditionConfig::from_json(&self.manifest.unet)
+    }
+    fn vae_config(&self) -> Result<AutoencoderKLConfig> {
+        AutoencoderKLConfig::from_json(&self.manifest.vae)
+    }
+    fn clip_config(&self, second: bool) -> Result<ClipTextConfig> {
+        let v = if second {
+            &self.manifest.text_encoder_2
+        } else {
+            &self.manifest.text_encoder
+        };
+        ClipTextConfig::from_json(v)
+    }
+
+    /// FaithDiff's UNet with its fusion modules.
+    pub fn unet(&self, device: &Device) -> Result<FaithDiffUNet> {
+        let (cfg, fd) = (self.unet_config()?, &self.manifest.faithdiff);
+        load_prefixed(&self.store, "unet.", device, |vb| {
+            FaithDiffUNet::new(&vb.pp("unet"), &cfg, fd)
+        })
+    }
+
+    /// FaithDiff's LQ encoder.
+    pub fn denoise_encoder(&self, device: &Device) -> Result<DenoiseEncoder> {
+        let cfg = self.vae_config()?;
+        load_prefixed(&self.store, "denoise_encoder.", device, |vb| {
+            DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg)
+        })
+    }
+
+    /// The VAE.
+    pub fn vae(&self, device: &Device) -> Result<AutoencoderKL> {
+        let cfg = self.vae_config()?;
+        load_prefixed(&self.store, "vae.", device, |vb| {
+            AutoencoderKL::new(&vb.pp("vae"), &cfg)
+        })
+    }
+
+    /// One text encoder (`second`: the one with projection).
+    pub fn text_encoder(&self, device: &Device, second: bool) -> Result<ClipTextModel> {
+        let cfg = self.clip_config(second)?;
+        let prefix = if second {
+            "text_encoder_2"
+        } else {
+            "text_encoder"
+        };
+        load_prefixed(&self.store, &format!("{prefix}."), device, |vb| {
+            ClipTextModel::new(&vb.pp(prefix), &cfg, second, true)
+        })
+    }
+
+    /// The cached embeddings of the empty prompt: `[1, 77, D]` and `[1, P]`.
+    pub fn empty_prompt(&self, device: &Device) -> Result<(Tensor<3>, Tensor<2>)> {
+        Ok((
+            self.store.tensor("empty_prompt.prompt_embeds", device)?,
+            self.store
+                .tensor("empty_prompt.pooled_prompt_embeds", device)?,
+        ))
+    }
+
+    /// The scheduler config.
+    pub fn scheduler(&self) -> Result<EulerConfig> {
+        EulerConfig::from_json(&self.manifest.scheduler)
+    }
+
+    /// Checks every component's tensors against its config without loading anything.
+    pub fn check(&self, device: &Device) -> Result<()> {
+        let (unet, vae, fd) = (
+            self.unet_config()?,
+            self.vae_config()?,
+            &self.manifest.faithdiff,
+        );
+        check(&self.store, "unet.", device, |vb| {
+            FaithDiffUNet::new(&vb.pp("unet"), &unet, fd)
+        })?;
+        check(&self.store, "denoise_encoder.", device, |vb| {
+            DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae)
+        })?;
+        check(&self.store, "vae.", device, |vb| {
+            AutoencoderKL::new(&vb.pp("vae"), &vae)
+        })?;
+        for (second, prefix) in [(false, "text_encoder"), (true, "text_encoder_2")] {
+            let cfg = self.clip_config(second)?;
+            check(&self.store, &format!("{prefix}."), device, |vb| {
+                ClipTextModel::new(&vb.pp(prefix), &cfg, second, true)
+            })?;
+        }
+        for key in [
+            "empty_prompt.prompt_embeds",
+            "empty_prompt.pooled_prompt_embeds",
+        ] {
+            if self.store.info(key).is_none() {
+                return Err(Error::config(format!("the bundle lacks `{key}`")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Converts raw little-endian tensor bytes between float dtypes (f32, f16, bf16, f64 in;
+/// f32 or f16 out). f16 overflow is an error naming the tensor.
+pub fn convert_dtype(name: &str, from: Dtype, bytes: &[u8], to: Dtype) -> Result<Vec<u8>> {
+    if from == to {
+        return Ok(bytes.to_vec());
+    }
+    let values: Vec<f32> = match from {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        other => {
+            return Err(Error::input(format!(
+                "`{name}`: cannot convert {other:?} weights"
+            )));
+        }
+    };
+    match to {
+        Dtype::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
+        Dtype::F16 => {
+            if let Some(v) = values.iter().find(|v| v.is_finite() && v.abs() > 65504.0) {
+                return Err(Error::input(format!(
+                    "`{name}`: value {v} does not fit in f16; convert with --dtype f32"
+                )));
+            }
+            Ok(values
+                .iter()
+                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+                .collect())
+        }
+        other => Err(Error::input(format!("cannot store weights as {other:?}"))),
+    }
+}
+
+/// Packs tensors into safetensors shards of at most `limit` bytes of data (a tensor larger
+/// than the limit gets a shard of its own).
+pub struct ShardPacker {
+    limit: usize,
+    pending: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
+    size: usize,
+}
+
+impl ShardPacker {
+    /// A packer with the given per-shard data limit.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            pending: Vec::new(),
+            size: 0,
+        }
+    }
+
+    /// Adds a tensor; returns a finished shard (bytes, tensor count) when this one would not
+    /// fit in the current shard.
+    pub fn push(
+        &mut self,
+        name: String,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    ) -> Result<Option<(Vec<u8>, usize)>> {
+        let full = if !self.pending.is_empty() && self.size + data.len() > self.limit {
+            self.flush()?
+        } else {
+            None
+        };
+        self.size += data.len();
+        self.pending.push((name, dtype, shape, data));
+        Ok(full)
+    }
+
+    /// The last shard, if anything is pending.
+    pub fn flush(&mut self) -> Result<Option<(Vec<u8>, usize)>> {
+        if self.pending.is_empty() {
+            return Ok(None);
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.size = 0;
+        let views = pending
+            .iter()
+            .map(|(n, d, s, b)| {
+                safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                    .map(|v| (n.clone(), v))
+                    .map_err(|e| Error::input(format!("`{n}`: {e:?}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let bytes = safetensors::serialize(views, None)
+            .map_err(|e| Error::input(format!("writing a shard: {e:?}")))?;
+        Ok(Some((bytes, pending.len())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packer_respects_the_limit() {
+        let mut p = ShardPacker::new(10);
+        let t = |n: usize| vec![0u8; n];
+        assert!(
+            p.push("a".into(), Dtype::U8, vec![6], t(6))
+                .unwrap()
+                .is_none()
+        );
+        let (bytes, n) = p
+            .push("b".into(), Dtype::U8, vec![6], t(6))
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(
+            WeightFile::from_bytes("s", bytes)
+                .unwrap()
+                .shape("a")
+                .is_some()
+        );
+        assert!(
+            p.push("c".into(), Dtype::U8, vec![3], t(3))
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            p.push("big".into(), Dtype::U8, vec![30], t(30))
+                .unwrap()
+                .is_some()
+        );
+        let (_, n) = p.flush().unwrap().unwrap();
+        assert_eq!(n, 1);
+        assert!(p.flush().unwrap().is_none());
+    }
+
+    #[test]
+    fn dtype_conversion_round_trips_and_refuses_overflow() {
+        let v: Vec<u8> = [1.5f32, -2.25, 0.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let h = convert_dtype("x", Dtype::F32, &v, Dtype::F16).unwrap();
+        assert_eq!(h.len(), 6);
+        assert_eq!(convert_dtype("x", Dtype::F16, &h, Dtype::F32).unwrap(), v);
+        let big = 1e6f32.to_le_bytes();
+        let err = convert_dtype("w", Dtype::F32, &big, Dtype::F16).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`w`: value 1000000 does not fit in f16")
+        );
+    }
+}

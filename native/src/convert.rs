@@ -1,0 +1,411 @@
+//! `pgp-wgpu convert`: the files users download → a model bundle (see `pgp_core::bundle`).
+//! Everything is checked before anything is written; the bundle is assembled in a temporary
+//! folder beside the output and renamed into place only when complete.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use pgp_core::bundle::{
+    Bundle, FORMAT, MANIFEST, Manifest, ShardInfo, ShardPacker, VERSION, convert_dtype,
+};
+use pgp_core::burn::tensor::Tensor;
+use pgp_core::conformance::read_back;
+use pgp_core::device::Backend;
+use pgp_core::models::clip::{ClipTextConfig, ClipTextModel};
+use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
+use pgp_core::models::unet_2d::UNet2DConditionConfig;
+use pgp_core::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+use pgp_core::safetensors::Dtype;
+use pgp_core::schedulers::euler::EulerConfig;
+use pgp_core::tokenizer::ClipTokenizer;
+use pgp_core::torch_pickle::TorchCheckpoint;
+use pgp_core::weights::{TensorSource, WeightFile, check, load_checked};
+
+/// What `convert` was asked to do.
+pub struct ConvertArgs {
+    pub sdxl: PathBuf,
+    pub vae: PathBuf,
+    pub faithdiff: PathBuf,
+    pub dtype: String,
+    pub output: PathBuf,
+    pub max_shard_bytes: usize,
+    pub quiet: bool,
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))
+}
+
+/// The first of `names` that exists in `dir`.
+fn first_existing(dir: &Path, names: &[&str]) -> Result<PathBuf> {
+    names
+        .iter()
+        .map(|n| dir.join(n))
+        .find(|p| p.is_file())
+        .with_context(|| format!("{}: none of {} found", dir.display(), names.join(", ")))
+}
+
+fn read_weights(path: &Path) -> Result<WeightFile> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(WeightFile::from_bytes(path.display().to_string(), bytes)?)
+}
+
+/// `pad_token` of a tokenizer folder's `special_tokens_map.json` (a string or `{content}`).
+fn pad_token(dir: &Path, default: &str) -> Result<String> {
+    let path = dir.join("special_tokens_map.json");
+    if !path.is_file() {
+        return Ok(default.to_string());
+    }
+    let v = read_json(&path)?;
+    Ok(match &v["pad_token"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or(default)
+            .to_string(),
+        _ => default.to_string(),
+    })
+}
+
+/// Names and shapes only: lets the shape checks run over a checkpoint before reading data.
+struct Shapes {
+    name: String,
+    map: BTreeMap<String, (Dtype, Vec<usize>)>,
+}
+
+impl TensorSource for Shapes {
+    fn source_name(&self) -> &str {
+        &self.name
+    }
+    fn all_keys(&self) -> Vec<&str> {
+        self.map.keys().map(String::as_str).collect()
+    }
+    fn info(&self, key: &str) -> Option<(Dtype, &[usize])> {
+        self.map.get(key).map(|(d, s)| (*d, s.as_slice()))
+    }
+    fn read_f32(&self, key: &str) -> pgp_core::Result<(Vec<f32>, Vec<usize>)> {
+        Err(pgp_core::Error::Input(format!(
+            "{}: `{key}` is not loaded",
+            self.name
+        )))
+    }
+}
+
+/// Removes the temporary folder unless the conversion finished.
+struct TempDir(Option<PathBuf>);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+struct Writer {
+    dir: PathBuf,
+    packer: ShardPacker,
+    shards: Vec<ShardInfo>,
+    dtype: Dtype,
+}
+
+impl Writer {
+    fn emit(&mut self, shard: Option<(Vec<u8>, usize)>) -> Result<()> {
+        if let Some((bytes, tensors)) = shard {
+            let file = format!("shard-{:05}.safetensors", self.shards.len() + 1);
+            std::fs::write(self.dir.join(&file), &bytes)
+                .with_context(|| format!("writing {}", self.dir.join(&file).display()))?;
+            self.shards.push(ShardInfo {
+                file,
+                bytes: bytes.len() as u64,
+                tensors,
+            });
+        }
+        Ok(())
+    }
+
+    /// Adds one float tensor, converted to the bundle's dtype.
+    fn add(&mut self, key: String, from: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<()> {
+        let data = convert_dtype(&key, from, data, self.dtype)?;
+        let full = self.packer.push(key, self.dtype, shape, data)?;
+        self.emit(full)
+    }
+
+    /// Adds every float tensor of a safetensors file under `prefix` (with `rename`).
+    fn add_file(
+        &mut self,
+        file: &WeightFile,
+        prefix: &str,
+        rename: impl Fn(&str) -> String,
+    ) -> Result<()> {
+        for key in file.keys().filter(|k| !k.ends_with("position_ids")) {
+            let (dtype, shape) = file.info(key).expect("listed key");
+            let shape = shape.to_vec();
+            let data = file.raw(key)?;
+            self.add(format!("{prefix}{}", rename(key)), dtype, shape, data)?;
+        }
+        Ok(())
+    }
+}
+
+fn say(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("{msg}");
+    }
+}
+
+/// Runs the conversion.
+pub fn run(a: &ConvertArgs) -> Result<()> {
+    let target = match a.dtype.as_str() {
+        "f16" => Dtype::F16,
+        "f32" => Dtype::F32,
+        other => bail!("--dtype must be f16 or f32, not `{other}`"),
+    };
+    if a.output.exists() {
+        bail!(
+            "{}: already exists; choose a new output folder",
+            a.output.display()
+        );
+    }
+    let parent = match a.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !parent.is_dir() {
+        bail!(
+            "{}: the output's parent folder does not exist",
+            parent.display()
+        );
+    }
+    for (what, dir) in [("--sdxl", &a.sdxl), ("--vae", &a.vae)] {
+        if !dir.is_dir() {
+            bail!("{what} {}: not a folder", dir.display());
+        }
+    }
+
+    // Configs.
+    let unet_json = read_json(&a.sdxl.join("unet/config.json"))?;
+    let unet_cfg = UNet2DConditionConfig::from_json(&unet_json)?;
+    let te_json = [
+        read_json(&a.sdxl.join("text_encoder/config.json"))?,
+        read_json(&a.sdxl.join("text_encoder_2/config.json"))?,
+    ];
+    let te_cfg = [
+        ClipTextConfig::from_json(&te_json[0])?,
+        ClipTextConfig::from_json(&te_json[1])?,
+    ];
+    let sched_json = read_json(&a.sdxl.join("scheduler/scheduler_config.json"))?;
+    EulerConfig::from_json(&sched_json)?;
+    let vae_json = read_json(&a.vae.join("config.json"))?;
+    let vae_cfg = AutoencoderKLConfig::from_json(&vae_json)?;
+    let pads = [
+        pad_token(&a.sdxl.join("tokenizer"), "<|endoftext|>")?,
+        pad_token(&a.sdxl.join("tokenizer_2"), "!")?,
+    ];
+    let fd_cfg = FaithDiffConfig {
+        lq_channels: *vae_cfg.block_out_channels.last().expect("validated"),
+        ..FaithDiffConfig::default()
+    };
+
+    // Weights, checked against the configs before anything is written.
+    let device = Backend::Cpu.device();
+    say(a.quiet, &format!("reading {}", a.faithdiff.display()));
+    let file =
+        File::open(&a.faithdiff).with_context(|| format!("opening {}", a.faithdiff.display()))?;
+    let mut ckpt = TorchCheckpoint::open(a.faithdiff.display().to_string(), BufReader::new(file))?;
+    let infos = ckpt.tensors();
+    let split = |denoise: bool| Shapes {
+        name: a.faithdiff.display().to_string(),
+        map: infos
+            .iter()
+            .filter(|t| t.name.starts_with("denoise_encoder.") == denoise)
+            .map(|t| (t.name.clone(), (t.dtype, t.shape.clone())))
+            .collect(),
+    };
+    check(&split(false), "", &device, |vb| {
+        FaithDiffUNet::new(&vb, &unet_cfg, &fd_cfg)
+    })?;
+    check(&split(true), "", &device, |vb| {
+        DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae_cfg)
+    })?;
+    let te_files = [
+        read_weights(&first_existing(
+            &a.sdxl.join("text_encoder"),
+            &["model.fp16.safetensors", "model.safetensors"],
+        )?)?,
+        read_weights(&first_existing(
+            &a.sdxl.join("text_encoder_2"),
+            &["model.fp16.safetensors", "model.safetensors"],
+        )?)?,
+    ];
+    let te_prefixed = [
+        ClipTextModel::has_prefix(&te_files[0]),
+        ClipTextModel::has_prefix(&te_files[1]),
+    ];
+    for i in 0..2 {
+        check(&te_files[i], "", &device, |vb| {
+            ClipTextModel::new(&vb, &te_cfg[i], i == 1, te_prefixed[i])
+        })?;
+    }
+    let vae_file = read_weights(&first_existing(
+        &a.vae,
+        &[
+            "diffusion_pytorch_model.fp16.safetensors",
+            "diffusion_pytorch_model.safetensors",
+        ],
+    )?)?;
+    check(&vae_file, "", &device, |vb| {
+        AutoencoderKL::new(&vb, &vae_cfg)
+    })?;
+
+    // The empty prompt through both text encoders, once.
+    say(a.quiet, "encoding the empty prompt");
+    let ids = |t: &ClipTokenizer| {
+        vec![
+            t.encode("")
+                .ids
+                .iter()
+                .map(|&i| i64::from(i))
+                .collect::<Vec<_>>(),
+        ]
+    };
+    let tokenizers = [ClipTokenizer::new(&pads[0])?, ClipTokenizer::new(&pads[1])?];
+    let mut outs = Vec::new();
+    for i in 0..2 {
+        let m = load_checked(&te_files[i], &device, |vb| {
+            ClipTextModel::new(&vb, &te_cfg[i], i == 1, te_prefixed[i])
+        })?;
+        outs.push(m.forward(&ids(&tokenizers[i]))?);
+    }
+    let prompt = Tensor::cat(
+        vec![outs[0].penultimate.clone(), outs[1].penultimate.clone()],
+        2,
+    );
+    let (prompt, prompt_shape) = pollster::block_on(read_back(prompt))?;
+    let (pooled, pooled_shape) = pollster::block_on(read_back(outs[1].pooled.clone()))?;
+
+    // Write.
+    let tmp = parent.join(format!(
+        ".{}.partial-{}",
+        a.output
+            .file_name()
+            .map_or("bundle".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut guard = TempDir(Some(tmp.clone()));
+    let mut w = Writer {
+        dir: tmp.clone(),
+        packer: ShardPacker::new(a.max_shard_bytes),
+        shards: Vec::new(),
+        dtype: target,
+    };
+    say(a.quiet, "writing the UNet and the LQ encoder");
+    for t in &infos {
+        let (dtype, shape, data) = ckpt.read(&t.name)?;
+        let key = if t.name.starts_with("denoise_encoder.") {
+            t.name.clone()
+        } else {
+            format!("unet.{}", t.name)
+        };
+        w.add(key, dtype, shape, &data)?;
+    }
+    say(a.quiet, "writing the VAE and the text encoders");
+    w.add_file(&vae_file, "vae.", str::to_string)?;
+    for i in 0..2 {
+        let prefix = if i == 0 {
+            "text_encoder."
+        } else {
+            "text_encoder_2."
+        };
+        let prefixed = te_prefixed[i];
+        w.add_file(&te_files[i], prefix, |k| {
+            if prefixed || k.starts_with("text_projection") {
+                k.to_string()
+            } else {
+                format!("text_model.{k}")
+            }
+        })?;
+    }
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    // Cached embeddings stay f32 whatever the weights' dtype.
+    let keep = w.dtype;
+    w.dtype = Dtype::F32;
+    w.add(
+        "empty_prompt.prompt_embeds".into(),
+        Dtype::F32,
+        prompt_shape,
+        &f32_bytes(&prompt),
+    )?;
+    w.add(
+        "empty_prompt.pooled_prompt_embeds".into(),
+        Dtype::F32,
+        pooled_shape,
+        &f32_bytes(&pooled),
+    )?;
+    w.dtype = keep;
+    let last = w.packer.flush()?;
+    w.emit(last)?;
+
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        dtype: a.dtype.clone(),
+        arch: "faithdiff".into(),
+        unet: unet_json,
+        faithdiff: fd_cfg,
+        vae: vae_json,
+        text_encoder: te_json[0].clone(),
+        text_encoder_2: te_json[1].clone(),
+        pad_tokens: pads,
+        scheduler: sched_json,
+        shards: w.shards.clone(),
+        sources: [
+            ("sdxl", &a.sdxl),
+            ("vae", &a.vae),
+            ("faithdiff", &a.faithdiff),
+        ]
+        .into_iter()
+        .map(|(k, p)| (k.to_string(), p.display().to_string()))
+        .collect(),
+    };
+    std::fs::write(tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)
+        .context("writing the manifest")?;
+    // Read the result back and check every component before publishing it.
+    load_bundle(&tmp)?.check(&device)?;
+    std::fs::rename(&tmp, &a.output)
+        .with_context(|| format!("moving the bundle to {}", a.output.display()))?;
+    guard.0 = None;
+    let total: u64 = w.shards.iter().map(|s| s.bytes).sum();
+    say(
+        a.quiet,
+        &format!(
+            "wrote {} ({} shards, {:.1} MiB, {})",
+            a.output.display(),
+            w.shards.len(),
+            total as f64 / (1 << 20) as f64,
+            a.dtype
+        ),
+    );
+    Ok(())
+}
+
+/// Reads a bundle folder.
+pub fn load_bundle(dir: &Path) -> Result<Bundle> {
+    let manifest_path = dir.join(MANIFEST);
+    let text = std::fs::read_to_string(&manifest_path)
+        .with_context(|| format!("{}: not a model bundle (no {MANIFEST})", dir.display()))?;
+    let manifest = Bundle::parse_manifest(&manifest_path.display().to_string(), &text)?;
+    let shards = manifest
+        .shards
+        .iter()
+        .map(|s| read_weights(&dir.join(&s.file)))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Bundle::new(&dir.display().to_string(), manifest, shards)?)
+}
