@@ -453,3 +453,202 @@ fn convert_refuses_bad_inputs_and_leaves_nothing_behind() {
         text(&o)
     );
 }
+
+fn bundle_in(dir: &Path) -> PathBuf {
+    let out = dir.join("bundle");
+    let o = convert(
+        &out,
+        &hub().join("FaithDiff.bin"),
+        &["--dtype", "f32", "-q"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    out
+}
+
+fn f32s(st: &safetensors::SafeTensors, key: &str) -> (Vec<usize>, Vec<f64>) {
+    let t = st.tensor(key).unwrap();
+    let v = match t.dtype() {
+        safetensors::Dtype::U8 => t.data().iter().map(|&b| b as f64).collect(),
+        _ => t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect(),
+    };
+    (t.shape().to_vec(), v)
+}
+
+fn upscale_parity(device: &str) {
+    let dir = scratch(&format!("parity_{device}"));
+    let model = bundle_in(&dir);
+    let case = root().join("tests/pipeline");
+    let (out, stages) = (dir.join("out.png"), dir.join("stages.safetensors"));
+    let o = bin()
+        .args([
+            "upscale", "-s", "2", "-t", "32", "--steps", "3", "--device", device, "-q",
+        ])
+        .arg("-i")
+        .arg(case.join("input.png"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--model")
+        .arg(&model)
+        .arg("--noise")
+        .arg(case.join("tensors.safetensors"))
+        .arg("--dump-stages")
+        .arg(&stages)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = std::fs::read(case.join("tensors.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let got = std::fs::read(&stages).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&got).unwrap();
+    for key in [
+        "lq_features",
+        "start_latent",
+        "latent_step_1",
+        "latent_final",
+        "decoded",
+    ] {
+        let ((gs, g), (es, e)) = (f32s(&got, key), f32s(&reference, key));
+        assert_eq!(gs, es, "{key}");
+        let num: f64 = g.iter().zip(&e).map(|(a, b)| (a - b) * (a - b)).sum();
+        let den: f64 = e.iter().map(|b| b * b).sum();
+        assert!(
+            (num / den).sqrt() < 1e-4,
+            "{device} {key}: {}",
+            (num / den).sqrt()
+        );
+    }
+    // The u8 images: at most an off-by-one from rounding, on very few pixels.
+    let (_, raw) = f32s(&got, "image_raw");
+    let (_, raw_ref) = f32s(&reference, "image_raw");
+    let (_, fixed_ref) = f32s(&reference, "image_adain");
+    let img = image::open(&out).unwrap().to_rgb8();
+    assert_eq!((img.width(), img.height()), (48, 32));
+    for (a, b) in [
+        (raw, raw_ref),
+        (img.as_raw().iter().map(|&x| x as f64).collect(), fixed_ref),
+    ] {
+        let off: Vec<f64> = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .filter(|d| *d > 0.0)
+            .collect();
+        assert!(off.iter().all(|&d| d <= 1.0), "{device}: {off:?}");
+        assert!(
+            off.len() * 100 <= a.len(),
+            "{device}: {} pixels differ",
+            off.len()
+        );
+    }
+}
+
+#[test]
+fn upscale_matches_the_reference_pipeline_on_cpu() {
+    upscale_parity("cpu");
+}
+
+#[test]
+fn upscale_matches_the_reference_pipeline_on_wgpu() {
+    upscale_parity("wgpu");
+}
+
+#[test]
+fn upscale_batch_reports_bad_files_keeps_alpha_and_never_overwrites() {
+    let dir = scratch("batch");
+    let model = bundle_in(&dir);
+    let input = dir.join("in");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    std::fs::copy(root().join("tests/pipeline/input.png"), input.join("a.png")).unwrap();
+    std::fs::write(input.join("broken.png"), b"\x89PNG\r\n\x1a\nnot really").unwrap();
+    let rgba = image::RgbaImage::from_fn(12, 8, |x, y| {
+        image::Rgba([x as u8 * 20, y as u8 * 30, 90, (x * 21) as u8])
+    });
+    rgba.save(input.join("sub/alpha.png")).unwrap();
+    let out = dir.join("out");
+    let run = |extra: &[&str]| {
+        bin()
+            .args([
+                "upscale",
+                "-s",
+                "2",
+                "-t",
+                "16",
+                "--steps",
+                "2",
+                "--device",
+                "cpu",
+                "--recursive",
+                "-q",
+            ])
+            .arg("-i")
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .arg("--model")
+            .arg(&model)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = run(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("broken.png: cannot read the image"),
+        "{}",
+        text(&o)
+    );
+    let a = image::open(out.join("a.png")).unwrap();
+    assert_eq!((a.width(), a.height()), (48, 32));
+    let alpha = image::open(out.join("sub/alpha.png")).unwrap();
+    assert!(alpha.color().has_alpha());
+    assert_eq!((alpha.width(), alpha.height()), (24, 16));
+    // The alpha channel is the Lanczos-upscaled input alpha.
+    let al: Vec<u8> = alpha.to_rgba8().pixels().map(|p| p[3]).collect();
+    assert!(al[0] < 10 && al[23] > 200, "{:?}", &al[..24]);
+    assert!(!out.join("broken.png").exists());
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.contains("partial").then_some(n)
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    // Same seed, same device: the same bytes. Existing outputs are kept without --overwrite.
+    let before = std::fs::read(out.join("a.png")).unwrap();
+    let o = run(&[]);
+    assert!(
+        text(&o).contains("exists (use --overwrite)"),
+        "{}",
+        text(&o)
+    );
+    let o = run(&["--overwrite"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(std::fs::read(out.join("a.png")).unwrap(), before);
+    // A missing model and an unwritable output are clear errors.
+    let o = bin()
+        .args(["upscale", "-i"])
+        .arg(input.join("a.png"))
+        .args(["-o", "/proc/nope/out.png", "--model"])
+        .arg(&model)
+        .args(["--device", "cpu", "--steps", "1", "-t", "16"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("/proc/nope"), "{}", text(&o));
+    let o = bin()
+        .args(["upscale", "-i"])
+        .arg(input.join("a.png"))
+        .args(["-o", "x.png", "--model", "/nonexistent/bundle"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&o).contains("/nonexistent/bundle: not a model bundle"),
+        "{}",
+        text(&o)
+    );
+}

@@ -16,24 +16,6 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
-out = sys.argv[1]
-os.makedirs(out, exist_ok=True)
-rng = np.random.default_rng(11)
-
-cases = {}
-sizes = [((5, 7), (10, 14)), ((9, 13), (27, 39)), ((16, 12), (64, 48)), ((11, 6), (17, 9)),
-         ((40, 30), (13, 11)), ((8, 8), (8, 8)), ((3, 50), (6, 100)), ((1, 4), (2, 8))]
-for i, ((h, w), (oh, ow)) in enumerate(sizes):
-    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-    if i == 2:  # smooth content too, where ringing shows
-        yy, xx = np.mgrid[0:h, 0:w]
-        img = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) % 2) * 255], -1).astype(np.uint8)
-    res = np.asarray(Image.fromarray(img).resize((ow, oh), Image.LANCZOS))
-    cases[f"in_{i}"] = torch.from_numpy(img.copy())
-    cases[f"out_{i}"] = torch.from_numpy(res.copy())
-save_file(cases, os.path.join(out, "lanczos.safetensors"))
-
-
 def calc_mean_std(feat, eps=1e-5):
     b, c = feat.shape[:2]
     var = feat.reshape(b, c, -1).var(dim=2) + eps
@@ -68,13 +50,32 @@ def wavelet(content, style):
     return ch + sl
 
 
-g = torch.Generator().manual_seed(5)
-t = {}
-for name, (h, w) in [("a", (48, 40)), ("b", (70, 33))]:
-    target = torch.rand(1, 3, h, w, generator=g)
-    source = (torch.rand(1, 3, h, w, generator=g) * 0.5 + 0.2).clamp(0, 1)
-    t[f"target_{name}"], t[f"source_{name}"] = target, source
-    t[f"adain_{name}"] = adain(target, source)
-    t[f"wavelet_{name}"] = wavelet(target, source)
-save_file(t, os.path.join(out, "color_fix.safetensors"))
-print("wrote", sorted(os.listdir(out)))
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(11)
+
+    cases = {}
+    sizes = [((5, 7), (10, 14)), ((9, 13), (27, 39)), ((16, 12), (64, 48)), ((11, 6), (17, 9)),
+             ((40, 30), (13, 11)), ((8, 8), (8, 8)), ((3, 50), (6, 100)), ((1, 4), (2, 8))]
+    for i, ((h, w), (oh, ow)) in enumerate(sizes):
+        img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+        if i == 2:  # smooth content too, where ringing shows
+            yy, xx = np.mgrid[0:h, 0:w]
+            img = np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) % 2) * 255], -1).astype(np.uint8)
+        res = np.asarray(Image.fromarray(img).resize((ow, oh), Image.LANCZOS))
+        cases[f"in_{i}"] = torch.from_numpy(img.copy())
+        cases[f"out_{i}"] = torch.from_numpy(res.copy())
+    save_file(cases, os.path.join(out, "lanczos.safetensors"))
+
+    g = torch.Generator().manual_seed(5)
+    t = {}
+    for name, (h, w) in [("a", (48, 40)), ("b", (70, 33))]:
+        target = torch.rand(1, 3, h, w, generator=g)
+        source = (torch.rand(1, 3, h, w, generator=g) * 0.5 + 0.2).clamp(0, 1)
+        t[f"target_{name}"], t[f"source_{name}"] = target, source
+        t[f"adain_{name}"] = adain(target, source)
+        t[f"wavelet_{name}"] = wavelet(target, source)
+    save_file(t, os.path.join(out, "color_fix.safetensors"))
+    print("wrote", sorted(os.listdir(out)))

@@ -2,6 +2,7 @@
 
 mod conformance;
 mod convert;
+mod upscale;
 
 use std::process::ExitCode;
 
@@ -9,6 +10,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use pgp_core::device::Backend;
 use pgp_core::info::arch_info;
+use pgp_core::pipeline::color_fix::ColorFix;
+use pgp_core::pipeline::run::{Settings, Start};
 use pgp_core::presets::Arch;
 use pgp_core::tokenizer::ClipTokenizer;
 
@@ -62,6 +65,65 @@ enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Upscale images (a file, or every image in a folder).
+    Upscale {
+        /// Input image or folder.
+        #[arg(short, long)]
+        input: std::path::PathBuf,
+        /// Output image or folder.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// With a folder input, mirror its whole tree.
+        #[arg(long)]
+        recursive: bool,
+        /// Upscaling factor.
+        #[arg(short, long, default_value_t = 2)]
+        scale: usize,
+        /// Latent tile size in output pixels (multiple of 8; tiles overlap by half; 0 = one
+        /// tile for the whole image).
+        #[arg(short, long, default_value_t = 1024)]
+        tile: usize,
+        /// Output format: png, jpg or webp (default: the output's extension, else png).
+        #[arg(short, long)]
+        format: Option<String>,
+        /// The model bundle made by `convert`.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Euler steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Classifier-free guidance scale (applies when --prompt is not empty).
+        #[arg(long, default_value_t = 5.0)]
+        cfg: f64,
+        /// RNG seed (same seed, same device ⇒ same output).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Caption of the image (empty by default).
+        #[arg(long, default_value = "")]
+        prompt: String,
+        /// Colour correction: adain, wavelet or none.
+        #[arg(long, default_value = "adain")]
+        color_fix: String,
+        /// Start point: lr (the encoded input, FaithDiff's default) or noise.
+        #[arg(long, default_value = "lr")]
+        start: String,
+        /// A safetensors file with `latent_noise` and `vae_noise` [1, 4, H/8, W/8] for the
+        /// padded image; no RNG is used.
+        #[arg(long)]
+        noise: Option<std::path::PathBuf>,
+        /// Replace existing outputs.
+        #[arg(long)]
+        overwrite: bool,
+        /// Backend: wgpu or cpu.
+        #[arg(long, default_value = "wgpu")]
+        device: String,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Write the pipeline's intermediate tensors here (for parity checks).
+        #[arg(long, hide = true)]
+        dump_stages: Option<std::path::PathBuf>,
     },
     /// Check a model bundle and list what it holds.
     Inspect {
@@ -132,6 +194,60 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 quiet,
             })?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Upscale {
+            input,
+            output,
+            recursive,
+            scale,
+            tile,
+            format,
+            model,
+            steps,
+            cfg,
+            seed,
+            prompt,
+            color_fix,
+            start,
+            noise,
+            overwrite,
+            device,
+            quiet,
+            dump_stages,
+        } => {
+            let start = match start.as_str() {
+                "lr" => Start::Lr,
+                "noise" => Start::Noise,
+                other => anyhow::bail!("--start must be lr or noise, not `{other}`"),
+            };
+            let args = upscale::UpscaleArgs {
+                input,
+                output,
+                recursive,
+                format,
+                model,
+                settings: Settings {
+                    scale,
+                    steps,
+                    guidance: cfg,
+                    prompt,
+                    tile,
+                    color_fix: ColorFix::parse(&color_fix)?,
+                    start,
+                    seed,
+                },
+                noise,
+                overwrite,
+                quiet,
+                backend: Backend::parse(&device)?,
+                dump_stages,
+            };
+            let ok = upscale::run(&args)?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Inspect { bundle } => {
             let b = convert::load_bundle(&bundle)?;

@@ -4,4 +4,5 @@
 
 pub mod color_fix;
 pub mod image;
+pub mod run;
 pub mod tiling;

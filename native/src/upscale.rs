@@ -1,0 +1,325 @@
+//! `pgp-wgpu upscale`: files and folders in, upscaled images out, with the flags users of
+//! realesrgan-ncnn-vulkan know. Outputs are written to a temporary file and renamed, never
+//! over an input or an existing file unless `--overwrite`; in a batch a bad file is reported
+//! and the rest continue.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use image::{DynamicImage, ImageFormat, RgbaImage};
+use indicatif::{ProgressBar, ProgressStyle};
+use pgp_core::burn::tensor::Device;
+use pgp_core::conformance::read_back;
+use pgp_core::device::Backend;
+use pgp_core::pipeline::image::{RgbImage, resize_lanczos};
+use pgp_core::pipeline::run::{Models, Noise, Settings, Stages, TextEncoders, upscale};
+use pgp_core::safetensors::Dtype;
+use pgp_core::tokenizer::ClipTokenizer;
+use pgp_core::weights::WeightFile;
+
+use crate::convert::load_bundle;
+
+/// What `upscale` was asked to do.
+pub struct UpscaleArgs {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub recursive: bool,
+    pub format: Option<String>,
+    pub model: PathBuf,
+    pub settings: Settings,
+    pub noise: Option<PathBuf>,
+    pub overwrite: bool,
+    pub quiet: bool,
+    pub backend: Backend,
+    pub dump_stages: Option<PathBuf>,
+}
+
+const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
+
+fn is_image(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+fn output_format(path: &Path, forced: Option<&str>) -> Result<ImageFormat> {
+    let ext = match forced {
+        Some(f) => f.to_string(),
+        None => path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_else(|| "png".into()),
+    };
+    Ok(match ext.as_str() {
+        "png" => ImageFormat::Png,
+        "jpg" | "jpeg" => ImageFormat::Jpeg,
+        "webp" => ImageFormat::WebP,
+        other => bail!("unsupported output format `{other}` (png, jpg, webp)"),
+    })
+}
+
+/// (input, output) pairs: a file to a file (or into a folder), a folder to a folder.
+fn jobs(a: &UpscaleArgs) -> Result<Vec<(PathBuf, PathBuf)>> {
+    let ext = a.format.as_deref().unwrap_or("png");
+    if a.input.is_file() {
+        let out = if a.output.is_dir() {
+            let stem = a.input.file_stem().context("input has no file name")?;
+            a.output.join(format!("{}.{ext}", stem.to_string_lossy()))
+        } else {
+            a.output.clone()
+        };
+        return Ok(vec![(a.input.clone(), out)]);
+    }
+    if !a.input.is_dir() {
+        bail!("{}: no such file or folder", a.input.display());
+    }
+    if a.output.exists() && !a.output.is_dir() {
+        bail!(
+            "{}: the output for a folder must be a folder",
+            a.output.display()
+        );
+    }
+    let mut found = Vec::new();
+    let mut stack = vec![a.input.clone()];
+    while let Some(dir) = stack.pop() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                if a.recursive {
+                    stack.push(p);
+                }
+            } else if is_image(&p) {
+                let rel = p.strip_prefix(&a.input).expect("under the input folder");
+                found.push((p.clone(), a.output.join(rel).with_extension(ext)));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn load_models(a: &UpscaleArgs, device: &Device) -> Result<Models> {
+    let bundle = load_bundle(&a.model)?;
+    let text = if a.settings.prompt.is_empty() {
+        None
+    } else {
+        let pads = &bundle.manifest.pad_tokens;
+        Some(TextEncoders {
+            first: (
+                bundle.text_encoder(device, false)?,
+                ClipTokenizer::new(&pads[0])?,
+            ),
+            second: (
+                bundle.text_encoder(device, true)?,
+                ClipTokenizer::new(&pads[1])?,
+            ),
+        })
+    };
+    Ok(Models {
+        unet: bundle.unet(device)?,
+        denoise_encoder: bundle.denoise_encoder(device)?,
+        vae: bundle.vae(device)?,
+        empty_prompt: bundle.empty_prompt(device)?,
+        text,
+        scheduler: bundle.scheduler()?,
+    })
+}
+
+fn load_noise(path: &Path, device: &Device) -> Result<Noise> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let f = WeightFile::from_bytes(path.display().to_string(), bytes)?;
+    Ok(Noise {
+        latent: f.tensor("latent_noise", device)?,
+        vae: f.tensor("vae_noise", device)?,
+    })
+}
+
+/// Writes `bytes` next to `path` and renames it into place.
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.partial-{}",
+        path.file_name()
+            .map_or("out".into(), |n| n.to_string_lossy()),
+        std::process::id()
+    ));
+    let result = write(&tmp).and_then(|()| {
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+async fn dump(stages: &Stages, path: &Path) -> Result<()> {
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let tensors = [
+        ("lq_features", &stages.lq_features),
+        ("start_latent", &stages.start_latent),
+        ("latent_step_1", &stages.latent_step_1),
+        ("latent_final", &stages.latent_final),
+        ("decoded", &stages.decoded),
+    ];
+    for (name, t) in tensors {
+        if let Some(t) = t {
+            let (v, shape) = read_back(t.clone()).await?;
+            owned.push((
+                name.into(),
+                Dtype::F32,
+                shape,
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
+    }
+    if let Some(img) = &stages.image_raw {
+        owned.push((
+            "image_raw".into(),
+            Dtype::U8,
+            vec![img.height, img.width, 3],
+            img.data.clone(),
+        ));
+    }
+    let views: Vec<_> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                pgp_core::safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                    .expect("sizes match"),
+            )
+        })
+        .collect();
+    write_atomic(path, |tmp| {
+        pgp_core::safetensors::serialize_to_file(views, None, tmp).context("writing stages")
+    })
+}
+
+/// Upscales one file; the alpha channel, if any, is upscaled with the same Lanczos filter and
+/// reattached.
+fn one(
+    a: &UpscaleArgs,
+    models: &Models,
+    noise: Option<&Noise>,
+    device: &Device,
+    input: &Path,
+    output: &Path,
+) -> Result<()> {
+    let format = output_format(output, a.format.as_deref())?;
+    if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
+        bail!("{}: refusing to write over the input", output.display());
+    }
+    if output.exists() && !a.overwrite {
+        bail!("{}: exists (use --overwrite)", output.display());
+    }
+    let decoded = image::open(input)
+        .with_context(|| format!("{}: cannot read the image", input.display()))?;
+    let has_alpha = decoded.color().has_alpha();
+    let rgba = decoded.to_rgba8();
+    let (w, h) = (rgba.width() as usize, rgba.height() as usize);
+    let rgb: Vec<u8> = rgba.pixels().flat_map(|p| [p[0], p[1], p[2]]).collect();
+    let img = RgbImage::new(w, h, rgb)?;
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] step {msg} {elapsed_precise}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(input.display().to_string());
+    let mut progress = |p: pgp_core::pipeline::run::Progress| {
+        bar.set_length((p.steps * p.tiles) as u64);
+        bar.set_position(((p.step - 1) * p.tiles + p.tile) as u64);
+        bar.set_message(format!(
+            "{}/{} tile {}/{}",
+            p.step, p.steps, p.tile, p.tiles
+        ));
+    };
+    let mut stages = Stages::default();
+    let out = pollster::block_on(upscale(
+        models,
+        &img,
+        &a.settings,
+        noise.cloned(),
+        device,
+        &mut progress,
+        &mut stages,
+    ))?;
+    bar.finish_and_clear();
+    if let Some(path) = &a.dump_stages {
+        pollster::block_on(dump(&stages, path))?;
+    }
+    let result = if has_alpha {
+        let alpha: Vec<u8> = rgba.pixels().flat_map(|p| [p[3]; 3]).collect();
+        let alpha = resize_lanczos(&RgbImage::new(w, h, alpha)?, out.width, out.height)?;
+        let mut data = Vec::with_capacity(out.width * out.height * 4);
+        for (px, al) in out.data.chunks_exact(3).zip(alpha.data.chunks_exact(3)) {
+            data.extend_from_slice(&[px[0], px[1], px[2], al[0]]);
+        }
+        let img =
+            RgbaImage::from_raw(out.width as u32, out.height as u32, data).expect("sizes match");
+        if format == ImageFormat::Jpeg {
+            DynamicImage::ImageRgba8(img).to_rgb8().into()
+        } else {
+            DynamicImage::ImageRgba8(img)
+        }
+    } else {
+        DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(out.width as u32, out.height as u32, out.data)
+                .expect("sizes match"),
+        )
+    };
+    write_atomic(output, |tmp| {
+        result
+            .save_with_format(tmp, format)
+            .with_context(|| format!("writing {}", output.display()))
+    })
+}
+
+/// Runs the batch; true when every image succeeded.
+pub fn run(a: &UpscaleArgs) -> Result<bool> {
+    let jobs = jobs(a)?;
+    if jobs.is_empty() {
+        bail!(
+            "{}: no images (png, jpg, webp, bmp) found",
+            a.input.display()
+        );
+    }
+    output_format(&jobs[0].1, a.format.as_deref())?;
+    let device = a.backend.device();
+    let models = load_models(a, &device)?;
+    let noise = a
+        .noise
+        .as_deref()
+        .map(|p| load_noise(p, &device))
+        .transpose()?;
+    let mut failed = 0;
+    for (input, output) in &jobs {
+        match one(a, &models, noise.as_ref(), &device, input, output) {
+            Ok(()) => {
+                if !a.quiet {
+                    eprintln!("{} → {}", input.display(), output.display());
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}: {e:#}", input.display());
+            }
+        }
+    }
+    if jobs.len() > 1 && !a.quiet {
+        eprintln!("{} of {} images upscaled", jobs.len() - failed, jobs.len());
+    }
+    Ok(failed == 0)
+}
