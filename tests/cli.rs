@@ -652,3 +652,17 @@ fn upscale_batch_reports_bad_files_keeps_alpha_and_never_overwrites() {
         text(&o)
     );
 }
+
+#[test]
+fn devices_lists_adapters_and_g_checks_the_index() {
+    let o = bin().arg("devices").output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).starts_with("0: "), "{}", text(&o));
+    let o = bin()
+        .args([
+            "upscale", "-i", "x.png", "-o", "y.png", "--model", "m", "-g", "99",
+        ])
+        .output()
+        .unwrap();
+    assert!(text(&o).contains("-g 99: there are"), "{}", text(&o));
+}

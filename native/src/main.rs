@@ -118,6 +118,9 @@ enum Command {
         /// Backend: wgpu or cpu.
         #[arg(long, default_value = "wgpu")]
         device: String,
+        /// GPU adapter index, as `pgp-wgpu devices` lists them (default: the best one).
+        #[arg(short, long)]
+        gpu: Option<usize>,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -125,6 +128,8 @@ enum Command {
         #[arg(long, hide = true)]
         dump_stages: Option<std::path::PathBuf>,
     },
+    /// List the GPU adapters (`-g` picks one by its index).
+    Devices,
     /// Check a model bundle and list what it holds.
     Inspect {
         /// The bundle folder.
@@ -212,9 +217,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             noise,
             overwrite,
             device,
+            gpu,
             quiet,
             dump_stages,
         } => {
+            let backend = Backend::parse(&device)?;
+            let device = match gpu {
+                None => backend.device(),
+                Some(i) => {
+                    let adapters = pollster::block_on(pgp_core::device::adapters());
+                    match adapters.get(i) {
+                        Some(a) if backend == Backend::Wgpu => a.device(),
+                        Some(_) => anyhow::bail!("-g selects a GPU adapter; drop --device cpu"),
+                        None => anyhow::bail!(
+                            "-g {i}: there are {} adapters (see `pgp-wgpu devices`)",
+                            adapters.len()
+                        ),
+                    }
+                }
+            };
             let start = match start.as_str() {
                 "lr" => Start::Lr,
                 "noise" => Start::Noise,
@@ -239,7 +260,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 noise,
                 overwrite,
                 quiet,
-                backend: Backend::parse(&device)?,
+                device,
                 dump_stages,
             };
             let ok = upscale::run(&args)?;
@@ -248,6 +269,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Devices => {
+            let adapters = pollster::block_on(pgp_core::device::adapters());
+            if adapters.is_empty() {
+                println!(
+                    "no GPU adapter found (install a Vulkan driver; `--device cpu` works anywhere)"
+                );
+            }
+            for a in adapters {
+                println!(
+                    "{}: {} ({}, {}, {}){}",
+                    a.index,
+                    a.name,
+                    a.backend,
+                    a.kind,
+                    a.driver,
+                    if a.shader_f16 { ", shader-f16" } else { "" }
+                );
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { bundle } => {
             let b = convert::load_bundle(&bundle)?;

@@ -10,7 +10,6 @@ use image::{DynamicImage, ImageFormat, RgbaImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgp_core::burn::tensor::Device;
 use pgp_core::conformance::read_back;
-use pgp_core::device::Backend;
 use pgp_core::pipeline::image::{RgbImage, resize_lanczos};
 use pgp_core::pipeline::run::{Models, Noise, Settings, Stages, TextEncoders, upscale};
 use pgp_core::safetensors::Dtype;
@@ -30,7 +29,7 @@ pub struct UpscaleArgs {
     pub noise: Option<PathBuf>,
     pub overwrite: bool,
     pub quiet: bool,
-    pub backend: Backend,
+    pub device: Device,
     pub dump_stages: Option<PathBuf>,
 }
 
@@ -297,7 +296,7 @@ pub fn run(a: &UpscaleArgs) -> Result<bool> {
         );
     }
     output_format(&jobs[0].1, a.format.as_deref())?;
-    let device = a.backend.device();
+    let device = a.device.clone();
     let models = load_models(a, &device)?;
     let noise = a
         .noise

@@ -3,6 +3,68 @@
 
 use burn::tensor::{Device, DeviceKind};
 
+/// One adapter the wgpu runtime can use.
+#[derive(Clone, Debug)]
+pub struct AdapterInfo {
+    /// Position in the list, as `-g` takes it.
+    pub index: usize,
+    /// The adapter's name.
+    pub name: String,
+    /// Graphics API.
+    pub backend: String,
+    /// Discrete, integrated, virtual or CPU.
+    pub kind: String,
+    /// Driver and version.
+    pub driver: String,
+    /// Whether it can run f16 shaders.
+    pub shader_f16: bool,
+    device_kind: DeviceKind,
+}
+
+impl AdapterInfo {
+    /// The burn device for this adapter.
+    pub fn device(&self) -> Device {
+        Device::wgpu(self.device_kind.clone())
+    }
+}
+
+/// The adapters of the primary APIs (Vulkan, Metal, DX12, WebGPU), in wgpu's order.
+pub async fn adapters() -> Vec<AdapterInfo> {
+    use burn::tensor::wgpu::wgpu;
+    let instance = wgpu::Instance::default();
+    let mut seen: std::collections::HashMap<String, usize> = Default::default();
+    instance
+        .enumerate_adapters(wgpu::Backends::PRIMARY)
+        .await
+        .into_iter()
+        .enumerate()
+        .map(|(index, a)| {
+            let info = a.get_info();
+            let kind = format!("{:?}", info.device_type);
+            let n = seen.entry(kind.clone()).or_default();
+            let device_kind = match info.device_type {
+                wgpu::DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(*n),
+                wgpu::DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(*n),
+                wgpu::DeviceType::VirtualGpu => DeviceKind::VirtualGpu(*n),
+                wgpu::DeviceType::Cpu => DeviceKind::Cpu,
+                wgpu::DeviceType::Other => DeviceKind::DefaultDevice,
+            };
+            *n += 1;
+            AdapterInfo {
+                index,
+                name: info.name,
+                backend: format!("{:?}", info.backend),
+                kind,
+                driver: format!("{} {}", info.driver, info.driver_info)
+                    .trim()
+                    .to_string(),
+                shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+                device_kind,
+            }
+        })
+        .collect()
+}
+
 /// Which backend to run on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
