@@ -24,7 +24,7 @@ use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use crate::models::unet_2d::UNet2DConditionConfig;
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
 use crate::schedulers::euler::EulerConfig;
-use crate::weights::{TensorSource, WeightFile, WeightStore, check, load_prefixed};
+use crate::weights::{TensorSource, WeightFile, WeightStore, check, decode_f32, load_prefixed};
 
 /// `format` of every manifest.
 pub const FORMAT: &str = "pgp-wgpu-bundle";
@@ -225,23 +225,10 @@ pub fn convert_dtype(name: &str, from: Dtype, bytes: &[u8], to: Dtype) -> Result
     if from == to {
         return Ok(bytes.to_vec());
     }
-    let values: Vec<f32> = match from {
-        Dtype::F32 => bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-        Dtype::F16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::BF16 => bytes
-            .chunks_exact(2)
-            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-            .collect(),
-        Dtype::F64 => bytes
-            .chunks_exact(8)
-            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-            .collect(),
+    let values = match from {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => {
+            decode_f32(from, bytes).expect("a float dtype")
+        }
         other => {
             return Err(Error::input(format!(
                 "`{name}`: cannot convert {other:?} weights"

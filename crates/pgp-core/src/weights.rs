@@ -26,6 +26,38 @@ fn float_bytes(dtype: Dtype) -> Option<usize> {
     }
 }
 
+/// Little-endian tensor bytes as f32: floats (f32, f16, bf16, f64) and integers (i64, i32);
+/// `None` for other dtypes.
+pub fn decode_f32(dtype: Dtype, raw: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => raw
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        Dtype::F64 => raw
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Dtype::I64 => raw
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        Dtype::I32 => raw
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
 /// A safetensors file held in memory, with its header parsed and checked.
 pub struct WeightFile {
     name: String,
@@ -103,38 +135,12 @@ impl WeightFile {
             .get(key)
             .ok_or_else(|| Error::input(format!("{}: no tensor named `{key}`", self.name)))?;
         let raw = &self.bytes[self.data_start + e.start..self.data_start + e.end];
-        let values: Vec<f32> = match e.dtype {
-            Dtype::F32 => raw
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => raw
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => raw
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::F64 => raw
-                .chunks_exact(8)
-                .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect(),
-            Dtype::I64 => raw
-                .chunks_exact(8)
-                .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
-                .collect(),
-            Dtype::I32 => raw
-                .chunks_exact(4)
-                .map(|c| i32::from_le_bytes(c.try_into().expect("4 bytes")) as f32)
-                .collect(),
-            other => {
-                return Err(Error::input(format!(
-                    "{}: tensor `{key}` has unsupported dtype {other:?}",
-                    self.name
-                )));
-            }
-        };
+        let values = decode_f32(e.dtype, raw).ok_or_else(|| {
+            Error::input(format!(
+                "{}: tensor `{key}` has unsupported dtype {:?}",
+                self.name, e.dtype
+            ))
+        })?;
         Ok((values, e.shape.clone()))
     }
 

@@ -180,9 +180,13 @@ pub fn to_unit_tensor(img: &RgbImage, device: &Device) -> Tensor<4> {
     (to_signed_tensor(img, device) + 1.0) / 2.0
 }
 
-/// Planar `[3, H, W]` values in `[-1, 1]` → u8 by `round(255·(x/2 + 0.5))` after clamping,
-/// as diffusers' image post-processing does.
-pub fn from_signed(planar: &[f32], width: usize, height: usize) -> Result<RgbImage> {
+/// Planar `[3, H, W]` floats → interleaved u8 with `to_u8` per value.
+fn planar_to_rgb(
+    planar: &[f32],
+    width: usize,
+    height: usize,
+    to_u8: impl Fn(f32) -> u8,
+) -> Result<RgbImage> {
     let n = width * height;
     if planar.len() != 3 * n {
         return Err(Error::input("planar data does not match the image size"));
@@ -190,27 +194,24 @@ pub fn from_signed(planar: &[f32], width: usize, height: usize) -> Result<RgbIma
     let mut data = vec![0u8; 3 * n];
     for c in 0..3 {
         for i in 0..n {
-            let x = planar[c * n + i].clamp(-1.0, 1.0);
-            data[i * 3 + c] = (255.0 * (x / 2.0 + 0.5)).round() as u8;
+            data[i * 3 + c] = to_u8(planar[c * n + i]);
         }
     }
     RgbImage::new(width, height, data)
 }
 
+/// Planar `[3, H, W]` values in `[-1, 1]` → u8 by `round(255·(x/2 + 0.5))` after clamping,
+/// as diffusers' image post-processing does.
+pub fn from_signed(planar: &[f32], width: usize, height: usize) -> Result<RgbImage> {
+    planar_to_rgb(planar, width, height, |x| {
+        (255.0 * (x.clamp(-1.0, 1.0) / 2.0 + 0.5)).round() as u8
+    })
+}
+
 /// Planar `[3, H, W]` values in `[0, 1]` → u8 as torchvision's `ToPILImage` does after the
 /// colour fix: clamp, `·255`, truncate.
 pub fn from_unit(planar: &[f32], width: usize, height: usize) -> Result<RgbImage> {
-    let n = width * height;
-    if planar.len() != 3 * n {
-        return Err(Error::input("planar data does not match the image size"));
-    }
-    let mut data = vec![0u8; 3 * n];
-    for c in 0..3 {
-        for i in 0..n {
-            data[i * 3 + c] = (planar[c * n + i].clamp(0.0, 1.0) * 255.0) as u8;
-        }
-    }
-    RgbImage::new(width, height, data)
+    planar_to_rgb(planar, width, height, |x| (x.clamp(0.0, 1.0) * 255.0) as u8)
 }
 
 #[cfg(test)]
