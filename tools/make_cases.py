@@ -1,12 +1,14 @@
 """Generate conformance cases (reference outputs from diffusers / transformers / torch).
 
-Usage: python make_cases.py OUT_DIR SEED [base|extra]
+Usage: python make_cases.py OUT_DIR SEED [base|extra|tiled]
 Each case is a folder: case.json, weights.safetensors, tensors.safetensors (format: shared/spec/conformance.md).
 
 `base` (the default) writes the cases of shared/conformance (seed as there); `extra` writes the
 project's own cases with other shapes and configs: odd latent sizes, batch 2, f16 weights, other
 head counts, legacy CLIP configs, other schedules, odd FFT sizes, long and single-token attention.
-Needs torch, diffusers and transformers (CPU is enough); CI never runs it.
+`tiled` writes VAE cases run with diffusers' enable_tiling() (case.json `"tiling": true`, this
+project's extension of the format). Needs torch, diffusers and transformers (CPU is enough);
+CI never runs it.
 """
 import json, os, sys
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -176,6 +178,24 @@ def vae_cases(prefix, ch, groups, H, W):
     write(prefix + "_denoise_encoder", "denoise_encoder", cfg, dsd, {"image": img, "expected": s})
 
 
+def vae_tiled_cases(prefix, ch, groups, H, W, sample):
+    """diffusers' enable_tiling(): images over `sample` pixels are encoded/decoded in tiles."""
+    cfg = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * len(ch),
+               up_block_types=["UpDecoderBlock2D"] * len(ch), block_out_channels=ch, layers_per_block=1,
+               latent_channels=4, norm_num_groups=groups, sample_size=sample, scaling_factor=0.13025)
+    v = AutoencoderKL(**cfg).eval()
+    randomize(v, 0.3)
+    v.enable_tiling()
+    img = rnd(1, 3, H, W).clamp(-1, 1)
+    mean = v.encode(img).latent_dist.mean
+    f = 2 ** (len(ch) - 1)
+    lat = rnd(1, 4, H // f, W // f)
+    dec = v.decode(lat).sample
+    sd = v.state_dict()
+    write(prefix + "_encode", "vae_encode", cfg, sd, {"image": img, "expected": mean}, extra={"tiling": True})
+    write(prefix + "_decode", "vae_decode", cfg, sd, {"latents": lat, "expected": dec}, extra={"tiling": True})
+
+
 def clip_cases(prefix, vocab, hidden, layers, heads, proj, legacy_eos=False, B=2):
     eos = vocab - 1
     ids = torch.randint(1, vocab - 2, (B, 77), generator=g)
@@ -265,3 +285,5 @@ if __name__ == "__main__":
         attention_case("attention_cross_77", 2, 3, 64, 77, 64)
         attention_case("attention_one_token", 1, 2, 1, 5, 8)
         attention_case("attention_d80_long", 1, 2, 300, 300, 80)
+    if SET == "tiled":
+        vae_tiled_cases("vae_tiled", (16, 32, 32, 32), 8, 88, 72, 32)

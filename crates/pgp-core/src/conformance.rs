@@ -45,6 +45,10 @@ struct CaseJson {
     faithdiff: Option<FaithDiffConfig>,
     #[serde(default)]
     num_inference_steps: Option<usize>,
+    /// This project's extension for `vae_encode` / `vae_decode`: the reference ran with
+    /// diffusers' `enable_tiling()`.
+    #[serde(default)]
+    tiling: bool,
 }
 
 /// A case's files, already read by the caller.
@@ -173,7 +177,8 @@ pub async fn run_case(files: &CaseFiles, device: &Device) -> Result<CaseOutcome>
         }
         "vae_encode" | "vae_decode" => {
             let cfg = AutoencoderKLConfig::from_json(&case.config)?;
-            let m = load_checked(weights(files)?, device, |vb| AutoencoderKL::new(&vb, &cfg))?;
+            let mut m = load_checked(weights(files)?, device, |vb| AutoencoderKL::new(&vb, &cfg))?;
+            m.set_tiling(case.tiling);
             let out = if case.kind == "vae_encode" {
                 m.encode_mean(input("image")?)?
             } else {

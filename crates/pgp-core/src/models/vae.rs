@@ -55,6 +55,13 @@ pub struct AutoencoderKLConfig {
     pub use_post_quant_conv: bool,
     #[serde(default = "d_true")]
     pub mid_block_add_attention: bool,
+    /// The image size tiled encoding and decoding work in (diffusers' `tile_sample_min_size`).
+    #[serde(default = "d_sample")]
+    pub sample_size: usize,
+}
+
+fn d_sample() -> usize {
+    512
 }
 
 impl AutoencoderKLConfig {
@@ -288,9 +295,89 @@ pub struct AutoencoderKL {
     latent_channels: usize,
     /// The config's `scaling_factor` (0.13025 for sdxl-vae-fp16-fix).
     pub scaling_factor: f64,
+    /// `Some((tile_sample, tile_latent))` when tiled encoding/decoding is on.
+    tiling: Option<(usize, usize)>,
+    tile_sizes: (usize, usize),
+}
+
+/// Overlap of diffusers' VAE tiles.
+const TILE_OVERLAP: f64 = 0.25;
+
+/// Blends the last `extent` rows (`dim` 2) or columns (`dim` 3) of `a` into the first ones of
+/// `b`, linearly, as diffusers' `blend_v` / `blend_h`.
+fn blend(a: &Tensor<4>, b: Tensor<4>, extent: usize, dim: usize) -> Tensor<4> {
+    let e = extent.min(a.dims()[dim]).min(b.dims()[dim]);
+    if e == 0 {
+        return b;
+    }
+    let device = b.device();
+    let w: Vec<f32> = (0..e).map(|y| (y as f64 / e as f64) as f32).collect();
+    let inv: Vec<f32> = (0..e).map(|y| (1.0 - y as f64 / e as f64) as f32).collect();
+    let mut shape = [1, 1, 1, 1];
+    shape[dim] = e;
+    let w = Tensor::<4>::from_data(burn::tensor::TensorData::new(w, shape), &device);
+    let inv = Tensor::<4>::from_data(burn::tensor::TensorData::new(inv, shape), &device);
+    let n = a.dims()[dim];
+    let tail = a.clone().narrow(dim, n - e, e);
+    let head = b.clone().narrow(dim, 0, e);
+    let mixed = tail * inv + head * w;
+    let rest = b.dims()[dim] - e;
+    if rest == 0 {
+        mixed
+    } else {
+        Tensor::cat(vec![mixed, b.narrow(dim, e, rest)], dim)
+    }
+}
+
+/// diffusers' tiled encode/decode: tiles of `tile_in` every `stride` on the input, each run
+/// through `f`, blended over `extent` output pixels with the tiles above and to the left (after
+/// their own blending) and cropped to `limit`.
+fn tiled(
+    x: Tensor<4>,
+    tile_in: usize,
+    stride: usize,
+    extent: usize,
+    limit: usize,
+    f: impl Fn(Tensor<4>) -> Tensor<4>,
+) -> Tensor<4> {
+    let [b, c, h, w] = x.dims();
+    let mut rows: Vec<Vec<Tensor<4>>> = Vec::new();
+    for i in (0..h).step_by(stride) {
+        let mut row: Vec<Tensor<4>> = Vec::new();
+        for j in (0..w).step_by(stride) {
+            let t = x
+                .clone()
+                .slice([0..b, 0..c, i..(i + tile_in).min(h), j..(j + tile_in).min(w)]);
+            let mut t = f(t);
+            if let Some(above) = rows.last() {
+                t = blend(&above[row.len()], t, extent, 2);
+            }
+            if let Some(left) = row.last() {
+                t = blend(left, t, extent, 3);
+            }
+            row.push(t);
+        }
+        rows.push(row);
+    }
+    let crop = |t: &Tensor<4>| {
+        let [tb, tc, th, tw] = t.dims();
+        t.clone()
+            .slice([0..tb, 0..tc, 0..th.min(limit), 0..tw.min(limit)])
+    };
+    let rows: Vec<Tensor<4>> = rows
+        .iter()
+        .map(|r| Tensor::cat(r.iter().map(crop).collect(), 3))
+        .collect();
+    Tensor::cat(rows, 2)
 }
 
 impl AutoencoderKL {
+    /// Turns diffusers' tiled encoding and decoding on or off (`enable_tiling()`): images larger
+    /// than `sample_size` (latents larger than `sample_size / 8`) are processed in overlapping
+    /// tiles, so memory stays bounded whatever the image size.
+    pub fn set_tiling(&mut self, on: bool) {
+        self.tiling = on.then_some(self.tile_sizes);
+    }
     /// Keys as diffusers names them (`encoder.*`, `quant_conv`, `post_quant_conv`, `decoder.*`).
     pub fn new(vb: &VarBuilder, cfg: &AutoencoderKLConfig) -> Result<Self> {
         cfg.validate()?;
@@ -307,16 +394,36 @@ impl AutoencoderKL {
             decoder: Decoder::new(&vb.pp("decoder"), cfg),
             latent_channels: l,
             scaling_factor: cfg.scaling_factor,
+            tiling: None,
+            tile_sizes: (cfg.sample_size, cfg.sample_size / cfg.downscale()),
         })
     }
 
     /// The posterior's moments `[B, 2L, h, w]` (mean ‖ log-variance).
     pub fn encode_moments(&self, image: Tensor<4>) -> Result<Tensor<4>> {
         self.encoder.check_input(&image)?;
-        let m = self.encoder.forward(image);
-        Ok(match &self.quant_conv {
-            Some(q) => q.forward(m),
-            None => m,
+        let encode = |x: Tensor<4>| {
+            let m = self.encoder.forward(x);
+            match &self.quant_conv {
+                Some(q) => q.forward(m),
+                None => m,
+            }
+        };
+        let [_, _, h, w] = image.dims();
+        Ok(match self.tiling {
+            Some((sample, latent)) if h > sample || w > sample => {
+                let stride = (sample as f64 * (1.0 - TILE_OVERLAP)) as usize;
+                let extent = (latent as f64 * TILE_OVERLAP) as usize;
+                tiled(
+                    image,
+                    sample,
+                    stride.max(1),
+                    extent,
+                    latent - extent,
+                    encode,
+                )
+            }
+            _ => encode(image),
         })
     }
 
@@ -354,11 +461,22 @@ impl AutoencoderKL {
                 self.latent_channels
             )));
         }
-        let z = match &self.post_quant_conv {
-            Some(p) => p.forward(z),
-            None => z,
+        let decode = |z: Tensor<4>| {
+            let z = match &self.post_quant_conv {
+                Some(p) => p.forward(z),
+                None => z,
+            };
+            self.decoder.forward(z)
         };
-        Ok(self.decoder.forward(z))
+        let [_, _, h, w] = z.dims();
+        Ok(match self.tiling {
+            Some((sample, latent)) if h > latent || w > latent => {
+                let stride = (latent as f64 * (1.0 - TILE_OVERLAP)) as usize;
+                let extent = (sample as f64 * TILE_OVERLAP) as usize;
+                tiled(z, latent, stride.max(1), extent, sample - extent, decode)
+            }
+            _ => decode(z),
+        })
     }
 }
 
