@@ -666,3 +666,54 @@ fn devices_lists_adapters_and_g_checks_the_index() {
         .unwrap();
     assert!(text(&o).contains("-g 99: there are"), "{}", text(&o));
 }
+
+#[test]
+fn one_step_mode_matches_the_reference_recipe() {
+    let dir = scratch("one_step");
+    let model = bundle_in(&dir);
+    let case = root().join("tests/pipeline");
+    let (out, stages) = (dir.join("s1.png"), dir.join("stages.safetensors"));
+    let o = bin()
+        .args([
+            "upscale",
+            "--one-step",
+            "-s",
+            "2",
+            "-t",
+            "32",
+            "--device",
+            "cpu",
+            "-q",
+        ])
+        .arg("-i")
+        .arg(case.join("input.png"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--model")
+        .arg(&model)
+        .arg("--noise")
+        .arg(case.join("tensors.safetensors"))
+        .arg("--dump-stages")
+        .arg(&stages)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let reference = std::fs::read(case.join("tensors.safetensors")).unwrap();
+    let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
+    let got = std::fs::read(&stages).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&got).unwrap();
+    let ((gs, g), (es, e)) = (f32s(&got, "latent_final"), f32s(&reference, "s1_latent"));
+    assert_eq!(gs, es);
+    let num: f64 = g.iter().zip(&e).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = e.iter().map(|b| b * b).sum();
+    assert!((num / den).sqrt() < 1e-4, "{}", (num / den).sqrt());
+    let img = image::open(&out).unwrap().to_rgb8();
+    let (_, expected) = f32s(&reference, "s1_image_adain");
+    let off = img
+        .as_raw()
+        .iter()
+        .zip(&expected)
+        .filter(|(a, b)| (**a as f64 - **b).abs() > 1.0)
+        .count();
+    assert_eq!(off, 0);
+}

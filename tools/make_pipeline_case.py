@@ -5,7 +5,8 @@ the Rust pipeline can be compared stage by stage.
 Usage: python make_pipeline_case.py HUB_DIR OUT_DIR
 Writes OUT_DIR/case.json (settings) and OUT_DIR/tensors.safetensors: `image` (u8 H×W×3 input),
 `latent_noise`, `vae_noise`, and the stages `lq_features`, `start_latent`, `latent_step_1`,
-`latent_final`, `decoded` ([-1, 1], padded), `image_raw` and `image_adain` (u8 outputs).
+`latent_final`, `decoded` ([-1, 1], padded), `image_raw` and `image_adain` (u8 outputs), and
+for the one-step S1 mode on the same weights `s1_latent` (x0) and `s1_image_adain`.
 Needs torch, diffusers, Pillow; CI never runs it.
 """
 import json, os, sys
@@ -92,15 +93,13 @@ def starts(n, tile, stride):
 tile = settings["tile"] // 8
 stride = tile // 2
 prompt, pooled = empty["prompt_embeds"], empty["pooled_prompt_embeds"]
-step1 = None
-for i, t in enumerate(sched.timesteps):
-    sigma, sigma_next = sched.sigmas[i], sched.sigmas[i + 1]
+def blended_eps(latents, in_scale, t):
     acc = torch.zeros_like(latents)
     wsum = torch.zeros(1, 1, lh, lw)
     for top in starts(lh, tile, stride):
         for left in starts(lw, tile, stride):
             th, tw = min(tile, lh), min(tile, lw)
-            xt = latents[:, :, top:top + th, left:left + tw] / (sigma ** 2 + 1) ** 0.5
+            xt = latents[:, :, top:top + th, left:left + tw] * in_scale
             lq_t = lq[:, :, top:top + th, left:left + tw]
 
             def hook(mod, inp, o):
@@ -118,21 +117,38 @@ for i, t in enumerate(sched.timesteps):
             w = gaussian(th, tw)[None, None]
             acc[:, :, top:top + th, left:left + tw] += w * eps
             wsum[:, :, top:top + th, left:left + tw] += w
-    latents = latents + (sigma_next - sigma) * (acc / wsum)
+    return acc / wsum
+
+
+step1 = None
+for i, t in enumerate(sched.timesteps):
+    sigma, sigma_next = sched.sigmas[i], sched.sigmas[i + 1]
+    latents = latents + (sigma_next - sigma) * blended_eps(latents, 1 / (sigma ** 2 + 1) ** 0.5, t)
     if step1 is None:
         step1 = latents.clone()
 
-decoded = vae.decode(latents / vae.config.scaling_factor).sample
-raw = ((decoded.clamp(-1, 1) / 2 + 0.5) * 255).round().to(torch.uint8)[0].permute(1, 2, 0)
-raw = raw[: up_np.shape[0], : up_np.shape[1]]
-target = raw.permute(2, 0, 1)[None].float() / 255
-source = torch.from_numpy(up_np.copy()).permute(2, 0, 1)[None].float() / 255
-fixed = adain(target, source).clamp(0, 1).mul(255).byte()[0].permute(1, 2, 0)
+# The one-step S1 recipe (pgp-model.md §4) on the same weights: one call at t = 999 on z.
+s1 = (z - (1 - ac[999]).sqrt() * blended_eps(z, 1.0, torch.tensor(999.0))) / ac[999].sqrt()
+
+
+def finish(latents):
+    decoded = vae.decode(latents / vae.config.scaling_factor).sample
+    raw = ((decoded.clamp(-1, 1) / 2 + 0.5) * 255).round().to(torch.uint8)[0].permute(1, 2, 0)
+    raw = raw[: up_np.shape[0], : up_np.shape[1]]
+    target = raw.permute(2, 0, 1)[None].float() / 255
+    source = torch.from_numpy(up_np.copy()).permute(2, 0, 1)[None].float() / 255
+    fixed = adain(target, source).clamp(0, 1).mul(255).byte()[0].permute(1, 2, 0)
+    return decoded, raw, fixed
+
+
+_, _, s1_fixed = finish(s1)
+decoded, raw, fixed = finish(latents)
 
 Image.fromarray(image).save(os.path.join(out, "input.png"))
 json.dump({"settings": settings, "tolerance": {"max_rel_l2": 1e-4}}, open(os.path.join(out, "case.json"), "w"), indent=1)
 save_file({"image": torch.from_numpy(image), "latent_noise": latent_noise, "vae_noise": vae_noise,
            "lq_features": lq.contiguous(), "start_latent": start.contiguous(), "latent_step_1": step1.contiguous(),
            "latent_final": latents.contiguous(), "decoded": decoded.contiguous(), "image_raw": raw.contiguous(),
-           "image_adain": fixed.contiguous()}, os.path.join(out, "tensors.safetensors"))
+           "image_adain": fixed.contiguous(), "s1_latent": s1.contiguous(),
+           "s1_image_adain": s1_fixed.contiguous()}, os.path.join(out, "tensors.safetensors"))
 print("wrote", out, "latent", (lh, lw), "tiles", len(starts(lh, tile, stride)) * len(starts(lw, tile, stride)))

@@ -108,6 +108,10 @@ enum Command {
         /// Start point: lr (the encoded input, FaithDiff's default) or noise.
         #[arg(long, default_value = "lr")]
         start: String,
+        /// One-step S1 mode (for PGP-DiffSR-S1 checkpoints): one UNet call at t = 999 on the
+        /// encoded input, no CFG; --steps, --start and --cfg are ignored.
+        #[arg(long)]
+        one_step: bool,
         /// A safetensors file with `latent_noise` and `vae_noise` [1, 4, H/8, W/8] for the
         /// padded image; no RNG is used.
         #[arg(long)]
@@ -214,6 +218,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             prompt,
             color_fix,
             start,
+            one_step,
             noise,
             overwrite,
             device,
@@ -256,6 +261,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     color_fix: ColorFix::parse(&color_fix)?,
                     start,
                     seed,
+                    one_step,
                 },
                 noise,
                 overwrite,

@@ -48,6 +48,10 @@ pub struct Settings {
     pub start: Start,
     /// RNG seed, used when no explicit noise is given.
     pub seed: u64,
+    /// The one-step S1 mode: one UNet call at the last training timestep on the encoded input
+    /// (`z = 0.13025·VAE.sample`), no CFG, `x0 = (z − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ)`. For S1
+    /// checkpoints (LoRA merged); `steps`, `start` and `guidance` are ignored.
+    pub one_step: bool,
 }
 
 impl Default for Settings {
@@ -61,6 +65,7 @@ impl Default for Settings {
             color_fix: ColorFix::Adain,
             start: Start::Lr,
             seed: 0,
+            one_step: false,
         }
     }
 }
@@ -203,6 +208,7 @@ pub async fn upscale(
     let init = sched.init_noise_sigma;
     let scaling = models.vae.scaling_factor;
     let mut latent = match settings.start {
+        _ if settings.one_step => models.vae.encode_sample(x, noise.vae)? * scaling,
         Start::Lr => {
             let a = f64::from(
                 models.scheduler.alphas_cumprod()[models.scheduler.num_train_timesteps - 1],
@@ -244,12 +250,16 @@ pub async fn upscale(
         let v = [hp, wp, top, left, tile_px, tile_px].map(|x| x as f32);
         Tensor::<2>::from_data(TensorData::new(v.to_vec(), [1, 6]), device)
     };
-    for i in 0..settings.steps {
-        let (sigma, sigma_next) = (sched.sigmas[i], sched.sigmas[i + 1]);
-        let timestep = Tensor::<1>::from_data(
-            TensorData::new(vec![sched.timesteps[i] as f32], [1]),
-            device,
-        );
+    // ε̂ over the whole latent: every tile through the UNet, blended by the Gaussian weights.
+    let blended = |latent: &Tensor<4>,
+                   in_scale: f64,
+                   t_value: f64,
+                   cond: Option<&(Tensor<3>, Tensor<2>)>,
+                   step: usize,
+                   steps: usize,
+                   progress: &mut dyn FnMut(Progress)|
+     -> Result<Tensor<4>> {
+        let timestep = Tensor::<1>::from_data(TensorData::new(vec![t_value as f32], [1]), device);
         let mut acc = Tensor::<4>::zeros([1, 4, lh, lw], device);
         for (k, (t, w)) in grid.iter().zip(&weights).enumerate() {
             let r = [
@@ -258,7 +268,7 @@ pub async fn upscale(
                 t.top..t.top + t.height,
                 t.left..t.left + t.width,
             ];
-            let x_in = latent.clone().slice(r.clone()) * input_scale(sigma);
+            let x_in = latent.clone().slice(r.clone()) * in_scale;
             let lq_t = lq
                 .clone()
                 .slice([0..1, 0..lq.dims()[1], r[2].clone(), r[3].clone()]);
@@ -275,7 +285,7 @@ pub async fn upscale(
                 )
             };
             let eps_u = call(&uncond, &uncond_pooled)?;
-            let eps = match &cond {
+            let eps = match cond {
                 Some((c, p)) => eps_u.clone() + (call(c, p)? - eps_u) * settings.guidance,
                 None => eps_u,
             };
@@ -283,15 +293,38 @@ pub async fn upscale(
                 .clone()
                 .slice_assign(r.clone(), acc.slice(r) + eps * w.clone());
             progress(Progress {
-                step: i + 1,
-                steps: settings.steps,
+                step,
+                steps,
                 tile: k + 1,
                 tiles: grid.len(),
             });
         }
-        latent = latent + acc / weight_sum.clone() * (sigma_next - sigma);
-        if i == 0 {
-            stages.latent_step_1 = Some(latent.clone());
+        Ok(acc / weight_sum.clone())
+    };
+    if settings.one_step {
+        // S1 (pgp-model.md §4): one call at the last training timestep on the encoded input,
+        // no CFG, then x0 = (z − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ).
+        let last = models.scheduler.num_train_timesteps - 1;
+        let a = f64::from(models.scheduler.alphas_cumprod()[last]);
+        let eps = blended(&latent, 1.0, last as f64, None, 1, 1, progress)?;
+        latent = (latent - eps * (1.0 - a).sqrt()) / a.sqrt();
+        stages.latent_step_1 = Some(latent.clone());
+    } else {
+        for i in 0..settings.steps {
+            let (sigma, sigma_next) = (sched.sigmas[i], sched.sigmas[i + 1]);
+            let eps = blended(
+                &latent,
+                input_scale(sigma),
+                sched.timesteps[i],
+                cond.as_ref(),
+                i + 1,
+                settings.steps,
+                progress,
+            )?;
+            latent = latent + eps * (sigma_next - sigma);
+            if i == 0 {
+                stages.latent_step_1 = Some(latent.clone());
+            }
         }
     }
     stages.latent_final = Some(latent.clone());
