@@ -1,13 +1,13 @@
 """Generate conformance cases (reference outputs from diffusers / transformers / torch).
 
-Usage: python make_cases.py OUT_DIR SEED [base|extra|tiled]
+Usage: python make_cases.py OUT_DIR SEED [base|extra|tiled|plain]
 Each case is a folder: case.json, weights.safetensors, tensors.safetensors (format: shared/spec/conformance.md).
 
 `base` (the default) writes the cases of shared/conformance (seed as there); `extra` writes the
 project's own cases with other shapes and configs: odd latent sizes, batch 2, f16 weights, other
 head counts, legacy CLIP configs, other schedules, odd FFT sizes, long and single-token attention.
 `tiled` writes VAE cases run with diffusers' enable_tiling() (case.json `"tiling": true`, this
-project's extension of the format). Needs torch, diffusers and transformers (CPU is enough);
+project's extension of the format); `plain` a UNet without the SDXL add-embedding. Needs torch, diffusers and transformers (CPU is enough);
 CI never runs it.
 """
 import json, os, sys
@@ -287,3 +287,10 @@ if __name__ == "__main__":
         attention_case("attention_d80_long", 1, 2, 300, 300, 80)
     if SET == "tiled":
         vae_tiled_cases("vae_tiled", (16, 32, 32, 32), 8, 88, 72, 32)
+    if SET == "plain":  # a UNet without the SDXL add-embedding (SD-1.x style conditioning)
+        cfg = unet_cfg((16, 32, 64), 1, None, (2, 2, 4), 24, 8, 12, 8, 16)
+        del cfg["addition_embed_type"], cfg["addition_time_embed_dim"], cfg["projection_class_embeddings_input_dim"]
+        u = UNet2DConditionModel(**cfg).eval()
+        randomize(u)
+        x = dict(sample=rnd(1, 4, 12, 10), timestep=torch.tensor([321.0]), encoder_hidden_states=rnd(1, 7, 24))
+        write("unet_plain", "unet", cfg, u.state_dict(), {**x, "expected": u(**x).sample})

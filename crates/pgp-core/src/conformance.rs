@@ -158,8 +158,9 @@ pub async fn run_case(files: &CaseFiles, device: &Device) -> Result<CaseOutcome>
             let cond = UNetConditioning {
                 timestep: t.tensor::<1>("timestep", device)?,
                 encoder_hidden_states: t.tensor::<3>("encoder_hidden_states", device)?,
-                text_embeds: Some(t.tensor::<2>("text_embeds", device)?),
-                time_ids: Some(t.tensor::<2>("time_ids", device)?),
+                // Only `text_time` UNets need these; the UNet says so if they are missing.
+                text_embeds: t.tensor::<2>("text_embeds", device).ok(),
+                time_ids: t.tensor::<2>("time_ids", device).ok(),
             };
             let out = if case.kind == "unet" {
                 let m = load_checked(weights(files)?, device, |vb| {
