@@ -364,10 +364,8 @@ fn convert_writes_a_checked_sharded_bundle() {
                         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
                         .collect()
                 };
-                let (a, b) = (f(t.data()), f(e.data()));
-                let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
-                let den: f64 = b.iter().map(|y| y * y).sum();
-                assert!((num / den).sqrt() < 1e-5, "{key}: {}", (num / den).sqrt());
+                let err = rel_err(&f(t.data()), &f(e.data()));
+                assert!(err < 1e-5, "{key}: {err}");
                 found += 1;
             }
         }
@@ -478,15 +476,16 @@ fn f32s(st: &safetensors::SafeTensors, key: &str) -> (Vec<usize>, Vec<f64>) {
     (t.shape().to_vec(), v)
 }
 
-fn upscale_parity(device: &str) {
-    let dir = scratch(&format!("parity_{device}"));
+/// Runs `upscale` on tests/pipeline with its explicit noise, dumping the stages; returns the
+/// output image, the dumped stages and the reference tensors (both as file bytes).
+fn run_pipeline_case(name: &str, args: &[&str]) -> (image::RgbImage, Vec<u8>, Vec<u8>) {
+    let dir = scratch(name);
     let model = bundle_in(&dir);
     let case = root().join("tests/pipeline");
     let (out, stages) = (dir.join("out.png"), dir.join("stages.safetensors"));
     let o = bin()
-        .args([
-            "upscale", "-s", "2", "-t", "32", "--steps", "3", "--device", device, "-q",
-        ])
+        .args(["upscale", "-s", "2", "-t", "32", "-q"])
+        .args(args)
         .arg("-i")
         .arg(case.join("input.png"))
         .arg("-o")
@@ -500,9 +499,26 @@ fn upscale_parity(device: &str) {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
-    let reference = std::fs::read(case.join("tensors.safetensors")).unwrap();
+    (
+        image::open(&out).unwrap().to_rgb8(),
+        std::fs::read(&stages).unwrap(),
+        std::fs::read(case.join("tensors.safetensors")).unwrap(),
+    )
+}
+
+/// Relative L2 error of two f64 vectors.
+fn rel_err(g: &[f64], e: &[f64]) -> f64 {
+    let num: f64 = g.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum();
+    let den: f64 = e.iter().map(|b| b * b).sum();
+    (num / den).sqrt()
+}
+
+fn upscale_parity(device: &str) {
+    let (img, got, reference) = run_pipeline_case(
+        &format!("parity_{device}"),
+        &["--steps", "3", "--device", device],
+    );
     let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
-    let got = std::fs::read(&stages).unwrap();
     let got = safetensors::SafeTensors::deserialize(&got).unwrap();
     for key in [
         "lq_features",
@@ -513,19 +529,13 @@ fn upscale_parity(device: &str) {
     ] {
         let ((gs, g), (es, e)) = (f32s(&got, key), f32s(&reference, key));
         assert_eq!(gs, es, "{key}");
-        let num: f64 = g.iter().zip(&e).map(|(a, b)| (a - b) * (a - b)).sum();
-        let den: f64 = e.iter().map(|b| b * b).sum();
-        assert!(
-            (num / den).sqrt() < 1e-4,
-            "{device} {key}: {}",
-            (num / den).sqrt()
-        );
+        let err = rel_err(&g, &e);
+        assert!(err < 1e-4, "{device} {key}: {err}");
     }
     // The u8 images: at most an off-by-one from rounding, on very few pixels.
     let (_, raw) = f32s(&got, "image_raw");
     let (_, raw_ref) = f32s(&reference, "image_raw");
     let (_, fixed_ref) = f32s(&reference, "image_adain");
-    let img = image::open(&out).unwrap().to_rgb8();
     assert_eq!((img.width(), img.height()), (48, 32));
     for (a, b) in [
         (raw, raw_ref),
@@ -669,45 +679,13 @@ fn devices_lists_adapters_and_g_checks_the_index() {
 
 #[test]
 fn one_step_mode_matches_the_reference_recipe() {
-    let dir = scratch("one_step");
-    let model = bundle_in(&dir);
-    let case = root().join("tests/pipeline");
-    let (out, stages) = (dir.join("s1.png"), dir.join("stages.safetensors"));
-    let o = bin()
-        .args([
-            "upscale",
-            "--one-step",
-            "-s",
-            "2",
-            "-t",
-            "32",
-            "--device",
-            "cpu",
-            "-q",
-        ])
-        .arg("-i")
-        .arg(case.join("input.png"))
-        .arg("-o")
-        .arg(&out)
-        .arg("--model")
-        .arg(&model)
-        .arg("--noise")
-        .arg(case.join("tensors.safetensors"))
-        .arg("--dump-stages")
-        .arg(&stages)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let reference = std::fs::read(case.join("tensors.safetensors")).unwrap();
+    let (img, got, reference) = run_pipeline_case("one_step", &["--one-step", "--device", "cpu"]);
     let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
-    let got = std::fs::read(&stages).unwrap();
     let got = safetensors::SafeTensors::deserialize(&got).unwrap();
     let ((gs, g), (es, e)) = (f32s(&got, "latent_final"), f32s(&reference, "s1_latent"));
     assert_eq!(gs, es);
-    let num: f64 = g.iter().zip(&e).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = e.iter().map(|b| b * b).sum();
-    assert!((num / den).sqrt() < 1e-4, "{}", (num / den).sqrt());
-    let img = image::open(&out).unwrap().to_rgb8();
+    let err = rel_err(&g, &e);
+    assert!(err < 1e-4, "{err}");
     let (_, expected) = f32s(&reference, "s1_image_adain");
     let off = img
         .as_raw()
