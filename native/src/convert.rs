@@ -11,13 +11,12 @@ use anyhow::{Context, Result, bail};
 use pgp_core::bundle::{
     Bundle, FORMAT, MANIFEST, Manifest, ShardInfo, ShardPacker, VERSION, convert_dtype,
 };
-use pgp_core::burn::tensor::Tensor;
-use pgp_core::conformance::read_back;
-use pgp_core::device::Backend;
+use pgp_core::device::{Backend, read_back};
 use pgp_core::models::clip::{ClipTextConfig, ClipTextModel};
 use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use pgp_core::models::unet_2d::UNet2DConditionConfig;
 use pgp_core::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+use pgp_core::pipeline::run::TextEncoders;
 use pgp_core::safetensors::Dtype;
 use pgp_core::schedulers::euler::EulerConfig;
 use pgp_core::tokenizer::ClipTokenizer;
@@ -266,29 +265,19 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
 
     // The empty prompt through both text encoders, once.
     say(a.quiet, "encoding the empty prompt");
-    let ids = |t: &ClipTokenizer| {
-        vec![
-            t.encode("")
-                .ids
-                .iter()
-                .map(|&i| i64::from(i))
-                .collect::<Vec<_>>(),
-        ]
-    };
-    let tokenizers = [ClipTokenizer::new(&pads[0])?, ClipTokenizer::new(&pads[1])?];
-    let mut outs = Vec::new();
-    for i in 0..2 {
+    let text_encoder = |i: usize| -> Result<(ClipTextModel, ClipTokenizer)> {
         let m = load_checked(&te_files[i], &device, |vb| {
             ClipTextModel::new(&vb, &te_cfg[i], i == 1, te_prefixed[i])
         })?;
-        outs.push(m.forward(&ids(&tokenizers[i]))?);
-    }
-    let prompt = Tensor::cat(
-        vec![outs[0].penultimate.clone(), outs[1].penultimate.clone()],
-        2,
-    );
+        Ok((m, ClipTokenizer::new(&pads[i])?))
+    };
+    let encoders = TextEncoders {
+        first: text_encoder(0)?,
+        second: text_encoder(1)?,
+    };
+    let (prompt, pooled) = encoders.encode("")?;
     let (prompt, prompt_shape) = pollster::block_on(read_back(prompt))?;
-    let (pooled, pooled_shape) = pollster::block_on(read_back(outs[1].pooled.clone()))?;
+    let (pooled, pooled_shape) = pollster::block_on(read_back(pooled))?;
 
     // Write.
     let tmp = parent.join(format!(

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use image::{DynamicImage, ImageFormat, RgbaImage};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgp_core::burn::tensor::Device;
-use pgp_core::conformance::read_back;
+use pgp_core::device::read_back;
 use pgp_core::pipeline::image::{RgbImage, resize_lanczos};
 use pgp_core::pipeline::run::{Models, Noise, Settings, Stages, TextEncoders, upscale};
 use pgp_core::safetensors::Dtype;

@@ -7,6 +7,7 @@ use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 
 use crate::attention::attention;
+use crate::device::read_back;
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
@@ -95,20 +96,6 @@ pub fn rel_l2(out: &[f32], expected: &[f32]) -> f64 {
         (num / den).sqrt()
     };
     if r.is_nan() { f64::INFINITY } else { r }
-}
-
-/// Reads a tensor back to the host.
-pub async fn read_back<const D: usize>(t: Tensor<D>) -> Result<(Vec<f32>, Vec<usize>)> {
-    let shape = t.dims().to_vec();
-    let data = t
-        .into_data_async()
-        .await
-        .map_err(|e| Error::input(format!("reading a result back failed: {e:?}")))?;
-    let values = data
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::input(format!("reading a result back failed: {e:?}")))?;
-    Ok((values, shape))
 }
 
 struct Checker<'a> {

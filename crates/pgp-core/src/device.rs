@@ -1,7 +1,9 @@
 //! Devices: burn's wgpu runtime (WGSL path; lavapipe where there is no GPU) and, natively,
 //! burn's CPU backend as the reference.
 
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::{Device, DeviceKind, Tensor};
+
+use crate::error::{Error, Result};
 
 /// One adapter the wgpu runtime can use.
 #[derive(Clone, Debug)]
@@ -97,4 +99,19 @@ impl Backend {
             Self::Cpu => Device::flex(),
         }
     }
+}
+
+/// Reads a tensor back to the host as f32 values and its shape (awaits the device, so it also
+/// works in the browser).
+pub async fn read_back<const D: usize>(t: Tensor<D>) -> Result<(Vec<f32>, Vec<usize>)> {
+    let shape = t.dims().to_vec();
+    let data = t
+        .into_data_async()
+        .await
+        .map_err(|e| Error::input(format!("reading a result back failed: {e:?}")))?;
+    let values = data
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::input(format!("reading a result back failed: {e:?}")))?;
+    Ok((values, shape))
 }

@@ -271,40 +271,20 @@ impl<'a> Machine<'a> {
                         b.try_into().expect("8 bytes"),
                     )));
                 }
-                b'X' => {
-                    let n = self.u32()? as usize;
-                    let v = self.string(n)?;
+                // Length-prefixed text (BINUNICODE, SHORT_BINUNICODE, BINUNICODE8) and bytes
+                // (SHORT_BINSTRING, BINSTRING, SHORT_BINBYTES, BINBYTES).
+                b'X' | 0x8c | 0x8d | b'U' | b'T' | b'C' | b'B' => {
+                    let n = match op {
+                        0x8c | b'U' | b'C' => self.u8()? as usize,
+                        0x8d => self.u64()? as usize,
+                        _ => self.u32()? as usize,
+                    };
+                    let v = if matches!(op, b'X' | 0x8c | 0x8d) {
+                        self.string(n)?
+                    } else {
+                        Value::Bytes(self.take(n)?.to_vec())
+                    };
                     self.stack.push(v);
-                }
-                0x8c => {
-                    let n = self.u8()? as usize;
-                    let v = self.string(n)?;
-                    self.stack.push(v);
-                }
-                0x8d => {
-                    let n = self.u64()? as usize;
-                    let v = self.string(n)?;
-                    self.stack.push(v);
-                }
-                b'U' => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b));
-                }
-                b'T' => {
-                    let n = self.u32()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b));
-                }
-                b'C' => {
-                    let n = self.u8()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b));
-                }
-                b'B' => {
-                    let n = self.u32()? as usize;
-                    let b = self.take(n)?.to_vec();
-                    self.stack.push(Value::Bytes(b));
                 }
                 b')' => self.stack.push(Value::Tuple(Vec::new())),
                 b']' => self.stack.push(Value::List(Vec::new())),

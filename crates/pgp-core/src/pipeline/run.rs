@@ -9,7 +9,7 @@ use super::image::{
     to_unit_tensor,
 };
 use super::tiling::{gaussian_weights, tile_grid};
-use crate::conformance::read_back;
+use crate::device::read_back;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::faithdiff::FaithDiffUNet;
