@@ -695,3 +695,58 @@ fn one_step_mode_matches_the_reference_recipe() {
         .count();
     assert_eq!(off, 0);
 }
+
+#[test]
+fn a_pgp_checkpoint_converts_and_upscales() {
+    let dir = scratch("pgp");
+    let ckpt = hub().join("pgp/PGP-DiffSR.safetensors");
+    // The preset's own depths (up level 2: 4 blocks) do not fit this pruned fixture: a clear
+    // error, and nothing written.
+    let wrong = dir.join("wrong");
+    let o = convert(&wrong, &ckpt, &["--arch", "pgp", "-q"]);
+    assert!(!o.status.success());
+    let t = text(&o);
+    assert!(t.contains("does not fit the `pgp` architecture"), "{t}");
+    assert!(t.contains("transformer_blocks.2"), "{t}");
+    assert!(!wrong.exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+
+    let model = dir.join("bundle");
+    let unet_cfg = hub().join("pgp/unet_config.json");
+    let o = convert(
+        &model,
+        &ckpt,
+        &[
+            "--arch",
+            "pgp",
+            "--unet-config",
+            unet_cfg.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["arch"], "pgp");
+    assert_eq!(manifest["peam"]["levels"], serde_json::json!([0]));
+    assert_eq!(manifest["peam"]["variant"], "peam");
+
+    let out = dir.join("out.png");
+    let o = bin()
+        .args(["upscale", "--device", "cpu", "--steps", "2", "-q", "-i"])
+        .arg(root().join("tests/pipeline/input.png"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let input = image::open(root().join("tests/pipeline/input.png")).unwrap();
+    let img = image::open(&out).unwrap();
+    assert_eq!(
+        (img.width(), img.height()),
+        (2 * input.width(), 2 * input.height())
+    );
+}

@@ -7,7 +7,8 @@ Each case is a folder: case.json, weights.safetensors, tensors.safetensors (form
 project's own cases with other shapes and configs: odd latent sizes, batch 2, f16 weights, other
 head counts, legacy CLIP configs, other schedules, odd FFT sizes, long and single-token attention.
 `tiled` writes VAE cases run with diffusers' enable_tiling() (case.json `"tiling": true`, this
-project's extension of the format); `plain` a UNet without the SDXL add-embedding. Needs torch, diffusers and transformers (CPU is enough);
+project's extension of the format); `plain` a UNet without the SDXL add-embedding; `pgp` pruned
+FaithDiff UNets with PEAMs (case.json `"peam"`, also our extension; pgp-model.md §2). Needs torch, diffusers and transformers (CPU is enough);
 CI never runs it.
 """
 import json, os, sys
@@ -154,6 +155,91 @@ def faithdiff_case(name, cfg, lq_ch, B, h, w, groups, heads=8):
           extra={"faithdiff": {"lq_channels": lq_ch, "align_heads": heads, "align_layers": 2, "cond_norm_groups": groups}})
 
 
+def phase_exchange(f, h):
+    phase = torch.angle(torch.fft.rfft2(f, norm="backward"))
+    amp = torch.abs(torch.fft.rfft2(h, norm="backward"))
+    return torch.fft.irfft2(amp * torch.exp(1j * phase), s=h.shape[-2:], norm="backward")
+
+
+class PEAM(nn.Module):  # pgp-model.md section 2, with the project's choices (see models/peam.rs)
+    def __init__(self, C, cfg, lq_ch=None):
+        super().__init__()
+        self.variant, self.slope = cfg["variant"], cfg.get("negative_slope", 0.2)
+        n, hid = cfg.get("stacked_convs", 11) + 1, cfg.get("hidden", 64)
+        if self.variant in ("peam", "fusion_conv"):
+            self.convs = nn.ModuleList(
+                nn.Conv2d(2 * C if i == 0 else hid, 2 * C if i == n - 1 else hid, 3, padding=1) for i in range(n))
+        if lq_ch is not None:
+            self.lq_proj = nn.Conv2d(lq_ch, C, 1)
+
+    def forward(self, f, h):
+        if hasattr(self, "lq_proj"):
+            f = self.lq_proj(F.adaptive_avg_pool2d(f, h.shape[-2:]))
+        if self.variant == "add":
+            return h + f
+        if self.variant == "phase_change":
+            return phase_exchange(f, h)
+        base = phase_exchange(f, h) if self.variant == "peam" else h
+        e = torch.cat([base if self.variant == "peam" else f, h], 1)
+        for i, conv in enumerate(self.convs):
+            e = conv(e)
+            if i + 1 < len(self.convs):
+                e = F.leaky_relu(e, self.slope)
+        a, b = e.chunk(2, 1)
+        return a * base + b
+
+
+def pgp_case(name, cfg, peam_cfg, lq_ch, B, h, w, groups, heads=8):
+    """FaithDiff's UNet (pruned depths in cfg) with PEAMs at peam_cfg["levels"]."""
+    u = UNet2DConditionModel(**cfg).eval()
+    c0 = cfg["block_out_channels"][0]
+    keep = peam_cfg.get("keep_faithdiff_fusion", True)
+    extras = nn.Module()
+    extras.condition_embedding = CondEmb(lq_ch, c0, groups)
+    if keep:
+        extras.information_transformer_layes = nn.Sequential(RAB(2 * c0, heads), RAB(2 * c0, heads))
+        extras.spatial_ch_projs = nn.Linear(2 * c0, c0)
+    level_ch = [c0] + list(cfg["block_out_channels"])
+    extras.peam = nn.ModuleDict({str(l): PEAM(level_ch[l], peam_cfg, None if l == 0 else c0)
+                                 for l in peam_cfg["levels"]})
+    randomize(u)
+    randomize(extras)
+    pooled = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+    x = unet_inputs(B, h, w, 7, cfg["cross_attention_dim"], pooled)
+    x["input_embedding"] = rnd(B, lq_ch, h, w)
+    state = {}
+
+    def at_conv_in(mod, inp, out):
+        s = out
+        cond = extras.condition_embedding(x["input_embedding"])
+        state["f"] = cond
+        if keep:
+            bsz, ch, hh, ww = cond.shape
+            feat = torch.cat([s, cond], 1).view(bsz, 2 * ch, hh * ww).transpose(1, 2)
+            feat = extras.information_transformer_layes(feat)
+            s = s + extras.spatial_ch_projs(feat).transpose(1, 2).reshape(bsz, ch, hh, ww)
+        return extras.peam["0"](cond, s) if "0" in extras.peam else s
+
+    def at_down(level):
+        def hook(mod, inp, out):
+            hs, res = out
+            hs = extras.peam[str(level)](state["f"], hs)
+            return hs, res[:-1] + (hs,)
+        return hook
+
+    hooks = [u.conv_in.register_forward_hook(at_conv_in)]
+    hooks += [u.down_blocks[l - 1].register_forward_hook(at_down(l)) for l in peam_cfg["levels"] if l > 0]
+    out = u(x["sample"], x["timestep"], encoder_hidden_states=x["encoder_hidden_states"],
+            added_cond_kwargs={"text_embeds": x["text_embeds"], "time_ids": x["time_ids"]}).sample
+    for hd in hooks:
+        hd.remove()
+    sd = dict(u.state_dict())
+    sd.update(extras.state_dict())
+    write(name, "faithdiff_unet", cfg, sd, {**x, "expected": out},
+          extra={"faithdiff": {"lq_channels": lq_ch, "align_heads": heads, "align_layers": 2, "cond_norm_groups": groups},
+                 "peam": peam_cfg})
+
+
 def vae_cases(prefix, ch, groups, H, W):
     cfg = dict(in_channels=3, out_channels=3, down_block_types=["DownEncoderBlock2D"] * len(ch),
                up_block_types=["UpDecoderBlock2D"] * len(ch), block_out_channels=ch, layers_per_block=2,
@@ -194,6 +280,36 @@ def vae_tiled_cases(prefix, ch, groups, H, W, sample):
     sd = v.state_dict()
     write(prefix + "_encode", "vae_encode", cfg, sd, {"image": img, "expected": mean}, extra={"tiling": True})
     write(prefix + "_decode", "vae_decode", cfg, sd, {"latents": lat, "expected": dec}, extra={"tiling": True})
+    # FaithDiff's denoise_encoder with its own tiling (its Encoder.tiled_encode, enabled by FaithDiff's
+    # scripts): tiles of `sample` px every 0.75*sample, blended over a quarter of sample/8 feature rows,
+    # cropped to the rest, and used as soon as a side of the image exceeds sample/8 (sic).
+    enc = v.encoder
+
+    def trunk(x):
+        x = enc.conv_in(x)
+        for blk in enc.down_blocks:
+            x = blk(x)
+        return enc.mid_block(x)
+
+    lat_min = sample // 8
+    stride, extent = int(sample * 0.75), int(lat_min * 0.25)
+    assert H > lat_min or W > lat_min
+    rows = [[trunk(img[:, :, i:i + sample, j:j + sample]) for j in range(0, W, stride)] for i in range(0, H, stride)]
+    out_rows = []
+    for i, row in enumerate(rows):
+        out = []
+        for j, t in enumerate(row):
+            if i > 0:
+                t = v.blend_v(rows[i - 1][j], t, extent)
+            if j > 0:
+                t = v.blend_h(row[j - 1], t, extent)
+            out.append(t[:, :, :lat_min - extent, :lat_min - extent])
+        out_rows.append(torch.cat(out, 3))
+    feats = torch.cat(out_rows, 2)
+    dsd = {"denoise_encoder." + k: t for k, t in enc.state_dict().items()
+           if not k.startswith("conv_norm_out") and not k.startswith("conv_out")}
+    write(prefix + "_denoise_encoder", "denoise_encoder", cfg, dsd, {"image": img, "expected": feats},
+          extra={"tiling": True})
 
 
 def clip_cases(prefix, vocab, hidden, layers, heads, proj, legacy_eos=False, B=2):
@@ -260,7 +376,7 @@ if __name__ == "__main__":
         euler_case("euler_leading_20", 20)
         phase_exchange_case("phase_exchange_16", 1, 4, 16, 16)
         attention_case("attention_256", 1, 2, 256, 256, 16)
-    else:
+    if SET == "extra":
         # odd latent sides (upsampling to the skip's size), batch 2, other head counts
         cfg = unet_cfg((16, 32, 64), (1, 2, 1), None, (2, 2, 4), 24, 8, 12, 8, 16)
         unet_case("unet_odd_b2", cfg, 2, 13, 11)
@@ -285,6 +401,17 @@ if __name__ == "__main__":
         attention_case("attention_cross_77", 2, 3, 64, 77, 64)
         attention_case("attention_one_token", 1, 2, 1, 5, 8)
         attention_case("attention_d80_long", 1, 2, 300, 300, 80)
+    if SET == "pgp":
+        cfg = unet_cfg((8, 16, 32), (1, 1, 1), [[4, 4, 4], [2, 2, 2], [1, 1, 1]], (1, 2, 4), 16, 8, 8, 4, 16)
+        # the default placement (level 0, after FaithDiff's fusion) plus a deeper level, odd sides
+        pgp_case("pgp_peam_levels_0_2", cfg, {"levels": [0, 2], "variant": "peam", "hidden": 8, "stacked_convs": 3},
+                 24, 1, 10, 14, 4)
+        # PEAM in place of FaithDiff's fusion, the Table 5 variants, batch 2
+        pgp_case("pgp_fusion_conv_replace_b2", cfg, {"levels": [0, 1], "variant": "fusion_conv", "hidden": 8,
+                 "stacked_convs": 2, "negative_slope": 0.1, "keep_faithdiff_fusion": False}, 16, 2, 8, 8, 4)
+        pgp_case("pgp_phase_change_l3", cfg, {"levels": [3], "variant": "phase_change"}, 16, 1, 9, 12, 4)
+        pgp_case("pgp_add_replace", cfg, {"levels": [0, 1], "variant": "add", "keep_faithdiff_fusion": False},
+                 16, 1, 8, 6, 4)
     if SET == "tiled":
         vae_tiled_cases("vae_tiled", (16, 32, 32, 32), 8, 88, 72, 32)
     if SET == "plain":  # a UNet without the SDXL add-embedding (SD-1.x style conditioning)

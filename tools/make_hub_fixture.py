@@ -108,3 +108,26 @@ o2 = texts[1](torch.tensor([ids2]), output_hidden_states=True)
 save_file({"prompt_embeds": torch.cat([o1.hidden_states[-2], o2.hidden_states[-2]], -1).contiguous(),
            "pooled_prompt_embeds": o2.text_embeds.contiguous()}, os.path.join(out, "empty_prompt.safetensors"))
 print("wrote", out)
+
+# A PGP-DiffSR checkpoint in FaithDiff's layout (pruned depths, PEAM at level 0 with the default
+# config), stored as f16 safetensors with the UNet config beside it, as this project's pruning
+# tools write it. Written last so the files above do not change.
+from make_cases import PEAM
+
+pcfg = dict(ucfg, transformer_layers_per_block=[1, 1, 1], reverse_transformer_layers_per_block=[[2, 2, 2], [2, 2, 2], [1, 1, 1]])
+pgp_unet = UNet2DConditionModel(**pcfg).eval()
+randomize(pgp_unet)
+pextras = nn.Module()
+pextras.condition_embedding = CondEmb(32, 16, 8)
+pextras.information_transformer_layes = nn.Sequential(RAB(32, 8), RAB(32, 8))
+pextras.spatial_ch_projs = nn.Linear(32, 16)
+pextras.peam = nn.ModuleDict({"0": PEAM(16, {"variant": "peam"})})
+randomize(pextras)
+sd = dict(pgp_unet.state_dict())
+sd.update(pextras.state_dict())
+sd.update({"denoise_encoder." + k: v for k, v in denoise.encoder.state_dict().items()
+           if not k.startswith("conv_norm_out") and not k.startswith("conv_out")})
+os.makedirs(os.path.join(out, "pgp"), exist_ok=True)
+save_file({k: v.half().contiguous() for k, v in sd.items()}, os.path.join(out, "pgp", "PGP-DiffSR.safetensors"))
+json.dump(dict(pgp_unet.config), open(os.path.join(out, "pgp", "unet_config.json"), "w"), indent=1)
+print("wrote", os.path.join(out, "pgp"))

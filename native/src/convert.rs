@@ -14,9 +14,11 @@ use pgp_core::bundle::{
 use pgp_core::device::{Backend, read_back};
 use pgp_core::models::clip::{ClipTextConfig, ClipTextModel};
 use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
+use pgp_core::models::peam::PeamConfig;
 use pgp_core::models::unet_2d::UNet2DConditionConfig;
 use pgp_core::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
 use pgp_core::pipeline::run::TextEncoders;
+use pgp_core::presets::Arch;
 use pgp_core::safetensors::Dtype;
 use pgp_core::schedulers::euler::EulerConfig;
 use pgp_core::tokenizer::ClipTokenizer;
@@ -28,6 +30,9 @@ pub struct ConvertArgs {
     pub sdxl: PathBuf,
     pub vae: PathBuf,
     pub faithdiff: PathBuf,
+    pub arch: Arch,
+    pub unet_config: Option<PathBuf>,
+    pub peam_config: Option<PathBuf>,
     pub dtype: String,
     pub output: PathBuf,
     pub max_shard_bytes: usize,
@@ -93,6 +98,53 @@ impl TensorSource for Shapes {
             "{}: `{key}` is not loaded",
             self.name
         )))
+    }
+}
+
+/// The FaithDiff-layout checkpoint: a torch.save file or a safetensors file.
+enum Checkpoint {
+    Pickle(TorchCheckpoint<BufReader<File>>),
+    Safetensors(WeightFile),
+}
+
+impl Checkpoint {
+    fn open(path: &Path) -> Result<Self> {
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            return Ok(Self::Safetensors(read_weights(path)?));
+        }
+        let file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Self::Pickle(TorchCheckpoint::open(
+            path.display().to_string(),
+            BufReader::new(file),
+        )?))
+    }
+
+    /// `(name, dtype, shape)` of every tensor.
+    fn tensors(&self) -> Vec<(String, Dtype, Vec<usize>)> {
+        match self {
+            Self::Pickle(c) => c
+                .tensors()
+                .into_iter()
+                .map(|t| (t.name, t.dtype, t.shape))
+                .collect(),
+            Self::Safetensors(f) => f
+                .keys()
+                .map(|k| {
+                    let (d, s) = f.info(k).expect("listed key");
+                    (k.to_string(), d, s.to_vec())
+                })
+                .collect(),
+        }
+    }
+
+    fn read(&mut self, name: &str) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+        Ok(match self {
+            Self::Pickle(c) => c.read(name)?,
+            Self::Safetensors(f) => {
+                let (d, s) = f.info(name).expect("listed key");
+                (d, s.to_vec(), f.raw(name)?.to_vec())
+            }
+        })
     }
 }
 
@@ -189,7 +241,21 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     }
 
     // Configs.
-    let unet_json = read_json(&a.sdxl.join("unet/config.json"))?;
+    let unet_json = match &a.unet_config {
+        Some(path) => read_json(path)?,
+        None => {
+            let mut json = read_json(&a.sdxl.join("unet/config.json"))?;
+            a.arch.apply_depths(&mut json)?;
+            json
+        }
+    };
+    let peam = match (&a.peam_config, a.arch.peam_config()) {
+        (Some(path), _) => Some(
+            serde_json::from_value::<PeamConfig>(read_json(path)?)
+                .with_context(|| format!("{}: not a PEAM config", path.display()))?,
+        ),
+        (None, preset) => preset,
+    };
     let unet_cfg = UNet2DConditionConfig::from_json(&unet_json)?;
     let te_json = [
         read_json(&a.sdxl.join("text_encoder/config.json"))?,
@@ -215,20 +281,25 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     // Weights, checked against the configs before anything is written.
     let device = Backend::Cpu.device();
     say(a.quiet, &format!("reading {}", a.faithdiff.display()));
-    let file =
-        File::open(&a.faithdiff).with_context(|| format!("opening {}", a.faithdiff.display()))?;
-    let mut ckpt = TorchCheckpoint::open(a.faithdiff.display().to_string(), BufReader::new(file))?;
+    let mut ckpt = Checkpoint::open(&a.faithdiff)?;
     let infos = ckpt.tensors();
     let split = |denoise: bool| Shapes {
         name: a.faithdiff.display().to_string(),
         map: infos
             .iter()
-            .filter(|t| t.name.starts_with("denoise_encoder.") == denoise)
-            .map(|t| (t.name.clone(), (t.dtype, t.shape.clone())))
+            .filter(|(name, ..)| name.starts_with("denoise_encoder.") == denoise)
+            .map(|(name, dtype, shape)| (name.clone(), (*dtype, shape.clone())))
             .collect(),
     };
     check(&split(false), "", &device, |vb| {
-        FaithDiffUNet::new(&vb, &unet_cfg, &fd_cfg)
+        FaithDiffUNet::new(&vb, &unet_cfg, &fd_cfg, peam.as_ref())
+    })
+    .with_context(|| {
+        format!(
+            "{} does not fit the `{}` architecture (see --arch, --unet-config, --peam-config)",
+            a.faithdiff.display(),
+            a.arch.name()
+        )
     })?;
     check(&split(true), "", &device, |vb| {
         DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae_cfg)
@@ -296,12 +367,12 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         dtype: target,
     };
     say(a.quiet, "writing the UNet and the LQ encoder");
-    for t in &infos {
-        let (dtype, shape, data) = ckpt.read(&t.name)?;
-        let key = if t.name.starts_with("denoise_encoder.") {
-            t.name.clone()
+    for (name, ..) in &infos {
+        let (dtype, shape, data) = ckpt.read(name)?;
+        let key = if name.starts_with("denoise_encoder.") {
+            name.clone()
         } else {
-            format!("unet.{}", t.name)
+            format!("unet.{name}")
         };
         w.add(key, dtype, shape, &data)?;
     }
@@ -346,9 +417,10 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         format: FORMAT.into(),
         version: VERSION,
         dtype: a.dtype.clone(),
-        arch: "faithdiff".into(),
+        arch: a.arch.name().into(),
         unet: unet_json,
         faithdiff: fd_cfg,
+        peam,
         vae: vae_json,
         text_encoder: te_json[0].clone(),
         text_encoder_2: te_json[1].clone(),

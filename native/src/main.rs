@@ -1,5 +1,6 @@
 //! `pgp-wgpu`: the command-line shell over `pgp-core`.
 
+mod bench;
 mod conformance;
 mod convert;
 mod upscale;
@@ -50,9 +51,21 @@ enum Command {
         /// The VAE folder (sdxl-vae-fp16-fix).
         #[arg(long)]
         vae: std::path::PathBuf,
-        /// FaithDiff.bin (a torch.save state dict; read without running any code).
+        /// FaithDiff.bin (a torch.save state dict; read without running any code), or a
+        /// PGP-DiffSR checkpoint in the same layout (`--arch pgp`). Also a .safetensors file.
         #[arg(long)]
         faithdiff: std::path::PathBuf,
+        /// The checkpoint's architecture: faithdiff, pgp-coarse (pruned) or pgp (pruned + PEAM).
+        #[arg(long, default_value = "faithdiff")]
+        arch: String,
+        /// The checkpoint's UNet config.json, for pruned checkpoints that ship one; default:
+        /// the SDXL folder's unet/config.json with the preset's transformer depths.
+        #[arg(long)]
+        unet_config: Option<std::path::PathBuf>,
+        /// PEAM config JSON (levels, variant, hidden, stacked_convs, negative_slope,
+        /// keep_faithdiff_fusion); default for `--arch pgp`: one full PEAM after conv_in.
+        #[arg(long)]
+        peam_config: Option<std::path::PathBuf>,
         /// Storage dtype of the weights.
         #[arg(long, default_value = "f16")]
         dtype: String,
@@ -80,8 +93,8 @@ enum Command {
         /// Upscaling factor.
         #[arg(short, long, default_value_t = 2)]
         scale: usize,
-        /// Latent tile size in output pixels (multiple of 8; tiles overlap by half; 0 = one
-        /// tile for the whole image).
+        /// Latent tile size in output pixels (multiple of 8; tiles overlap by half; 0 = the
+        /// largest whose buffers fit the adapter's limits, the whole image when it fits).
         #[arg(short, long, default_value_t = 1024)]
         tile: usize,
         /// Output format: png, jpg or webp (default: the output's extension, else png).
@@ -148,10 +161,40 @@ enum Command {
         json: bool,
     },
     /// Parameter counts and FLOPs of an architecture preset.
+    /// Benchmarks with made-up weights (no files needed); see docs/PERFORMANCE.md.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
     Info {
         /// `faithdiff`, `pgp-coarse` or `pgp`.
         #[arg(long, default_value = "faithdiff")]
         arch: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// One FaithDiff / PGP-DiffSR UNet call on one latent tile: time and peak device memory.
+    Unet {
+        /// `faithdiff`, `pgp-coarse` or `pgp`.
+        #[arg(long, default_value = "faithdiff")]
+        arch: String,
+        /// `full` (the real network) or `tiny` (the test fixture's sizes).
+        #[arg(long, default_value = "full")]
+        size: String,
+        /// Tile size in output pixels (latent = tile / 8).
+        #[arg(short, long, default_value_t = 1024)]
+        tile: usize,
+        /// Timed calls after the first.
+        #[arg(long, default_value_t = 2)]
+        runs: usize,
+        /// Backend: wgpu or cpu.
+        #[arg(long, default_value = "wgpu")]
+        device: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -188,6 +231,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sdxl,
             vae,
             faithdiff,
+            arch,
+            unet_config,
+            peam_config,
             dtype,
             output,
             max_shard_mib,
@@ -197,6 +243,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 sdxl,
                 vae,
                 faithdiff,
+                arch: Arch::parse(&arch)?,
+                unet_config,
+                peam_config,
                 dtype,
                 output,
                 max_shard_bytes: max_shard_mib.max(1) << 20,
@@ -227,19 +276,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dump_stages,
         } => {
             let backend = Backend::parse(&device)?;
-            let device = match gpu {
-                None => backend.device(),
-                Some(i) => {
-                    let adapters = pollster::block_on(pgp_core::device::adapters());
-                    match adapters.get(i) {
-                        Some(a) if backend == Backend::Wgpu => a.device(),
-                        Some(_) => anyhow::bail!("-g selects a GPU adapter; drop --device cpu"),
-                        None => anyhow::bail!(
-                            "-g {i}: there are {} adapters (see `pgp-wgpu devices`)",
-                            adapters.len()
-                        ),
-                    }
-                }
+            let adapters = match (gpu, backend, tile) {
+                (None, Backend::Cpu, _) | (None, _, 1..) => Vec::new(),
+                _ => pollster::block_on(pgp_core::device::adapters()),
+            };
+            // The adapter's buffer limit decides `-t 0`; the CPU backend has none.
+            let (device, buffer_limit) = match gpu {
+                None if backend == Backend::Wgpu => (
+                    backend.device(),
+                    adapters.first().map_or(u64::MAX, |a| a.max_buffer_bytes),
+                ),
+                None => (backend.device(), u64::MAX),
+                Some(i) => match adapters.get(i) {
+                    Some(a) if backend == Backend::Wgpu => (a.device(), a.max_buffer_bytes),
+                    Some(_) => anyhow::bail!("-g selects a GPU adapter; drop --device cpu"),
+                    None => anyhow::bail!(
+                        "-g {i}: there are {} adapters (see `pgp-wgpu devices`)",
+                        adapters.len()
+                    ),
+                },
             };
             let start = match start.as_str() {
                 "lr" => Start::Lr,
@@ -258,6 +313,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     guidance: cfg,
                     prompt,
                     tile,
+                    buffer_limit,
                     color_fix: ColorFix::parse(&color_fix)?,
                     start,
                     seed,
@@ -285,13 +341,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             for a in adapters {
                 println!(
-                    "{}: {} ({}, {}, {}){}",
+                    "{}: {} ({}, {}, {}){}, buffers up to {} MiB",
                     a.index,
                     a.name,
                     a.backend,
                     a.kind,
                     a.driver,
-                    if a.shader_f16 { ", shader-f16" } else { "" }
+                    if a.shader_f16 { ", shader-f16" } else { "" },
+                    a.max_buffer_bytes >> 20
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -370,6 +427,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{} of 75 content tokens used, not truncated", content.len());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Unet {
+                    arch,
+                    size,
+                    tile,
+                    runs,
+                    device,
+                    json,
+                },
+        } => {
+            let device = Backend::parse(&device)?.device();
+            let b = bench::UnetBench {
+                arch: Arch::parse(&arch)?,
+                size,
+                tile,
+                runs,
+                json,
+            };
+            pollster::block_on(bench::unet(&b, &device))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { arch, json } => {

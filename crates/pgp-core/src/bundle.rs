@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
+use crate::models::peam::PeamConfig;
 use crate::models::unet_2d::UNet2DConditionConfig;
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
 use crate::schedulers::euler::EulerConfig;
@@ -55,12 +56,16 @@ pub struct Manifest {
     pub version: u32,
     /// Storage dtype of the weights (`f16` or `f32`); computation is f32 either way.
     pub dtype: String,
-    /// The UNet architecture (`faithdiff`).
+    /// The UNet architecture preset it was converted as (`faithdiff`, `pgp-coarse`, `pgp`); the
+    /// configs below are what is used.
     pub arch: String,
     /// diffusers `UNet2DConditionModel` config.
     pub unet: serde_json::Value,
     /// FaithDiff's extra hyper-parameters.
     pub faithdiff: FaithDiffConfig,
+    /// PGP-DiffSR's PEAM (`pgp` models; keys `unet.peam.{level}.*`), absent for FaithDiff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peam: Option<PeamConfig>,
     /// diffusers `AutoencoderKL` config (also the `denoise_encoder`'s layout).
     pub vae: serde_json::Value,
     /// transformers `CLIPTextConfig` of `text_encoder`.
@@ -138,24 +143,29 @@ impl Bundle {
     pub fn unet(&self, device: &Device) -> Result<FaithDiffUNet> {
         let (cfg, fd) = (self.unet_config()?, &self.manifest.faithdiff);
         load_prefixed(&self.store, "unet.", device, |vb| {
-            FaithDiffUNet::new(&vb.pp("unet"), &cfg, fd)
+            FaithDiffUNet::new(&vb.pp("unet"), &cfg, fd, self.manifest.peam.as_ref())
         })
     }
 
-    /// FaithDiff's LQ encoder.
+    /// FaithDiff's LQ encoder, with its tiling on (as FaithDiff's scripts run it).
     pub fn denoise_encoder(&self, device: &Device) -> Result<DenoiseEncoder> {
         let cfg = self.vae_config()?;
-        load_prefixed(&self.store, "denoise_encoder.", device, |vb| {
+        let mut m = load_prefixed(&self.store, "denoise_encoder.", device, |vb| {
             DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg)
-        })
+        })?;
+        m.set_tiling(true);
+        Ok(m)
     }
 
-    /// The VAE.
+    /// The VAE, with diffusers' tiling on (as FaithDiff's scripts run it), so memory stays
+    /// bounded whatever the image size.
     pub fn vae(&self, device: &Device) -> Result<AutoencoderKL> {
         let cfg = self.vae_config()?;
-        load_prefixed(&self.store, "vae.", device, |vb| {
+        let mut m = load_prefixed(&self.store, "vae.", device, |vb| {
             AutoencoderKL::new(&vb.pp("vae"), &cfg)
-        })
+        })?;
+        m.set_tiling(true);
+        Ok(m)
     }
 
     /// One text encoder (`second`: the one with projection).
@@ -193,7 +203,7 @@ impl Bundle {
             &self.manifest.faithdiff,
         );
         check(&self.store, "unet.", device, |vb| {
-            FaithDiffUNet::new(&vb.pp("unet"), &unet, fd)
+            FaithDiffUNet::new(&vb.pp("unet"), &unet, fd, self.manifest.peam.as_ref())
         })?;
         check(&self.store, "denoise_encoder.", device, |vb| {
             DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae)

@@ -11,6 +11,7 @@ use crate::device::read_back;
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
+use crate::models::peam::PeamConfig;
 use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel, UNetConditioning};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
 use crate::phase::phase_exchange;
@@ -44,10 +45,15 @@ struct CaseJson {
     tolerance: Tolerance,
     #[serde(default)]
     faithdiff: Option<FaithDiffConfig>,
+    /// This project's extension for `faithdiff_unet`: PGP-DiffSR's PEAM (pgp-model.md §2),
+    /// keys `peam.{level}.*`.
+    #[serde(default)]
+    peam: Option<PeamConfig>,
     #[serde(default)]
     num_inference_steps: Option<usize>,
-    /// This project's extension for `vae_encode` / `vae_decode`: the reference ran with
-    /// diffusers' `enable_tiling()`.
+    /// This project's extension for `vae_encode` / `vae_decode` / `denoise_encoder`: the
+    /// reference ran with diffusers' `enable_tiling()` (FaithDiff's own tiling for the
+    /// `denoise_encoder`).
     #[serde(default)]
     tiling: bool,
 }
@@ -157,7 +163,7 @@ pub async fn run_case(files: &CaseFiles, device: &Device) -> Result<CaseOutcome>
             } else {
                 let fd = case.faithdiff.clone().unwrap_or_default();
                 let m = load_checked(weights(files)?, device, |vb| {
-                    FaithDiffUNet::new(&vb, &cfg, &fd)
+                    FaithDiffUNet::new(&vb, &cfg, &fd, case.peam.as_ref())
                 })?;
                 m.forward(input("sample")?, &cond, input("input_embedding")?)?
             };
@@ -176,9 +182,10 @@ pub async fn run_case(files: &CaseFiles, device: &Device) -> Result<CaseOutcome>
         }
         "denoise_encoder" => {
             let cfg = AutoencoderKLConfig::from_json(&case.config)?;
-            let m = load_checked(weights(files)?, device, |vb| {
+            let mut m = load_checked(weights(files)?, device, |vb| {
                 DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg)
             })?;
+            m.set_tiling(case.tiling);
             c.check("expected", m.forward(input("image")?)?).await?;
         }
         "clip_text" | "clip_text_with_projection" => {

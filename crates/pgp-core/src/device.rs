@@ -20,6 +20,9 @@ pub struct AdapterInfo {
     pub driver: String,
     /// Whether it can run f16 shaders.
     pub shader_f16: bool,
+    /// The largest buffer a kernel can bind: `min(max_buffer_size,
+    /// max_storage_buffer_binding_size)` (burn requests the adapter's own limits).
+    pub max_buffer_bytes: u64,
     device_kind: DeviceKind,
 }
 
@@ -30,7 +33,8 @@ impl AdapterInfo {
     }
 }
 
-/// The adapters of the primary APIs (Vulkan, Metal, DX12, WebGPU), in wgpu's order.
+/// The adapters of the primary APIs (Vulkan, Metal, DX12, WebGPU), in wgpu's order; the
+/// first is the one burn's default device takes.
 pub async fn adapters() -> Vec<AdapterInfo> {
     use burn::tensor::wgpu::wgpu;
     let instance = wgpu::Instance::default();
@@ -61,6 +65,10 @@ pub async fn adapters() -> Vec<AdapterInfo> {
                     .trim()
                     .to_string(),
                 shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+                max_buffer_bytes: {
+                    let l = a.limits();
+                    l.max_buffer_size.min(l.max_storage_buffer_binding_size)
+                },
                 device_kind,
             }
         })

@@ -9,8 +9,7 @@ use burn::tensor::Device;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::models::faithdiff::FaithDiffFusion;
-use crate::models::peam::Peam;
+use crate::models::faithdiff::{FaithDiffFusion, FaithDiffUNet};
 use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::DenoiseEncoder;
 use crate::presets::{Arch, sdxl_vae_config};
@@ -45,15 +44,12 @@ pub fn arch_info(arch: Arch, device: &Device) -> Result<ArchInfo> {
     let fd = arch.faithdiff_config();
     let c0 = cfg.block_out_channels[0];
     let extras_params = count_params(device, |vb| DenoiseEncoder::new(&vb, &vae))?
-        + count_params(device, |vb| FaithDiffFusion::new(&vb, &fd, c0))?;
+        + count_params(device, |vb| FaithDiffFusion::new(&vb, &fd, c0, true))?;
     let peam_params = match arch.peam_config() {
+        // The whole model with and without its PEAMs (a shape-only pass: nothing is allocated).
         Some(p) => {
-            let mut total = 0;
-            for &level in &p.levels {
-                let c = cfg.block_out_channels[level.min(cfg.block_out_channels.len() - 1)];
-                total += count_params(device, |vb| Peam::new(&vb, &p, c))?;
-            }
-            total
+            count_params(device, |vb| FaithDiffUNet::new(&vb, &cfg, &fd, Some(&p)))?
+                - count_params(device, |vb| FaithDiffUNet::new(&vb, &cfg, &fd, None))?
         }
         None => 0,
     };

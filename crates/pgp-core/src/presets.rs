@@ -75,16 +75,31 @@ impl Arch {
     /// The UNet config dict.
     pub fn unet_json(self) -> Value {
         let mut cfg = sdxl_unet_json();
+        self.apply_depths(&mut cfg).expect("SDXL has three levels");
+        cfg
+    }
+
+    /// Sets the preset's transformer depths in a three-level SDXL-style UNet config dict
+    /// (`faithdiff` leaves it as it is).
+    pub fn apply_depths(self, cfg: &mut Value) -> Result<()> {
         let up_l2 = match self {
-            Self::FaithDiff => return cfg,
+            Self::FaithDiff => return Ok(()),
             Self::PgpCoarse => 10,
             Self::Pgp => 4,
         };
+        let levels = cfg["block_out_channels"].as_array().map_or(0, Vec::len);
+        if levels != 3 {
+            return Err(Error::config(format!(
+                "the `{}` preset prunes SDXL's three-level UNet; this config has {levels} levels \
+                 (give the checkpoint's own UNet config)",
+                self.name()
+            )));
+        }
         cfg["transformer_layers_per_block"] = json!([1, 1, 1]);
         cfg["mid_transformer_layers_per_block"] = json!(1);
         cfg["reverse_transformer_layers_per_block"] =
             json!([[up_l2, up_l2, up_l2], [2, 2, 2], [1, 1, 1]]);
-        cfg
+        Ok(())
     }
 
     /// The parsed UNet config.

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result, WeightsMismatch};
@@ -283,6 +283,9 @@ enum Mode<'a> {
     Shapes,
     /// Read the tensors from this source.
     Load(&'a dyn TensorSource),
+    /// Make them up on the device (benchmarks): `U(±1/sqrt(fan_in))` for matrices and kernels,
+    /// ones for 1-D `weight`s (norms), zeros for biases.
+    Random,
 }
 
 /// Hands out a module's tensors by dotted path (`down_blocks.1.attentions.0.proj_in.weight`).
@@ -307,6 +310,12 @@ impl<'a> VarBuilder<'a> {
     /// A builder that records expected keys and shapes, returning placeholders.
     pub fn shapes_only(device: &Device) -> Self {
         Self::new(Mode::Shapes, device)
+    }
+
+    /// A builder that makes every tensor up on the device, for benchmarks of full-size
+    /// networks without their weights.
+    pub fn random(device: &Device) -> VarBuilder<'static> {
+        VarBuilder::new(Mode::Random, device)
     }
 
     /// The device tensors are created on.
@@ -345,6 +354,12 @@ impl<'a> VarBuilder<'a> {
             Mode::Load(src) => {
                 to_tensor::<D>(*src, &path, &self.device).expect("checked by the shape pass")
             }
+            Mode::Random if D == 1 && name == "weight" => Tensor::ones(shape, &self.device),
+            Mode::Random if D == 1 => Tensor::zeros(shape, &self.device),
+            Mode::Random => {
+                let a = 1.0 / (shape[1..].iter().product::<usize>().max(1) as f64).sqrt();
+                Tensor::random(shape, Distribution::Uniform(-a, a), &self.device)
+            }
         }
     }
 
@@ -358,7 +373,7 @@ impl<'a> VarBuilder<'a> {
         let full = self.get(name, shape);
         match &*self.mode {
             Mode::Shapes => full,
-            Mode::Load(_) => full.slice([rows, 0..shape[1]]),
+            Mode::Load(_) | Mode::Random => full.slice([rows, 0..shape[1]]),
         }
     }
 
@@ -367,7 +382,7 @@ impl<'a> VarBuilder<'a> {
         let full = self.get(name, [len]);
         match &*self.mode {
             Mode::Shapes => full,
-            Mode::Load(_) => full.slice([rows]),
+            Mode::Load(_) | Mode::Random => full.slice([rows]),
         }
     }
 

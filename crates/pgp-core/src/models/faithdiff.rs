@@ -1,10 +1,12 @@
 //! FaithDiff's additions to the SDXL UNet (`unet_2d_condition_vae_extension.py`): the LQ
 //! `condition_embedding`, the alignment stack `information_transformer_layes` (sic) and
-//! `spatial_ch_projs`, fused into the UNet right after `conv_in`.
+//! `spatial_ch_projs`, fused into the UNet right after `conv_in`; and, for the PGP-DiffSR
+//! presets, the PEAMs at their encoder levels.
 
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use super::peam::{Peam, PeamConfig};
 use super::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel, UNetConditioning};
 use crate::attention::{attention, merge_heads, split_heads};
 use crate::error::{Error, Result};
@@ -149,17 +151,19 @@ impl AlignmentBlock {
 }
 
 /// FaithDiff's fusion after `conv_in`: `s + spatial_ch_projs(align(cat(s, cond(lq))))`.
+/// Without its alignment part (a PGP-DiffSR model whose PEAM replaces it) only
+/// `condition_embedding` remains, making the LQ features PEAM takes.
 #[derive(Clone, Debug)]
 pub struct FaithDiffFusion {
     lq_channels: usize,
     condition_embedding: ConditionEmbedding,
-    align: Vec<AlignmentBlock>,
-    spatial_ch_projs: Linear,
+    align: Option<(Vec<AlignmentBlock>, Linear)>,
 }
 
 impl FaithDiffFusion {
-    /// Keys `condition_embedding.*`, `information_transformer_layes.{i}.*`, `spatial_ch_projs.*`.
-    pub fn new(vb: &VarBuilder, cfg: &FaithDiffConfig, c0: usize) -> Result<Self> {
+    /// Keys `condition_embedding.*`, and with `align`: `information_transformer_layes.{i}.*`,
+    /// `spatial_ch_projs.*`.
+    pub fn new(vb: &VarBuilder, cfg: &FaithDiffConfig, c0: usize, align: bool) -> Result<Self> {
         if !cfg.lq_channels.is_multiple_of(cfg.cond_norm_groups) {
             return Err(Error::config(format!(
                 "faithdiff.lq_channels {} is not divisible by cond_norm_groups {}",
@@ -181,21 +185,24 @@ impl FaithDiffFusion {
                 c0,
                 cfg.cond_norm_groups,
             ),
-            align: (0..cfg.align_layers)
-                .map(|i| {
-                    AlignmentBlock::new(
-                        &vb.pp("information_transformer_layes").pp(i),
-                        2 * c0,
-                        cfg.align_heads,
-                    )
-                })
-                .collect(),
-            spatial_ch_projs: Linear::new(&vb.pp("spatial_ch_projs"), 2 * c0, c0, true),
+            align: align.then(|| {
+                let blocks = (0..cfg.align_layers)
+                    .map(|i| {
+                        AlignmentBlock::new(
+                            &vb.pp("information_transformer_layes").pp(i),
+                            2 * c0,
+                            cfg.align_heads,
+                        )
+                    })
+                    .collect();
+                let proj = Linear::new(&vb.pp("spatial_ch_projs"), 2 * c0, c0, true);
+                (blocks, proj)
+            }),
         })
     }
 
-    /// `s` = `conv_in` output `[B, c0, h, w]`, `lq` = LQ features `[B, lq, h, w]`.
-    pub fn forward(&self, s: Tensor<4>, lq: Tensor<4>) -> Result<Tensor<4>> {
+    /// `condition_embedding(lq)` after checking `lq` `[B, lq, h, w]` against `s` `[B, c0, h, w]`.
+    pub fn condition(&self, s: &Tensor<4>, lq: Tensor<4>) -> Result<Tensor<4>> {
         let [b, _, h, w] = s.dims();
         let [lb, lc, lh, lw] = lq.dims();
         if [lb, lc, lh, lw] != [b, self.lq_channels, h, w] {
@@ -206,30 +213,79 @@ impl FaithDiffFusion {
                 s.dims()
             )));
         }
-        let c = self.condition_embedding.forward(lq);
+        Ok(self.condition_embedding.forward(lq))
+    }
+
+    /// `s` = `conv_in` output `[B, c0, h, w]`, `c` = [`FaithDiffFusion::condition`]'s output;
+    /// `s` unchanged without the alignment part.
+    pub fn fuse(&self, s: Tensor<4>, c: Tensor<4>) -> Tensor<4> {
+        let Some((blocks, proj)) = &self.align else {
+            return s;
+        };
+        let [_, _, h, w] = s.dims();
         let mut t = to_tokens(Tensor::cat(vec![s.clone(), c], 1));
-        for block in &self.align {
+        for block in blocks {
             t = block.forward(t);
         }
-        Ok(s + from_tokens(self.spatial_ch_projs.forward(t), h, w))
+        s + from_tokens(proj.forward(t), h, w)
+    }
+
+    /// `fuse(s, condition(s, lq))`.
+    pub fn forward(&self, s: Tensor<4>, lq: Tensor<4>) -> Result<Tensor<4>> {
+        let c = self.condition(&s, lq)?;
+        Ok(self.fuse(s, c))
     }
 }
 
-/// FaithDiff's UNet: the SDXL UNet plus its fusion of LQ features (pipeline.md step 6).
+/// FaithDiff's UNet: the SDXL UNet plus its fusion of LQ features (pipeline.md step 6); with
+/// a PEAM config, PGP-DiffSR's UNet (the pruning is in the UNet config's depths).
 #[derive(Clone, Debug)]
 pub struct FaithDiffUNet {
-    /// The (fine-tuned) SDXL UNet, keys without prefix.
+    /// The (fine-tuned, possibly pruned) SDXL UNet, keys without prefix.
     pub unet: UNet2DConditionModel,
     /// The fusion modules.
     pub fusion: FaithDiffFusion,
+    /// `(level, module)` for every PEAM, keys `peam.{level}.*`.
+    pub peams: Vec<(usize, Peam)>,
 }
 
 impl FaithDiffUNet {
-    /// The UNet and the fusion from one state dict, as in `FaithDiff.bin`.
-    pub fn new(vb: &VarBuilder, cfg: &UNet2DConditionConfig, fd: &FaithDiffConfig) -> Result<Self> {
+    /// The UNet, the fusion and the PEAMs from one state dict, as in `FaithDiff.bin`.
+    pub fn new(
+        vb: &VarBuilder,
+        cfg: &UNet2DConditionConfig,
+        fd: &FaithDiffConfig,
+        peam: Option<&PeamConfig>,
+    ) -> Result<Self> {
+        let c0 = cfg.block_out_channels[0];
+        let active = peam.filter(|p| p.is_active());
+        let mut peams = Vec::new();
+        if let Some(p) = active {
+            let mut levels = p.levels.clone();
+            levels.sort_unstable();
+            levels.dedup();
+            if levels.len() != p.levels.len() {
+                return Err(Error::config(format!(
+                    "peam.levels {:?} lists a level twice",
+                    p.levels
+                )));
+            }
+            for level in levels {
+                let c = cfg.encoder_level_channels(level).ok_or_else(|| {
+                    Error::config(format!(
+                        "peam level {level}: the UNet has encoder levels 0..={}",
+                        cfg.block_out_channels.len()
+                    ))
+                })?;
+                let lq = (level > 0).then_some(c0);
+                peams.push((level, Peam::new(&vb.pp("peam").pp(level), p, c, lq)?));
+            }
+        }
+        let keep_fusion = active.is_none_or(|p| p.keep_faithdiff_fusion);
         Ok(Self {
             unet: UNet2DConditionModel::new(vb, cfg)?,
-            fusion: FaithDiffFusion::new(vb, fd, cfg.block_out_channels[0])?,
+            fusion: FaithDiffFusion::new(vb, fd, c0, keep_fusion)?,
+            peams,
         })
     }
 
@@ -240,7 +296,23 @@ impl FaithDiffUNet {
         cond: &UNetConditioning,
         input_embedding: Tensor<4>,
     ) -> Result<Tensor<4>> {
-        self.unet
-            .forward_fused(sample, cond, |s| self.fusion.forward(s, input_embedding))
+        let mut lq = Some(input_embedding);
+        let mut f = None;
+        let mut peams = self.peams.iter().peekable();
+        self.unet.forward_fused(sample, cond, |level, x| {
+            let x = if level == 0 {
+                let c = self
+                    .fusion
+                    .condition(&x, lq.take().expect("level 0 comes once"))?;
+                f = Some(c.clone());
+                self.fusion.fuse(x, c)
+            } else {
+                x
+            };
+            match peams.next_if(|(l, _)| *l == level) {
+                Some((_, peam)) => peam.forward(f.clone().expect("set at level 0"), x),
+                None => Ok(x),
+            }
+        })
     }
 }

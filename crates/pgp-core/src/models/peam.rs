@@ -1,10 +1,19 @@
 //! The phase-exchange adapter module, PEAM (paper eq. 3–5; pgp-model.md §2):
 //! `H~ = IFFT2(|FFT2(H)|·exp(i·∠FFT2(F)))`, `e = convs(cat(H~, H))`, `a, b = split(e)`,
 //! `H^ = a ⊙ H~ + b`. Every reading the paper leaves open is a config value.
+//!
+//! Placement (a choice; pgp-model.md §2): encoder level 0 is `conv_in`'s output, where FaithDiff
+//! fuses its LQ features; level `i + 1` is down block `i`'s output. `F` is the LQ branch output
+//! `condition_embedding(denoise_encoder(LQ))` (the UNet's first width); at a level `ℓ ≥ 1` it is
+//! average-pooled to the level's size and projected to its width by a 1×1 convolution
+//! (`lq_proj`, our addition: the paper does not say how `F` reaches deeper levels). With
+//! `keep_faithdiff_fusion` (the default) FaithDiff's alignment fusion runs first and PEAM refines
+//! its output; without it PEAM takes the fusion's place, and `add` means `H + F`.
 
 use burn::tensor::Tensor;
 use burn::tensor::activation::leaky_relu;
-use serde::Deserialize;
+use burn::tensor::module::adaptive_avg_pool2d;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::nn::Conv2d;
@@ -12,10 +21,11 @@ use crate::phase::phase_exchange;
 use crate::weights::VarBuilder;
 
 /// The Table 5 ablation variants.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum PeamVariant {
-    /// "w/ Add": FaithDiff's additive fusion only; the adapter leaves `H` as it is.
+    /// "w/ Add": the LQ features are added, `H + F` — with FaithDiff's fusion kept, that
+    /// fusion is the addition and no PEAM runs at all.
     Add,
     /// "w/ Phase change": `H~` replaces `H`.
     PhaseChange,
@@ -39,9 +49,12 @@ fn d_stack() -> usize {
 fn d_slope() -> f64 {
     0.2
 }
+fn d_keep() -> bool {
+    true
+}
 
-/// PEAM hyper-parameters.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+/// PEAM hyper-parameters (the manifest's and case.json's `peam`).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 pub struct PeamConfig {
     /// Encoder levels that get a PEAM (0 = right after `conv_in`).
     #[serde(default = "d_levels")]
@@ -58,6 +71,17 @@ pub struct PeamConfig {
     /// LeakyReLU slope between convolutions.
     #[serde(default = "d_slope")]
     pub negative_slope: f64,
+    /// Whether FaithDiff's alignment fusion stays at level 0 (PEAM then refines its output);
+    /// `false`: PEAM replaces it and the alignment weights are not part of the model.
+    #[serde(default = "d_keep")]
+    pub keep_faithdiff_fusion: bool,
+}
+
+impl PeamConfig {
+    /// Whether any PEAM runs: the `add` variant with FaithDiff's fusion kept is FaithDiff itself.
+    pub fn is_active(&self) -> bool {
+        !(self.variant == PeamVariant::Add && self.keep_faithdiff_fusion)
+    }
 }
 
 impl Default for PeamConfig {
@@ -70,13 +94,21 @@ impl Default for PeamConfig {
 #[derive(Clone, Debug)]
 pub struct Peam {
     convs: Vec<Conv2d>,
+    lq_proj: Option<Conv2d>,
     variant: PeamVariant,
     slope: f64,
 }
 
 impl Peam {
-    /// Keys `convs.{i}.weight` / `.bias`; no tensors for the `add` variant.
-    pub fn new(vb: &VarBuilder, cfg: &PeamConfig, channels: usize) -> Result<Self> {
+    /// Keys `convs.{i}.weight` / `.bias` (none for `add` and `phase_change`), and
+    /// `lq_proj.weight` / `.bias` when `lq_channels` is given: `F` arrives with that width and
+    /// is projected to `channels` (deeper levels).
+    pub fn new(
+        vb: &VarBuilder,
+        cfg: &PeamConfig,
+        channels: usize,
+        lq_channels: Option<usize>,
+    ) -> Result<Self> {
         if cfg.stacked_convs == 0 {
             return Err(Error::config("PEAM needs at least one stacked convolution"));
         }
@@ -95,15 +127,31 @@ impl Peam {
         };
         Ok(Self {
             convs,
+            lq_proj: lq_channels.map(|c| Conv2d::new(&vb.pp("lq_proj"), c, channels, 1, 1, 0)),
             variant: cfg.variant,
             slope: cfg.negative_slope,
         })
     }
 
-    /// `f` LQ features and `h` UNet features, both `[B, C, h, w]` → the new `H`.
+    /// `f` LQ features and `h` UNet features `[B, C, h, w]` → the new `H`. With `lq_proj`,
+    /// `f` may have another width and size: it is average-pooled to `h`'s size and projected.
     pub fn forward(&self, f: Tensor<4>, h: Tensor<4>) -> Result<Tensor<4>> {
+        let f = match &self.lq_proj {
+            Some(proj) => {
+                let [_, _, hh, ww] = h.dims();
+                proj.forward(adaptive_avg_pool2d(f, [hh, ww]))
+            }
+            None => f,
+        };
+        if f.dims() != h.dims() {
+            return Err(Error::input(format!(
+                "PEAM: LQ features {:?} and UNet features {:?} differ in shape",
+                f.dims(),
+                h.dims()
+            )));
+        }
         let (base, donor) = match self.variant {
-            PeamVariant::Add => return Ok(h),
+            PeamVariant::Add => return Ok(h + f),
             PeamVariant::PhaseChange => return phase_exchange(f, h),
             PeamVariant::Peam => (phase_exchange(f, h.clone())?, None),
             PeamVariant::FusionConv => (h.clone(), Some(f)),

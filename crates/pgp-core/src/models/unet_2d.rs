@@ -257,6 +257,15 @@ impl UNet2DConditionConfig {
         Ok(())
     }
 
+    /// Channels of encoder level `level` (0: `conv_in`'s output, `i + 1`: down block `i`'s),
+    /// or `None` past the last down block.
+    pub fn encoder_level_channels(&self, level: usize) -> Option<usize> {
+        match level {
+            0 => self.block_out_channels.first().copied(),
+            l => self.block_out_channels.get(l - 1).copied(),
+        }
+    }
+
     /// Derives the per-level layout, following diffusers' constructor.
     pub fn layout(&self) -> Result<UNetLayout> {
         let n = self.block_out_channels.len();
@@ -347,6 +356,7 @@ pub struct UNet2DConditionModel {
     in_channels: usize,
     cross_dims: Vec<usize>,
     add_input: Option<usize>,
+    layout: UNetLayout,
 }
 
 impl UNet2DConditionModel {
@@ -439,7 +449,13 @@ impl UNet2DConditionModel {
                 .addition_embed_type
                 .as_ref()
                 .and(cfg.projection_class_embeddings_input_dim),
+            layout: l,
         })
+    }
+
+    /// The per-level layout it was built with.
+    pub fn layout(&self) -> &UNetLayout {
+        &self.layout
     }
 
     /// Time embedding plus the `text_time` add-embedding: `[B, temb]`.
@@ -478,16 +494,17 @@ impl UNet2DConditionModel {
 
     /// One denoising call: `sample` `[B, in, h, w]` → `[B, out, h, w]`.
     pub fn forward(&self, sample: Tensor<4>, cond: &UNetConditioning) -> Result<Tensor<4>> {
-        self.forward_fused(sample, cond, Ok)
+        self.forward_fused(sample, cond, |_, x| Ok(x))
     }
 
-    /// One call with `fuse` applied to `conv_in`'s output (FaithDiff's hook point); the skip
-    /// list starts with the fused features.
+    /// One call with `fuse(level, features)` applied at every encoder level: level 0 is
+    /// `conv_in`'s output (FaithDiff's hook point), level `i + 1` the output of down block `i`.
+    /// What `fuse` returns goes on through the encoder and into the skip list.
     pub fn forward_fused(
         &self,
         sample: Tensor<4>,
         cond: &UNetConditioning,
-        fuse: impl FnOnce(Tensor<4>) -> Result<Tensor<4>>,
+        mut fuse: impl FnMut(usize, Tensor<4>) -> Result<Tensor<4>>,
     ) -> Result<Tensor<4>> {
         let [b, c, _, _] = sample.dims();
         if c != self.in_channels {
@@ -510,10 +527,12 @@ impl UNet2DConditionModel {
         }
         let temb = self.embed(cond, b)?;
         let context = &cond.encoder_hidden_states;
-        let mut x = fuse(self.conv_in.forward(sample))?;
+        let mut x = fuse(0, self.conv_in.forward(sample))?;
         let mut skips = vec![x.clone()];
-        for block in &self.down_blocks {
-            x = block.forward(x, &temb, context, &mut skips);
+        for (i, block) in self.down_blocks.iter().enumerate() {
+            x = fuse(i + 1, block.forward(x, &temb, context, &mut skips))?;
+            // The block's last skip is its output: keep the two the same.
+            *skips.last_mut().expect("every down block adds skips") = x.clone();
         }
         x = self.mid_block.forward(x, &temb, context);
         for block in &self.up_blocks {

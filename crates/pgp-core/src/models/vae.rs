@@ -485,6 +485,9 @@ impl AutoencoderKL {
 #[derive(Clone, Debug)]
 pub struct DenoiseEncoder {
     encoder: Encoder,
+    /// `Some((tile_sample, tile_latent))` when tiled encoding is on.
+    tiling: Option<(usize, usize)>,
+    tile_sizes: (usize, usize),
 }
 
 impl DenoiseEncoder {
@@ -493,12 +496,33 @@ impl DenoiseEncoder {
         cfg.validate()?;
         Ok(Self {
             encoder: Encoder::new(vb, cfg, false),
+            tiling: None,
+            tile_sizes: (cfg.sample_size, cfg.sample_size / cfg.downscale()),
         })
+    }
+
+    /// Turns FaithDiff's own tiling of the `denoise_encoder` on or off (its `tiled_encode`, which
+    /// FaithDiff's scripts enable with the VAE's settings: tiles of the config's `sample_size`
+    /// (1024), overlap 0.25). Its trigger is a side longer than `sample_size / 8` pixels (sic:
+    /// FaithDiff compares the image with the latent tile size); up to `0.75 · sample_size` the
+    /// single tile is the whole image, so only larger images are actually split.
+    pub fn set_tiling(&mut self, on: bool) {
+        self.tiling = on.then_some(self.tile_sizes);
     }
 
     /// `[B, 3, H, W]` in [-1, 1] → LQ features `[B, C, H/8, W/8]`.
     pub fn forward(&self, image: Tensor<4>) -> Result<Tensor<4>> {
         self.encoder.check_input(&image)?;
-        Ok(self.encoder.forward(image))
+        let [_, _, h, w] = image.dims();
+        Ok(match self.tiling {
+            Some((sample, latent)) if h > latent || w > latent => {
+                let stride = (sample as f64 * (1.0 - TILE_OVERLAP)) as usize;
+                let extent = (latent as f64 * TILE_OVERLAP) as usize;
+                tiled(image, sample, stride.max(1), extent, latent - extent, |t| {
+                    self.encoder.forward(t)
+                })
+            }
+            _ => self.encoder.forward(image),
+        })
     }
 }

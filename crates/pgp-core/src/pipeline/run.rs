@@ -8,7 +8,7 @@ use super::image::{
     RgbImage, crop, from_signed, from_unit, pad_to_multiple, resize_lanczos, to_signed_tensor,
     to_unit_tensor,
 };
-use super::tiling::{gaussian_weights, tile_grid};
+use super::tiling::{gaussian_weights, largest_tile_px, tile_grid};
 use crate::device::read_back;
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
@@ -39,9 +39,12 @@ pub struct Settings {
     pub guidance: f64,
     /// The prompt (`""` by default).
     pub prompt: String,
-    /// Latent tile size in output pixels (a multiple of 8; tiles overlap by half); 0 = one
-    /// tile for the whole image.
+    /// Latent tile size in output pixels (a multiple of 8; tiles overlap by half); 0 = the
+    /// largest whose buffers stay within `buffer_limit` (the whole image when it fits).
     pub tile: usize,
+    /// The largest buffer the device allows (WebGPU: `min(maxBufferSize,
+    /// maxStorageBufferBindingSize)`), for `tile == 0`; `u64::MAX` where there is no limit.
+    pub buffer_limit: u64,
     /// Colour correction.
     pub color_fix: ColorFix,
     /// Start point.
@@ -62,6 +65,7 @@ impl Default for Settings {
             guidance: 5.0,
             prompt: String::new(),
             tile: 1024,
+            buffer_limit: u64::MAX,
             color_fix: ColorFix::Adain,
             start: Start::Lr,
             seed: 0,
@@ -221,7 +225,7 @@ pub async fn upscale(
     stages.start_latent = Some(latent.clone());
     // 6–7. Tiled Euler sampling.
     let tile_px = if settings.tile == 0 {
-        hp.max(wp)
+        largest_tile_px(models.unet.unet.layout(), settings.buffer_limit, hp.max(wp))
     } else {
         settings.tile
     };

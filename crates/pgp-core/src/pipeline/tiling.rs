@@ -3,6 +3,50 @@
 
 use std::f64::consts::PI;
 
+use crate::models::unet_2d::UNetLayout;
+
+/// The largest single f32 buffer one batch-1 UNet call on a `latent × latent` tile allocates,
+/// as far as the network's shapes say: per level, burn's materialised attention scores
+/// (`heads × tokens × tokens`, and `× context` for cross-attention), GEGLU's projection
+/// (`tokens × 8C`) and the widest feature map (an up block's skip concatenation). Kernels'
+/// own scratch (e.g. a convolution's im2col) is not counted, so treat it as a lower bound.
+pub fn unet_largest_buffer(layout: &UNetLayout, latent: usize, context: usize) -> u64 {
+    let n = layout.channels.len();
+    let mut largest = 0u64;
+    let mut side = latent as u64;
+    for i in 0..n {
+        let tokens = side * side;
+        let c = layout.channels[i] as u64;
+        let c_next = layout.channels[(i + 1).min(n - 1)] as u64;
+        let attn = layout.down_attn[i]
+            || layout.up_attn[n - 1 - i]
+            || (i == n - 1 && layout.mid_depth > 0);
+        let mut level = (c + c_next) * tokens;
+        if attn {
+            let h = layout.heads[i] as u64;
+            level = level
+                .max(h * tokens * tokens.max(context as u64))
+                .max(8 * c * tokens);
+        }
+        largest = largest.max(4 * level);
+        if i + 1 < n {
+            side = side.div_ceil(2);
+        }
+    }
+    largest
+}
+
+/// The largest latent tile, in output pixels (a multiple of 8, at most `max_side_px` rounded up
+/// to 8), whose UNet call needs no buffer over `limit_bytes` — `-t 0`. At least 8.
+pub fn largest_tile_px(layout: &UNetLayout, limit_bytes: u64, max_side_px: usize) -> usize {
+    let top = max_side_px.div_ceil(8).max(1);
+    (1..=top)
+        .rev()
+        .find(|&l| unet_largest_buffer(layout, l, 77) <= limit_bytes)
+        .unwrap_or(1)
+        * 8
+}
+
 /// Start offsets of tiles of `tile` along an axis of `len`, `stride` apart, the last one
 /// snapped to the edge; an axis shorter than a tile is one tile.
 pub fn tile_starts(len: usize, tile: usize, stride: usize) -> Vec<usize> {
@@ -69,6 +113,22 @@ pub fn gaussian_weights(height: usize, width: usize) -> Vec<f32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_largest_tile_respects_the_buffer_limit() {
+        let layout = crate::presets::Arch::FaithDiff
+            .unet_config()
+            .layout()
+            .unwrap();
+        // Level-1 self-attention of a 1024² tile: 10 heads × 4096² scores in f32 (pipeline.md).
+        assert_eq!(unet_largest_buffer(&layout, 128, 77), 10 * 4096 * 4096 * 4);
+        // WebGPU's default 128 MiB: level-1 side 42 (1764 tokens) fits, 43 does not.
+        assert_eq!(largest_tile_px(&layout, 128 << 20, 4000), 672);
+        // No limit: the whole (padded) image, rounded up to the latent grid.
+        assert_eq!(largest_tile_px(&layout, u64::MAX, 1500), 1504);
+        // A limit nothing fits still gives the smallest tile.
+        assert_eq!(largest_tile_px(&layout, 1, 512), 8);
+    }
 
     #[test]
     fn grid_covers_the_latent_with_half_overlap() {
