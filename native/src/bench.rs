@@ -147,3 +147,76 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
     }
     Ok(())
 }
+
+/// What `bench attention` measures.
+pub struct AttentionBench {
+    pub heads: usize,
+    pub tokens: usize,
+    pub dim: usize,
+    pub runs: usize,
+}
+
+/// Times `f` (one warm-up call first) and reports the pool's peak growth it caused.
+async fn timed(
+    device: &Device,
+    runs: usize,
+    f: &dyn Fn() -> Tensor<4>,
+) -> Result<(f64, Option<u64>)> {
+    read_back(f()).await?;
+    let before = pool_bytes(device).map(|p| p.0);
+    let t = Instant::now();
+    for _ in 0..runs {
+        read_back(f()).await?;
+    }
+    let mean = t.elapsed().as_secs_f64() / runs as f64;
+    let after = pool_bytes(device).map(|p| p.0);
+    Ok((mean, before.zip(after).map(|(b, a)| a - b)))
+}
+
+/// The WGSL flash-attention kernel against burn's `module::attention` (batch 1).
+pub async fn attention(b: &AttentionBench, device: &Device) -> Result<()> {
+    use pgp_core::attention::reference_attention;
+    use pgp_core::kernels;
+    if !kernels::available(device) {
+        bail!("the kernels run on burn's wgpu runtime; use --device wgpu");
+    }
+    let n = Distribution::Normal(0.0, 1.0);
+    let shape = [1, b.heads, b.tokens, b.dim];
+    let (q, k, v) = (
+        Tensor::<4>::random(shape, n, device),
+        Tensor::<4>::random(shape, n, device),
+        Tensor::<4>::random(shape, n, device),
+    );
+    let io_bytes = 4 * 4 * (b.heads * b.tokens * b.dim) as u64;
+    let scores = 4 * (b.heads * b.tokens * b.tokens) as u64;
+    let mib = |x: u64| x as f64 / (1 << 20) as f64;
+    println!(
+        "attention 1 × {} heads × {} tokens × {} (inputs + output {:.1} MiB; a materialised score matrix {:.1} MiB)",
+        b.heads,
+        b.tokens,
+        b.dim,
+        mib(io_bytes),
+        mib(scores)
+    );
+    // The kernel first: the pool's peak then only grows if the reference needs more.
+    let kernel = || kernels::flash_attention(q.clone(), k.clone(), v.clone(), false);
+    let (t, grew) = timed(device, b.runs, &kernel).await?;
+    println!(
+        "  flash kernel     {:.1} ms, pool peak grew {}",
+        t * 1e3,
+        grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
+    );
+    let reference = || reference_attention(q.clone(), k.clone(), v.clone(), false);
+    match timed(device, b.runs, &reference).await {
+        Ok((t, grew)) => println!(
+            "  burn attention   {:.1} ms, pool peak grew {}",
+            t * 1e3,
+            grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
+        ),
+        Err(e) => println!(
+            "  burn attention   failed: {}",
+            e.to_string().lines().next().unwrap_or("")
+        ),
+    }
+    Ok(())
+}

@@ -178,6 +178,18 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// The WGSL flash-attention kernel against burn's attention: time and pool growth.
+    Attention {
+        #[arg(long, default_value_t = 10)]
+        heads: usize,
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        #[arg(long, default_value_t = 64)]
+        dim: usize,
+        /// Timed calls after a warm-up call.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// One FaithDiff / PGP-DiffSR UNet call on one latent tile: time and peak device memory.
     Unet {
         /// `faithdiff`, `pgp-coarse` or `pgp`.
@@ -427,6 +439,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{} of 75 content tokens used, not truncated", content.len());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Attention {
+                    heads,
+                    tokens,
+                    dim,
+                    runs,
+                },
+        } => {
+            let b = bench::AttentionBench {
+                heads,
+                tokens,
+                dim,
+                runs: runs.max(1),
+            };
+            pollster::block_on(bench::attention(&b, &Backend::Wgpu.device()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

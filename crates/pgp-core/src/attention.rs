@@ -6,11 +6,26 @@ use burn::tensor::Tensor;
 use burn::tensor::module;
 use burn::tensor::ops::AttentionModuleOptions;
 
+use crate::kernels;
 use crate::nn::Linear;
 use crate::weights::VarBuilder;
 
-/// `softmax(q·kᵀ/√D [+ causal mask])·v` for `q` `[B, H, S, D]`, `k`, `v` `[B, H, Skv, D]`.
+/// `softmax(q·kᵀ/√D [+ causal mask])·v` for `q` `[B, H, S, D]`, `k`, `v` `[B, H, Skv, D]`:
+/// the WGSL flash-attention kernel on burn's wgpu runtime (head dims up to 128; a causal mask
+/// only for square attention, the one case the networks use), burn's `module::attention`
+/// elsewhere.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let (d, dv) = (q.dims()[3], v.dims()[3]);
+    let square = q.dims()[2] == k.dims()[2];
+    if kernels::attention::supports(d, dv) && (square || !causal) && kernels::available(&q.device())
+    {
+        return kernels::flash_attention(q, k, v, causal);
+    }
+    reference_attention(q, k, v, causal)
+}
+
+/// The plain-burn attention (`module::attention`): the fallback and the kernel's reference.
+pub fn reference_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
     let options = AttentionModuleOptions {
         scale: None,
         softcap: None,

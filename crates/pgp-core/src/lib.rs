@@ -24,6 +24,7 @@ pub mod conformance;
 pub mod device;
 pub mod error;
 pub mod info;
+pub mod kernels;
 pub mod models;
 pub mod nn;
 pub mod phase;
