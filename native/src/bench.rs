@@ -156,14 +156,15 @@ pub struct AttentionBench {
     pub runs: usize,
 }
 
-/// Times `f` (one warm-up call first) and reports the pool's peak growth it caused.
+/// Times `f` (one warm-up call first) and reports how much the pool's peak grew over the calls
+/// (outputs and scratch beyond what was already allocated).
 async fn timed(
     device: &Device,
     runs: usize,
     f: &dyn Fn() -> Tensor<4>,
 ) -> Result<(f64, Option<u64>)> {
-    read_back(f()).await?;
     let before = pool_bytes(device).map(|p| p.0);
+    read_back(f()).await?;
     let t = Instant::now();
     for _ in 0..runs {
         read_back(f()).await?;
@@ -215,6 +216,47 @@ pub async fn attention(b: &AttentionBench, device: &Device) -> Result<()> {
         ),
         Err(e) => println!(
             "  burn attention   failed: {}",
+            e.to_string().lines().next().unwrap_or("")
+        ),
+    }
+    Ok(())
+}
+
+/// The four-pass WGSL phase exchange against the plain-burn DFT-matrix composition.
+pub async fn phase(shape: [usize; 4], runs: usize, device: &Device) -> Result<()> {
+    use pgp_core::kernels;
+    use pgp_core::phase::reference_phase_exchange;
+    if !kernels::available(device) {
+        bail!("the kernels run on burn's wgpu runtime; use --device wgpu");
+    }
+    let n = Distribution::Normal(0.0, 1.0);
+    let (f, h) = (
+        Tensor::<4>::random(shape, n, device),
+        Tensor::<4>::random(shape, n, device),
+    );
+    let [_, _, hh, ww] = shape;
+    let planes = shape.iter().product::<usize>() / (hh * ww);
+    let mib = |x: u64| x as f64 / (1 << 20) as f64;
+    println!(
+        "phase exchange {shape:?} ({planes} planes; spectra {:.1} MiB each)",
+        mib((planes * hh * (ww / 2 + 1) * 8) as u64)
+    );
+    let kernel = || kernels::phase_exchange(f.clone(), h.clone());
+    let (t, grew) = timed(device, runs, &kernel).await?;
+    println!(
+        "  4-pass kernel    {:.1} ms, pool peak grew {}",
+        t * 1e3,
+        grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
+    );
+    let reference = || reference_phase_exchange(f.clone(), h.clone()).expect("equal shapes");
+    match timed(device, runs, &reference).await {
+        Ok((t, grew)) => println!(
+            "  DFT matmuls      {:.1} ms, pool peak grew {}",
+            t * 1e3,
+            grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
+        ),
+        Err(e) => println!(
+            "  DFT matmuls      failed: {}",
             e.to_string().lines().next().unwrap_or("")
         ),
     }

@@ -178,6 +178,15 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// The WGSL phase exchange against the plain-burn composition.
+    Phase {
+        /// B, C, h, w.
+        #[arg(long, num_args = 4, default_values_t = [1, 320, 128, 128])]
+        shape: Vec<usize>,
+        /// Timed calls after a warm-up call.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// The WGSL flash-attention kernel against burn's attention: time and pool growth.
     Attention {
         #[arg(long, default_value_t = 10)]
@@ -439,6 +448,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{} of 75 content tokens used, not truncated", content.len());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what: BenchWhat::Phase { shape, runs },
+        } => {
+            let shape: [usize; 4] = shape.try_into().expect("clap takes four values");
+            pollster::block_on(bench::phase(shape, runs.max(1), &Backend::Wgpu.device()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -30,8 +30,24 @@ fn dft_matrices(n: usize, device: &Device) -> (Tensor<3>, Tensor<3>) {
 }
 
 /// Computes the phase exchange of `lq` (F, the phase donor) and `unet` (H, the amplitude
-/// donor), both `[B, C, h, w]`.
+/// donor), both `[B, C, h, w]`: the four-pass WGSL kernel on burn's wgpu runtime, the
+/// plain-burn composition elsewhere.
 pub fn phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
+    if lq.dims() != unet.dims() {
+        return Err(Error::input(format!(
+            "phase exchange needs equal shapes, got {:?} and {:?}",
+            lq.dims(),
+            unet.dims()
+        )));
+    }
+    if crate::kernels::available(&unet.device()) {
+        return Ok(crate::kernels::phase_exchange(lq, unet));
+    }
+    reference_phase_exchange(lq, unet)
+}
+
+/// The plain-burn composition (DFT matrix products): the fallback and the kernel's reference.
+pub fn reference_phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
     let dims = unet.dims();
     if lq.dims() != dims {
         return Err(Error::input(format!(

@@ -46,9 +46,8 @@ impl FlashAttention {
     /// The shader text with its template values filled in (the per-dimension blocks unrolled).
     pub fn template(&self) -> SourceTemplate {
         let (d4, dv4) = (self.d.div_ceil(4), self.dv.div_ceil(4));
-        let lines = |n: usize, f: &dyn Fn(usize) -> String| {
-            (0..n).map(f).collect::<Vec<_>>().join("\n")
-        };
+        let lines =
+            |n: usize, f: &dyn Fn(usize) -> String| (0..n).map(f).collect::<Vec<_>>().join("\n");
         let score = (0..d4)
             .map(|i| format!("dot(q{i}, k_tile[kb + {i}u])"))
             .collect::<Vec<_>>()

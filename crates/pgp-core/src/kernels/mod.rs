@@ -5,6 +5,7 @@
 //! reference the kernels are tested against.
 
 pub mod attention;
+pub mod phase;
 
 use burn::backend::{Backend, Dispatch, DispatchDevice, backend_extension, tensor::FloatTensor};
 use burn::tensor::{Device, Shape, Tensor};
@@ -22,6 +23,10 @@ pub trait PgpKernels: Backend {
         v: FloatTensor<Self>,
         causal: bool,
     ) -> FloatTensor<Self>;
+
+    /// `irfft2(|rfft2(h)|·exp(i·angle(rfft2(f))), s = (h, w))` for `f`, `h` `[B, C, h, w]`.
+    #[fusion(dtype = h, shape = h)]
+    fn phase_exchange(f: FloatTensor<Self>, h: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 fn attention_shape(q: &Shape, v: &Shape) -> Shape {
@@ -38,6 +43,10 @@ impl PgpKernels for CubeBackend {
         causal: bool,
     ) -> FloatTensor<Self> {
         attention::launch(q, k, v, causal)
+    }
+
+    fn phase_exchange(f: FloatTensor<Self>, h: FloatTensor<Self>) -> FloatTensor<Self> {
+        phase::launch(f, h)
     }
 }
 
@@ -67,6 +76,14 @@ pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -
     ))
 }
 
+/// The kernel phase exchange on burn tensors (see [`PgpKernels::phase_exchange`]).
+pub fn phase_exchange(f: Tensor<4>, h: Tensor<4>) -> Tensor<4> {
+    Tensor::from_dispatch(Dispatch::phase_exchange(
+        f.into_dispatch(),
+        h.into_dispatch(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::attention::FlashAttention;
@@ -87,6 +104,14 @@ mod tests {
     #[should_panic(expected = "broken")]
     fn the_validation_catches_a_broken_shader() {
         validate("broken", "fn main( {");
+    }
+
+    #[test]
+    fn every_phase_pass_is_valid_wgsl() {
+        use burn::backend::wgpu::KernelSource;
+        for (i, (name, _)) in super::phase::PASSES.iter().enumerate() {
+            validate(name, &super::phase::PhasePass(i).source().complete());
+        }
     }
 
     #[test]
@@ -164,6 +189,45 @@ mod parity {
                 let err = rel_l2(&g, &e);
                 assert!(err < 1e-2, "case {i} {:?}: f16 rel-L2 {err}", shapes[i]);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod phase_parity {
+    use burn::tensor::{Distribution, Tensor};
+
+    use crate::device::{Backend, read_back};
+    use crate::phase::reference_phase_exchange;
+
+    #[test]
+    fn phase_exchange_matches_the_reference_over_many_shapes() {
+        let device = Backend::Wgpu.device();
+        let n = Distribution::Normal(0.0, 1.0);
+        for &[b, c, h, w] in &[
+            [1, 1, 1, 1],
+            [1, 2, 16, 16],
+            [2, 3, 7, 10],
+            [1, 2, 9, 1],
+            [1, 1, 1, 12],
+            [1, 4, 33, 17],
+            [1, 2, 96, 40],
+            [1, 8, 64, 64],
+            // longer than the twiddle table: computed twiddles
+            [1, 1, 3, 2100],
+        ] {
+            let f = Tensor::<4>::random([b, c, h, w], n, &device);
+            let hh = Tensor::<4>::random([b, c, h, w], n, &device);
+            let reference = reference_phase_exchange(f.clone(), hh.clone()).unwrap();
+            let (e, _) = pollster::block_on(read_back(reference)).unwrap();
+            let (g, _) = pollster::block_on(read_back(super::phase_exchange(f, hh))).unwrap();
+            let (mut num, mut den) = (0f64, 0f64);
+            for (x, y) in g.iter().zip(&e) {
+                num += (f64::from(*x) - f64::from(*y)).powi(2);
+                den += f64::from(*y).powi(2);
+            }
+            let err = (num / den.max(1e-30)).sqrt();
+            assert!(err < 1e-4, "[{b}, {c}, {h}, {w}]: rel-L2 {err}");
         }
     }
 }

@@ -1,0 +1,29 @@
+// Shared by the four phase-exchange passes (pasted in as {{ common }}).
+
+const TAU: f32 = 6.283185307179586;
+// Twiddles advance by one complex multiplication per term and are recomputed exactly from
+// the (exact, integer) angle index every RESYNC terms, so rounding cannot build up.
+const RESYNC: u32 = 32u;
+
+// The launch parameters [planes, h, w, w/2 + 1], made workgroup-uniform.
+var<workgroup> params: array<u32, 4>;
+
+fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
+}
+
+// exp(2πi·k/n).
+fn twiddle(k: u32, n: u32) -> vec2<f32> {
+    let a = f32(k) * (TAU / f32(n));
+    return vec2<f32>(cos(a), sin(a));
+}
+
+// Reads the parameters into workgroup memory (call first, from every invocation).
+fn load_params(lid: u32) {
+    if lid == 0u {
+        params[0] = info[0];
+        params[1] = info[1];
+        params[2] = info[2];
+        params[3] = info[3];
+    }
+}
