@@ -243,8 +243,13 @@ pub async fn phase(shape: [usize; 4], runs: usize, device: &Device) -> Result<()
     );
     let kernel = || kernels::phase_exchange(f.clone(), h.clone());
     let (t, grew) = timed(device, runs, &kernel).await?;
+    let path = if kernels::phase::fft_size(hh) && kernels::phase::fft_size(ww) {
+        "kernel (FFT)"
+    } else {
+        "kernel (DFT)"
+    };
     println!(
-        "  4-pass kernel    {:.1} ms, pool peak grew {}",
+        "  {path:<16} {:.1} ms, pool peak grew {}",
         t * 1e3,
         grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
     );

@@ -112,6 +112,9 @@ mod tests {
         for (i, (name, _)) in super::phase::PASSES.iter().enumerate() {
             validate(name, &super::phase::PhasePass(i).source().complete());
         }
+        for (i, (name, _)) in super::phase::FFT_PASSES.iter().enumerate() {
+            validate(name, &super::phase::FftPass(i).source().complete());
+        }
     }
 
     #[test]
@@ -213,6 +216,12 @@ mod phase_parity {
             [1, 4, 33, 17],
             [1, 2, 96, 40],
             [1, 8, 64, 64],
+            // the FFT path: power-of-two sides up to 512, square or not, and 1
+            [2, 3, 128, 128],
+            [1, 2, 32, 8],
+            [1, 3, 1, 16],
+            [1, 2, 512, 4],
+            [1, 1, 2, 2],
             // longer than the twiddle table: computed twiddles
             [1, 1, 3, 2100],
         ] {

@@ -1,6 +1,8 @@
-//! Launching the four passes of the phase exchange (`shaders/phase_*.wgsl`): row DFTs of F and
-//! H, column DFTs with the exchange, inverse column DFTs, inverse real row DFTs. Four dispatches
-//! for any h × w, every plane of the batch at once; two intermediate spectra of
+//! Launching the phase exchange. Power-of-two sides up to 512 (latent tiles: 128, 64, ...) take
+//! the FFT path (`shaders/fft_*.wgsl`), three dispatches of in-workgroup radix-2 FFTs: rows of
+//! F and H together, columns with the exchange and the inverse, inverse real rows. Any other
+//! size takes the direct path (`shaders/phase_*.wgsl`), four dispatches of exact-index DFT
+//! sums. Both handle every plane of the batch at once, with intermediate spectra of
 //! `planes × h × (w/2 + 1)` complex values.
 
 use burn::backend::wgpu::{
@@ -31,6 +33,51 @@ pub const PASSES: [(&str, &str); 4] = [
         include_str!("../../../../shaders/phase_rows_inverse.wgsl"),
     ),
 ];
+
+/// The FFT path's three passes, in order.
+pub const FFT_PASSES: [(&str, &str); 3] = [
+    (
+        "fft_rows",
+        include_str!("../../../../shaders/fft_rows.wgsl"),
+    ),
+    (
+        "fft_columns",
+        include_str!("../../../../shaders/fft_columns.wgsl"),
+    ),
+    (
+        "fft_rows_inverse",
+        include_str!("../../../../shaders/fft_rows_inverse.wgsl"),
+    ),
+];
+
+/// The FFT helpers the FFT passes share.
+pub const FFT_COMMON: &str = include_str!("../../../../shaders/fft_common.wgsl");
+
+/// Longest side the FFT path takes (its two workgroup buffers of 512 complex values).
+pub const FFT_MAX: usize = 512;
+
+/// One FFT-path pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FftPass(pub usize);
+
+impl KernelSource for FftPass {
+    fn source(&self) -> SourceTemplate {
+        SourceTemplate::new(FFT_PASSES[self.0].1).register("common", FFT_COMMON)
+    }
+
+    fn id(&self) -> KernelId {
+        KernelId::new::<Self>().info(self.0)
+    }
+
+    fn lang(&self) -> &'static str {
+        "wgsl"
+    }
+}
+
+/// Whether a side takes the FFT path.
+pub fn fft_size(n: usize) -> bool {
+    n.is_power_of_two() && n <= FFT_MAX
+}
 
 /// What every pass shares (the twiddle table, the parameters), pasted in as `{{ common }}`.
 pub const COMMON: &str = include_str!("../../../../shaders/phase_common.wgsl");

@@ -1,0 +1,42 @@
+// Phase exchange (FFT path), pass 3 of 3: the inverse real FFT of every row (torch's irfft:
+// the full Hermitian spectrum from the half, imaginary parts of the DC and Nyquist bins
+// ignored), divided by h·w. One workgroup per (plane, row).
+
+@group(0) @binding(0) var<storage, read_write> c: array<vec2<f32>>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read_write> info: array<u32>;
+
+{{ common }}
+
+@compute @workgroup_size(64, 1, 1)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    load_params(lid);
+    let planes = workgroupUniformLoad(&params[0]);
+    let rows = workgroupUniformLoad(&params[1]);
+    let n = workgroupUniformLoad(&params[2]);
+    let wf = workgroupUniformLoad(&params[3]);
+    let row = wid.x + wid.y * 65535u;
+    let live = row < planes * rows;
+    let src = min(row, planes * rows - 1u) * wf;
+    let bits = countTrailingZeros(n);
+    for (var k = lid; k < n; k += 64u) {
+        var x: vec2<f32>;
+        if k < wf {
+            x = c[src + k];
+        } else {
+            let m = c[src + n - k];
+            x = vec2<f32>(m.x, -m.y);
+        }
+        if k == 0u || 2u * k == n {
+            x.y = 0.0;
+        }
+        a[bit_reverse(k, bits)] = x;
+    }
+    fft_a(lid, n, 1.0);
+    if live {
+        let scale = 1.0 / f32(rows * n);
+        for (var x = lid; x < n; x += 64u) {
+            out[row * n + x] = a[x].x * scale;
+        }
+    }
+}
