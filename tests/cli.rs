@@ -750,3 +750,82 @@ fn a_pgp_checkpoint_converts_and_upscales() {
         (2 * input.width(), 2 * input.height())
     );
 }
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_tree(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn sharded_text_encoders_with_an_index_convert_like_single_files() {
+    let dir = scratch("sharded");
+    let sdxl = dir.join("sdxl");
+    copy_tree(&hub().join("sdxl"), &sdxl);
+    // Split text_encoder_2 into two shards listed by model.safetensors.index.json.
+    let te = sdxl.join("text_encoder_2");
+    let bytes = std::fs::read(te.join("model.fp16.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    for (part, keys) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", part + 1);
+        let tensors: HashMap<_, _> = keys
+            .iter()
+            .map(|k| {
+                let t = st.tensor(k).unwrap();
+                map.insert(k.clone(), serde_json::Value::String(file.clone()));
+                (
+                    k.clone(),
+                    (t.dtype(), t.shape().to_vec(), t.data().to_vec()),
+                )
+            })
+            .collect();
+        write_safetensors(&te.join(&file), &tensors);
+    }
+    std::fs::remove_file(te.join("model.fp16.safetensors")).unwrap();
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(te.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let convert_with = |sdxl: &Path, out: &Path| {
+        bin()
+            .arg("convert")
+            .arg("--sdxl")
+            .arg(sdxl)
+            .arg("--vae")
+            .arg(hub().join("vae"))
+            .arg("--faithdiff")
+            .arg(hub().join("FaithDiff.bin"))
+            .args(["-q", "--dtype", "f32", "-o"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let (a, b) = (dir.join("from_shards"), dir.join("from_file"));
+    let o = convert_with(&sdxl, &a);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = convert_with(&hub().join("sdxl"), &b);
+    assert!(o.status.success(), "{}", text(&o));
+    let shard = |d: &Path| std::fs::read(d.join("shard-00001.safetensors")).unwrap();
+    assert_eq!(shard(&a), shard(&b), "the bundles differ");
+
+    // A shard the index names but that is missing: a clear error, nothing written.
+    std::fs::remove_file(te.join("model-00002-of-00002.safetensors")).unwrap();
+    let c = dir.join("broken");
+    let o = convert_with(&sdxl, &c);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("model-00002-of-00002.safetensors"),
+        "{}",
+        text(&o)
+    );
+    assert!(!c.exists());
+}

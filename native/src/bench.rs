@@ -222,7 +222,7 @@ pub async fn attention(b: &AttentionBench, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// The four-pass WGSL phase exchange against the plain-burn DFT-matrix composition.
+/// The WGSL phase exchange (FFT or DFT path) against the plain-burn DFT-matrix composition.
 pub async fn phase(shape: [usize; 4], runs: usize, device: &Device) -> Result<()> {
     use pgp_core::kernels;
     use pgp_core::phase::reference_phase_exchange;

@@ -54,6 +54,65 @@ fn first_existing(dir: &Path, names: &[&str]) -> Result<PathBuf> {
         .with_context(|| format!("{}: none of {} found", dir.display(), names.join(", ")))
 }
 
+/// A component's weights in a diffusers / transformers folder: `{stem}.fp16.safetensors`,
+/// `{stem}.safetensors`, or the same split into shards listed by a `….safetensors.index.json`
+/// (its `weight_map`), joined into one file in memory.
+fn read_component(dir: &Path, stem: &str) -> Result<WeightFile> {
+    let names = [
+        format!("{stem}.fp16.safetensors"),
+        format!("{stem}.safetensors"),
+        format!("{stem}.fp16.safetensors.index.json"),
+        format!("{stem}.safetensors.index.json"),
+    ];
+    let path = first_existing(dir, &names.iter().map(String::as_str).collect::<Vec<_>>())?;
+    if !path.to_string_lossy().ends_with(".index.json") {
+        return read_weights(&path);
+    }
+    let index = read_json(&path)?;
+    let map = index["weight_map"]
+        .as_object()
+        .with_context(|| format!("{}: no `weight_map`", path.display()))?;
+    let mut shards: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (key, file) in map {
+        let file = file
+            .as_str()
+            .with_context(|| format!("{}: `{key}` maps to a non-string", path.display()))?;
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            bail!("{}: shard name `{file}` leaves the folder", path.display());
+        }
+        shards.entry(file.to_string()).or_default().push(key);
+    }
+    let mut tensors = Vec::new();
+    let files = shards
+        .keys()
+        .map(|f| read_weights(&dir.join(f)))
+        .collect::<Result<Vec<_>>>()?;
+    for ((file, keys), weights) in shards.iter().zip(&files) {
+        for key in keys {
+            let (dtype, shape) = weights.info(key).with_context(|| {
+                format!(
+                    "{}: the index lists `{key}` but the shard lacks it",
+                    dir.join(file).display()
+                )
+            })?;
+            tensors.push((key.to_string(), dtype, shape.to_vec(), weights.raw(key)?));
+        }
+    }
+    let views = tensors
+        .iter()
+        .map(|(k, d, s, b)| {
+            Ok((
+                k.clone(),
+                pgp_core::safetensors::tensor::TensorView::new(*d, s.clone(), b)?,
+            ))
+        })
+        .collect::<std::result::Result<Vec<_>, pgp_core::safetensors::SafeTensorError>>()
+        .with_context(|| format!("joining the shards of {}", path.display()))?;
+    let bytes = pgp_core::safetensors::serialize(views, None)
+        .with_context(|| format!("joining the shards of {}", path.display()))?;
+    Ok(WeightFile::from_bytes(path.display().to_string(), bytes)?)
+}
+
 fn read_weights(path: &Path) -> Result<WeightFile> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(WeightFile::from_bytes(path.display().to_string(), bytes)?)
@@ -305,14 +364,8 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae_cfg)
     })?;
     let te_files = [
-        read_weights(&first_existing(
-            &a.sdxl.join("text_encoder"),
-            &["model.fp16.safetensors", "model.safetensors"],
-        )?)?,
-        read_weights(&first_existing(
-            &a.sdxl.join("text_encoder_2"),
-            &["model.fp16.safetensors", "model.safetensors"],
-        )?)?,
+        read_component(&a.sdxl.join("text_encoder"), "model")?,
+        read_component(&a.sdxl.join("text_encoder_2"), "model")?,
     ];
     let te_prefixed = [
         ClipTextModel::has_prefix(&te_files[0]),
@@ -323,13 +376,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
             ClipTextModel::new(&vb, &te_cfg[i], i == 1, te_prefixed[i])
         })?;
     }
-    let vae_file = read_weights(&first_existing(
-        &a.vae,
-        &[
-            "diffusion_pytorch_model.fp16.safetensors",
-            "diffusion_pytorch_model.safetensors",
-        ],
-    )?)?;
+    let vae_file = read_component(&a.vae, "diffusion_pytorch_model")?;
     check(&vae_file, "", &device, |vb| {
         AutoencoderKL::new(&vb, &vae_cfg)
     })?;

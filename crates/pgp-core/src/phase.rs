@@ -30,7 +30,7 @@ fn dft_matrices(n: usize, device: &Device) -> (Tensor<3>, Tensor<3>) {
 }
 
 /// Computes the phase exchange of `lq` (F, the phase donor) and `unet` (H, the amplitude
-/// donor), both `[B, C, h, w]`: the four-pass WGSL kernel on burn's wgpu runtime, the
+/// donor), both `[B, C, h, w]`: the WGSL kernels on burn's wgpu runtime, the
 /// plain-burn composition elsewhere.
 pub fn phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
     if lq.dims() != unet.dims() {
