@@ -8,6 +8,8 @@
 
 {{ common }}
 
+{{ fft }}
+
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     load_params(lid);

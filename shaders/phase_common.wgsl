@@ -1,8 +1,8 @@
-// Shared by the four phase-exchange passes (pasted in as {{ common }}).
+// Shared by every phase-exchange pass, DFT and FFT (pasted in as {{ common }}).
 
 const TAU: f32 = 6.283185307179586;
-// Twiddles advance by one complex multiplication per term and are recomputed exactly from
-// the (exact, integer) angle index every RESYNC terms, so rounding cannot build up.
+// The DFT passes advance twiddles by one complex multiplication per term and recompute them
+// exactly from the (exact, integer) angle index every RESYNC terms, so rounding cannot build up.
 const RESYNC: u32 = 32u;
 
 // The launch parameters [planes, h, w, w/2 + 1], made workgroup-uniform.

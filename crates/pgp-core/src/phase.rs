@@ -29,10 +29,7 @@ fn dft_matrices(n: usize, device: &Device) -> (Tensor<3>, Tensor<3>) {
     )
 }
 
-/// Computes the phase exchange of `lq` (F, the phase donor) and `unet` (H, the amplitude
-/// donor), both `[B, C, h, w]`: the WGSL kernels on burn's wgpu runtime, the
-/// plain-burn composition elsewhere.
-pub fn phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
+fn same_shape(lq: &Tensor<4>, unet: &Tensor<4>) -> Result<()> {
     if lq.dims() != unet.dims() {
         return Err(Error::input(format!(
             "phase exchange needs equal shapes, got {:?} and {:?}",
@@ -40,6 +37,14 @@ pub fn phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
             unet.dims()
         )));
     }
+    Ok(())
+}
+
+/// Computes the phase exchange of `lq` (F, the phase donor) and `unet` (H, the amplitude
+/// donor), both `[B, C, h, w]`: the WGSL kernels on burn's wgpu runtime, the
+/// plain-burn composition elsewhere.
+pub fn phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
+    same_shape(&lq, &unet)?;
     if crate::kernels::available(&unet.device()) {
         return Ok(crate::kernels::phase_exchange(lq, unet));
     }
@@ -48,15 +53,8 @@ pub fn phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
 
 /// The plain-burn composition (DFT matrix products): the fallback and the kernel's reference.
 pub fn reference_phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
-    let dims = unet.dims();
-    if lq.dims() != dims {
-        return Err(Error::input(format!(
-            "phase exchange needs equal shapes, got {:?} and {:?}",
-            lq.dims(),
-            dims
-        )));
-    }
-    let [b, c, h, w] = dims;
+    same_shape(&lq, &unet)?;
+    let [b, c, h, w] = unet.dims();
     let device = unet.device();
     let (ch, sh) = dft_matrices(h, &device);
     let (cw, sw) = dft_matrices(w, &device);

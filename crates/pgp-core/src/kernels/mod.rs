@@ -108,12 +108,12 @@ mod tests {
 
     #[test]
     fn every_phase_pass_is_valid_wgsl() {
+        use super::phase::{FFT_PASSES, PASSES, PhasePass};
         use burn::backend::wgpu::KernelSource;
-        for (i, (name, _)) in super::phase::PASSES.iter().enumerate() {
-            validate(name, &super::phase::PhasePass(i).source().complete());
-        }
-        for (i, (name, _)) in super::phase::FFT_PASSES.iter().enumerate() {
-            validate(name, &super::phase::FftPass(i).source().complete());
+        for (fft, passes) in [(false, &PASSES[..]), (true, &FFT_PASSES[..])] {
+            for (index, (name, _)) in passes.iter().enumerate() {
+                validate(name, &PhasePass { fft, index }.source().complete());
+            }
         }
     }
 

@@ -50,29 +50,11 @@ pub const FFT_PASSES: [(&str, &str); 3] = [
     ),
 ];
 
-/// The FFT helpers the FFT passes share.
+/// The FFT helpers the FFT passes add to [`COMMON`].
 pub const FFT_COMMON: &str = include_str!("../../../../shaders/fft_common.wgsl");
 
 /// Longest side the FFT path takes (its two workgroup buffers of 512 complex values).
 pub const FFT_MAX: usize = 512;
-
-/// One FFT-path pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FftPass(pub usize);
-
-impl KernelSource for FftPass {
-    fn source(&self) -> SourceTemplate {
-        SourceTemplate::new(FFT_PASSES[self.0].1).register("common", FFT_COMMON)
-    }
-
-    fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(self.0)
-    }
-
-    fn lang(&self) -> &'static str {
-        "wgsl"
-    }
-}
 
 /// Whether a side takes the FFT path.
 pub fn fft_size(n: usize) -> bool {
@@ -82,17 +64,26 @@ pub fn fft_size(n: usize) -> bool {
 /// What every pass shares (the twiddle table, the parameters), pasted in as `{{ common }}`.
 pub const COMMON: &str = include_str!("../../../../shaders/phase_common.wgsl");
 
-/// One pass (sizes come in the info buffer, so one compilation serves every shape).
+/// One pass: the `index`-th of [`FFT_PASSES`] or of [`PASSES`]. Sizes come in the info buffer,
+/// so one compilation serves every shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PhasePass(pub usize);
+pub struct PhasePass {
+    /// From the FFT path.
+    pub fft: bool,
+    /// Position in its path.
+    pub index: usize,
+}
 
 impl KernelSource for PhasePass {
     fn source(&self) -> SourceTemplate {
-        SourceTemplate::new(PASSES[self.0].1).register("common", COMMON)
+        let passes: &[(&str, &str)] = if self.fft { &FFT_PASSES } else { &PASSES };
+        SourceTemplate::new(passes[self.index].1)
+            .register("common", COMMON)
+            .register("fft", FFT_COMMON)
     }
 
     fn id(&self) -> KernelId {
-        KernelId::new::<Self>().info(self.0)
+        KernelId::new::<Self>().info(*self)
     }
 
     fn lang(&self) -> &'static str {
@@ -137,17 +128,28 @@ pub fn launch(f: CubeTensor, h: CubeTensor) -> CubeTensor {
     let (rf, rh, z) = (spectrum(), spectrum(), spectrum());
     let info = [planes as u32, rows as u32, w as u32, wf as u32];
     let info = client.create_from_slice(bytemuck::cast_slice(&info));
-    let run = |pass: usize, invocations: usize, buffers: Vec<&CubeTensor>| {
+    let launch = |fft: bool, index: usize, count: CubeCount, buffers: Vec<&CubeTensor>| {
         let mut bindings: Vec<_> = buffers.iter().map(|t| t.handle.clone().binding()).collect();
         bindings.push(info.clone().binding());
         client.launch(
             Box::new(SourceKernel::new(
-                PhasePass(pass),
+                PhasePass { fft, index },
                 CubeDim::new_1d(GROUP as u32),
             )),
-            groups(invocations),
+            count,
             KernelArguments::new().with_buffers(bindings),
         );
+    };
+    if fft_size(rows) && fft_size(w) {
+        // One workgroup per row or per column.
+        let per = |n: usize| CubeCount::Static(n.min(65535) as u32, n.div_ceil(65535) as u32, 1);
+        launch(true, 0, per(planes * rows), vec![&f, &h, &rf, &rh]);
+        launch(true, 1, per(planes * wf), vec![&rf, &rh, &z]);
+        launch(true, 2, per(planes * rows), vec![&z, &out]);
+        return out;
+    }
+    let run = |index: usize, invocations: usize, buffers: Vec<&CubeTensor>| {
+        launch(false, index, groups(invocations), buffers);
     };
     let spectra = planes * rows * wf;
     run(0, spectra, vec![&f, &h, &rf, &rh]);
