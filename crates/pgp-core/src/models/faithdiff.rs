@@ -229,12 +229,6 @@ impl FaithDiffFusion {
         }
         s + from_tokens(proj.forward(t), h, w)
     }
-
-    /// `fuse(s, condition(s, lq))`.
-    pub fn forward(&self, s: Tensor<4>, lq: Tensor<4>) -> Result<Tensor<4>> {
-        let c = self.condition(&s, lq)?;
-        Ok(self.fuse(s, c))
-    }
 }
 
 /// FaithDiff's UNet: the SDXL UNet plus its fusion of LQ features (pipeline.md step 6); with
