@@ -13,11 +13,11 @@
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    load_params(lid);
-    let planes = workgroupUniformLoad(&params[0]);
-    let n = workgroupUniformLoad(&params[1]);
-    let wf = workgroupUniformLoad(&params[3]);
-    let column = wid.x + wid.y * 65535u;
+    let pr = load_params(lid);
+    let planes = pr.planes;
+    let n = pr.rows;
+    let wf = pr.wf;
+    let column = flat_index(wid, 0u, 1u);
     let live = column < planes * wf;
     let col = min(column, planes * wf - 1u);
     let p = col / wf;
@@ -25,29 +25,29 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let bits = countTrailingZeros(n);
     for (var y = lid; y < n; y += 64u) {
         let src = (p * n + y) * wf + u;
-        a[bit_reverse(y, bits)] = rf[src];
-        b[bit_reverse(y, bits)] = rh[src];
+        ab[bit_reverse(y, bits)] = rf[src];
+        ab[MAX_N + bit_reverse(y, bits)] = rh[src];
     }
-    fft_a(lid, n, -1.0);
-    fft_b(lid, n, -1.0);
-    // The exchange, in place in `a` (each invocation its own indices).
+    fft(lid, n, -1.0, 0u);
+    fft(lid, n, -1.0, MAX_N);
+    // The exchange, in place in the first buffer (each invocation its own indices).
     for (var v = lid; v < n; v += 64u) {
-        let amp = length(b[v]);
-        let mag = length(a[v]);
+        let amp = length(ab[MAX_N + v]);
+        let mag = length(ab[v]);
         if mag > 0.0 {
-            a[v] = a[v] * (amp / mag);
+            ab[v] = ab[v] * (amp / mag);
         } else {
-            a[v] = vec2<f32>(amp, 0.0);
+            ab[v] = vec2<f32>(amp, 0.0);
         }
     }
     workgroupBarrier();
     for (var v = lid; v < n; v += 64u) {
-        b[bit_reverse(v, bits)] = a[v];
+        ab[MAX_N + bit_reverse(v, bits)] = ab[v];
     }
-    fft_b(lid, n, 1.0);
+    fft(lid, n, 1.0, MAX_N);
     if live {
         for (var y = lid; y < n; y += 64u) {
-            c[(p * n + y) * wf + u] = b[y];
+            c[(p * n + y) * wf + u] = ab[MAX_N + y];
         }
     }
 }

@@ -15,23 +15,23 @@
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    load_params(lid);
-    let planes = workgroupUniformLoad(&params[0]);
-    let rows = workgroupUniformLoad(&params[1]);
-    let n = workgroupUniformLoad(&params[2]);
-    let wf = workgroupUniformLoad(&params[3]);
-    let row = wid.x + wid.y * 65535u;
+    let pr = load_params(lid);
+    let planes = pr.planes;
+    let rows = pr.rows;
+    let n = pr.w;
+    let wf = pr.wf;
+    let row = flat_index(wid, 0u, 1u);
     let live = row < planes * rows;
     let src = min(row, planes * rows - 1u) * n;
     let bits = countTrailingZeros(n);
     for (var k = lid; k < n; k += 64u) {
-        a[bit_reverse(k, bits)] = vec2<f32>(f[src + k], h[src + k]);
+        ab[bit_reverse(k, bits)] = vec2<f32>(f[src + k], h[src + k]);
     }
-    fft_a(lid, n, -1.0);
+    fft(lid, n, -1.0, 0u);
     if live {
         for (var u = lid; u < wf; u += 64u) {
-            let z = a[u];
-            let zc = a[(n - u) % n];
+            let z = ab[u];
+            let zc = ab[(n - u) % n];
             let s = z + vec2<f32>(zc.x, -zc.y);
             let d = z - vec2<f32>(zc.x, -zc.y);
             rf[row * wf + u] = 0.5 * s;

@@ -12,12 +12,12 @@
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    load_params(lid);
-    let planes = workgroupUniformLoad(&params[0]);
-    let rows = workgroupUniformLoad(&params[1]);
-    let n = workgroupUniformLoad(&params[2]);
-    let wf = workgroupUniformLoad(&params[3]);
-    let row = wid.x + wid.y * 65535u;
+    let pr = load_params(lid);
+    let planes = pr.planes;
+    let rows = pr.rows;
+    let n = pr.w;
+    let wf = pr.wf;
+    let row = flat_index(wid, 0u, 1u);
     let live = row < planes * rows;
     let src = min(row, planes * rows - 1u) * wf;
     let bits = countTrailingZeros(n);
@@ -32,13 +32,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if k == 0u || 2u * k == n {
             x.y = 0.0;
         }
-        a[bit_reverse(k, bits)] = x;
+        ab[bit_reverse(k, bits)] = x;
     }
-    fft_a(lid, n, 1.0);
+    fft(lid, n, 1.0, 0u);
     if live {
         let scale = 1.0 / f32(rows * n);
         for (var x = lid; x < n; x += 64u) {
-            out[row * n + x] = a[x].x * scale;
+            out[row * n + x] = ab[x].x * scale;
         }
     }
 }

@@ -18,12 +18,31 @@ fn twiddle(k: u32, n: u32) -> vec2<f32> {
     return vec2<f32>(cos(a), sin(a));
 }
 
-// Reads the parameters into workgroup memory (call first, from every invocation).
-fn load_params(lid: u32) {
+struct Params {
+    planes: u32,
+    rows: u32,
+    w: u32,
+    wf: u32,
+}
+
+// The parameters, workgroup-uniform (call first, from every invocation).
+fn load_params(lid: u32) -> Params {
     if lid == 0u {
         params[0] = info[0];
         params[1] = info[1];
         params[2] = info[2];
         params[3] = info[3];
     }
+    return Params(
+        workgroupUniformLoad(&params[0]),
+        workgroupUniformLoad(&params[1]),
+        workgroupUniformLoad(&params[2]),
+        workgroupUniformLoad(&params[3]),
+    );
+}
+
+// The flat index of an invocation in a (min(groups, 65535), ceil(groups / 65535)) grid of
+// 64-invocation workgroups, or of a workgroup when `lid` is 0 and `size` 1.
+fn flat_index(wid: vec3<u32>, lid: u32, size: u32) -> u32 {
+    return (wid.x + wid.y * 65535u) * size + lid;
 }

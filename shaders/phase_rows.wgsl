@@ -14,12 +14,12 @@
 
 @compute @workgroup_size(64, 1, 1)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    load_params(lid);
-    let planes = workgroupUniformLoad(&params[0]);
-    let rows = workgroupUniformLoad(&params[1]);
-    let w = workgroupUniformLoad(&params[2]);
-    let wf = workgroupUniformLoad(&params[3]);
-    let i = (wid.x + wid.y * 65535u) * 64u + lid;
+    let pr = load_params(lid);
+    let planes = pr.planes;
+    let rows = pr.rows;
+    let w = pr.w;
+    let wf = pr.wf;
+    let i = flat_index(wid, lid, 64u);
     if i < planes * rows * wf {
         let u = i % wf;
         let base = (i / wf) * w;
