@@ -829,3 +829,31 @@ fn sharded_text_encoders_with_an_index_convert_like_single_files() {
     );
     assert!(!c.exists());
 }
+
+#[test]
+fn tile_zero_takes_the_largest_tile_the_adapter_allows() {
+    // The tiny UNet's buffers for the whole (padded 48×32) image are far under lavapipe's
+    // 128 MiB, so `-t 0` is one tile of the whole image: the same run as `-t 48`.
+    let dir = scratch("tile_zero");
+    let model = bundle_in(&dir);
+    let case = root().join("tests/pipeline");
+    let run = |tile: &str| {
+        let out = dir.join(format!("out_{tile}.png"));
+        let o = bin()
+            .args(["upscale", "-s", "2", "--steps", "2", "-q", "-t", tile, "-i"])
+            .arg(case.join("input.png"))
+            .arg("-o")
+            .arg(&out)
+            .arg("--model")
+            .arg(&model)
+            .arg("--noise")
+            .arg(case.join("tensors.safetensors"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+        std::fs::read(out).unwrap()
+    };
+    let whole = run("0");
+    assert_eq!(whole, run("48"), "-t 0 differs from one whole-image tile");
+    assert_ne!(whole, run("16"), "a 16-px tile grid gave the same image");
+}
