@@ -476,15 +476,16 @@ fn f32s(st: &safetensors::SafeTensors, key: &str) -> (Vec<usize>, Vec<f64>) {
     (t.shape().to_vec(), v)
 }
 
-/// Runs `upscale` on tests/pipeline with its explicit noise, dumping the stages; returns the
-/// output image, the dumped stages and the reference tensors (both as file bytes).
+/// Runs `upscale` on tests/pipeline with its explicit noise and `args` (the reference used
+/// `-t 32`), dumping the stages; returns the output image, the dumped stages and the reference
+/// tensors (both as file bytes).
 fn run_pipeline_case(name: &str, args: &[&str]) -> (image::RgbImage, Vec<u8>, Vec<u8>) {
     let dir = scratch(name);
     let model = bundle_in(&dir);
     let case = root().join("tests/pipeline");
     let (out, stages) = (dir.join("out.png"), dir.join("stages.safetensors"));
     let o = bin()
-        .args(["upscale", "-s", "2", "-t", "32", "-q"])
+        .args(["upscale", "-s", "2", "-q"])
         .args(args)
         .arg("-i")
         .arg(case.join("input.png"))
@@ -516,7 +517,7 @@ fn rel_err(g: &[f64], e: &[f64]) -> f64 {
 fn upscale_parity(device: &str) {
     let (img, got, reference) = run_pipeline_case(
         &format!("parity_{device}"),
-        &["--steps", "3", "--device", device],
+        &["-t", "32", "--steps", "3", "--device", device],
     );
     let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
     let got = safetensors::SafeTensors::deserialize(&got).unwrap();
@@ -679,7 +680,8 @@ fn devices_lists_adapters_and_g_checks_the_index() {
 
 #[test]
 fn one_step_mode_matches_the_reference_recipe() {
-    let (img, got, reference) = run_pipeline_case("one_step", &["--one-step", "--device", "cpu"]);
+    let (img, got, reference) =
+        run_pipeline_case("one_step", &["-t", "32", "--one-step", "--device", "cpu"]);
     let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
     let got = safetensors::SafeTensors::deserialize(&got).unwrap();
     let ((gs, g), (es, e)) = (f32s(&got, "latent_final"), f32s(&reference, "s1_latent"));
@@ -834,24 +836,9 @@ fn sharded_text_encoders_with_an_index_convert_like_single_files() {
 fn tile_zero_takes_the_largest_tile_the_adapter_allows() {
     // The tiny UNet's buffers for the whole (padded 48×32) image are far under lavapipe's
     // 128 MiB, so `-t 0` is one tile of the whole image: the same run as `-t 48`.
-    let dir = scratch("tile_zero");
-    let model = bundle_in(&dir);
-    let case = root().join("tests/pipeline");
     let run = |tile: &str| {
-        let out = dir.join(format!("out_{tile}.png"));
-        let o = bin()
-            .args(["upscale", "-s", "2", "--steps", "2", "-q", "-t", tile, "-i"])
-            .arg(case.join("input.png"))
-            .arg("-o")
-            .arg(&out)
-            .arg("--model")
-            .arg(&model)
-            .arg("--noise")
-            .arg(case.join("tensors.safetensors"))
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{}", text(&o));
-        std::fs::read(out).unwrap()
+        let name = format!("tile_zero_{tile}");
+        run_pipeline_case(&name, &["-t", tile, "--steps", "2"]).0
     };
     let whole = run("0");
     assert_eq!(whole, run("48"), "-t 0 differs from one whole-image tile");

@@ -84,12 +84,18 @@ save_component(os.path.join(out, "vae"), dict(vae.config), vae.state_dict(), "di
 # FaithDiff.bin: the fine-tuned UNet (no prefix) + denoise_encoder + fusion extras, f32
 from make_cases import CondEmb, RAB  # the same modules the conformance cases use
 
+def fusion_extras():
+    """FaithDiff's modules beside the UNet, at the fixture's sizes (not yet randomized)."""
+    m = nn.Module()
+    m.condition_embedding = CondEmb(32, 16, 8)
+    m.information_transformer_layes = nn.Sequential(RAB(32, 8), RAB(32, 8))
+    m.spatial_ch_projs = nn.Linear(32, 16)
+    return m
+
+
 fd_unet = UNet2DConditionModel(**ucfg).eval()
 randomize(fd_unet)
-extras = nn.Module()
-extras.condition_embedding = CondEmb(32, 16, 8)
-extras.information_transformer_layes = nn.Sequential(RAB(32, 8), RAB(32, 8))
-extras.spatial_ch_projs = nn.Linear(32, 16)
+extras = fusion_extras()
 randomize(extras)
 denoise = AutoencoderKL(**vcfg).eval()
 randomize(denoise, 0.3)
@@ -117,10 +123,7 @@ from make_cases import PEAM
 pcfg = dict(ucfg, transformer_layers_per_block=[1, 1, 1], reverse_transformer_layers_per_block=[[2, 2, 2], [2, 2, 2], [1, 1, 1]])
 pgp_unet = UNet2DConditionModel(**pcfg).eval()
 randomize(pgp_unet)
-pextras = nn.Module()
-pextras.condition_embedding = CondEmb(32, 16, 8)
-pextras.information_transformer_layes = nn.Sequential(RAB(32, 8), RAB(32, 8))
-pextras.spatial_ch_projs = nn.Linear(32, 16)
+pextras = fusion_extras()
 pextras.peam = nn.ModuleDict({"0": PEAM(16, {"variant": "peam"})})
 randomize(pextras)
 sd = dict(pgp_unet.state_dict())

@@ -105,7 +105,6 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
     let first = times.remove(0);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let pools = pool_bytes(device);
-    let mib = |x: u64| x as f64 / (1 << 20) as f64;
     if b.json {
         println!(
             "{}",
@@ -156,6 +155,25 @@ pub struct AttentionBench {
     pub runs: usize,
 }
 
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// One result line of a comparison: time and pool growth, or why the path failed.
+fn report(label: &str, result: &Result<(f64, Option<u64>)>) {
+    match result {
+        Ok((t, grew)) => println!(
+            "  {label:<16} {:.1} ms, pool peak grew {}",
+            t * 1e3,
+            grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
+        ),
+        Err(e) => println!(
+            "  {label:<16} failed: {}",
+            e.to_string().lines().next().unwrap_or("")
+        ),
+    }
+}
+
 /// Times `f` (one warm-up call first) and reports how much the pool's peak grew over the calls
 /// (outputs and scratch beyond what was already allocated).
 async fn timed(
@@ -190,7 +208,6 @@ pub async fn attention(b: &AttentionBench, device: &Device) -> Result<()> {
     );
     let io_bytes = 4 * 4 * (b.heads * b.tokens * b.dim) as u64;
     let scores = 4 * (b.heads * b.tokens * b.tokens) as u64;
-    let mib = |x: u64| x as f64 / (1 << 20) as f64;
     println!(
         "attention 1 × {} heads × {} tokens × {} (inputs + output {:.1} MiB; a materialised score matrix {:.1} MiB)",
         b.heads,
@@ -201,24 +218,9 @@ pub async fn attention(b: &AttentionBench, device: &Device) -> Result<()> {
     );
     // The kernel first: the pool's peak then only grows if the reference needs more.
     let kernel = || kernels::flash_attention(q.clone(), k.clone(), v.clone(), false);
-    let (t, grew) = timed(device, b.runs, &kernel).await?;
-    println!(
-        "  flash kernel     {:.1} ms, pool peak grew {}",
-        t * 1e3,
-        grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
-    );
+    report("flash kernel", &Ok(timed(device, b.runs, &kernel).await?));
     let reference = || reference_attention(q.clone(), k.clone(), v.clone(), false);
-    match timed(device, b.runs, &reference).await {
-        Ok((t, grew)) => println!(
-            "  burn attention   {:.1} ms, pool peak grew {}",
-            t * 1e3,
-            grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
-        ),
-        Err(e) => println!(
-            "  burn attention   failed: {}",
-            e.to_string().lines().next().unwrap_or("")
-        ),
-    }
+    report("burn attention", &timed(device, b.runs, &reference).await);
     Ok(())
 }
 
@@ -236,34 +238,18 @@ pub async fn phase(shape: [usize; 4], runs: usize, device: &Device) -> Result<()
     );
     let [_, _, hh, ww] = shape;
     let planes = shape.iter().product::<usize>() / (hh * ww);
-    let mib = |x: u64| x as f64 / (1 << 20) as f64;
     println!(
         "phase exchange {shape:?} ({planes} planes; spectra {:.1} MiB each)",
         mib((planes * hh * (ww / 2 + 1) * 8) as u64)
     );
     let kernel = || kernels::phase_exchange(f.clone(), h.clone());
-    let (t, grew) = timed(device, runs, &kernel).await?;
     let path = if kernels::phase::fft_size(hh) && kernels::phase::fft_size(ww) {
         "kernel (FFT)"
     } else {
         "kernel (DFT)"
     };
-    println!(
-        "  {path:<16} {:.1} ms, pool peak grew {}",
-        t * 1e3,
-        grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
-    );
+    report(path, &Ok(timed(device, runs, &kernel).await?));
     let reference = || reference_phase_exchange(f.clone(), h.clone()).expect("equal shapes");
-    match timed(device, runs, &reference).await {
-        Ok((t, grew)) => println!(
-            "  DFT matmuls      {:.1} ms, pool peak grew {}",
-            t * 1e3,
-            grew.map_or("?".into(), |g| format!("{:.1} MiB", mib(g)))
-        ),
-        Err(e) => println!(
-            "  DFT matmuls      failed: {}",
-            e.to_string().lines().next().unwrap_or("")
-        ),
-    }
+    report("DFT matmuls", &timed(device, runs, &reference).await);
     Ok(())
 }

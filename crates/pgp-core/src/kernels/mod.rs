@@ -174,12 +174,17 @@ mod parity {
             // more (batch × heads) than one dispatch dimension holds
             (65_537, 1, 1, 3, 4, 4, false),
         ];
+        let qkv = |b, h, s, skv, d, dv| {
+            (
+                Tensor::<4>::random([b, h, s, d], n, &device),
+                Tensor::<4>::random([b, h, skv, d], n, &device),
+                Tensor::<4>::random([b, h, skv, dv], n, &device),
+            )
+        };
         // The entry point sends what the kernel does not take (a causal mask on non-square
         // attention, head dims over 128) to burn's attention: it agrees with the reference.
         for (s, skv, d, causal) in [(7, 5, 16, true), (9, 9, 160, false)] {
-            let q = Tensor::<4>::random([1, 2, s, d], n, &device);
-            let k = Tensor::<4>::random([1, 2, skv, d], n, &device);
-            let v = Tensor::<4>::random([1, 2, skv, d], n, &device);
+            let (q, k, v) = qkv(1, 2, s, skv, d, d);
             let r = reference_attention(q.clone(), k.clone(), v.clone(), causal);
             let a = crate::attention::attention(q, k, v, causal);
             let (e, _) = pollster::block_on(read_back(r)).unwrap();
@@ -187,9 +192,7 @@ mod parity {
             assert!(rel_l2(&g, &e) < 1e-5, "fallback for s={s} skv={skv} d={d}");
         }
         for (i, &(b, h, s, skv, d, dv, causal)) in shapes.iter().enumerate() {
-            let q = Tensor::<4>::random([b, h, s, d], n, &device);
-            let k = Tensor::<4>::random([b, h, skv, d], n, &device);
-            let v = Tensor::<4>::random([b, h, skv, dv], n, &device);
+            let (q, k, v) = qkv(b, h, s, skv, d, dv);
             let reference = reference_attention(q.clone(), k.clone(), v.clone(), causal);
             let (e, _) = pollster::block_on(read_back(reference)).unwrap();
             let got = super::flash_attention(q.clone(), k.clone(), v.clone(), causal);
