@@ -1,37 +1,14 @@
 //! End-to-end tests of the `pgp-wgpu` binary: conformance on both devices, bad input, info.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_pgp-wgpu"));
-    c.env("XDG_RUNTIME_DIR", std::env::temp_dir());
-    c
-}
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use support::{bin, convert, hub, root, scratch, text};
 
 fn cases() -> PathBuf {
     root().join("tests/conformance")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// A scratch folder under the target dir, fresh per test.
-fn scratch(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn copy_case(name: &str, to: &Path) -> PathBuf {
@@ -302,26 +279,6 @@ fn tokenize_prints_both_id_lists() {
     );
 }
 
-fn hub() -> PathBuf {
-    root().join("tests/hub")
-}
-
-fn convert(out: &Path, faithdiff: &Path, extra: &[&str]) -> Output {
-    bin()
-        .arg("convert")
-        .arg("--sdxl")
-        .arg(hub().join("sdxl"))
-        .arg("--vae")
-        .arg(hub().join("vae"))
-        .arg("--faithdiff")
-        .arg(faithdiff)
-        .arg("-o")
-        .arg(out)
-        .args(extra)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn convert_writes_a_checked_sharded_bundle() {
     let dir = scratch("convert");
@@ -452,17 +409,6 @@ fn convert_refuses_bad_inputs_and_leaves_nothing_behind() {
     );
 }
 
-fn bundle_in(dir: &Path) -> PathBuf {
-    let out = dir.join("bundle");
-    let o = convert(
-        &out,
-        &hub().join("FaithDiff.bin"),
-        &["--dtype", "f32", "-q"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
-    out
-}
-
 fn f32s(st: &safetensors::SafeTensors, key: &str) -> (Vec<usize>, Vec<f64>) {
     let t = st.tensor(key).unwrap();
     let v = match t.dtype() {
@@ -481,7 +427,7 @@ fn f32s(st: &safetensors::SafeTensors, key: &str) -> (Vec<usize>, Vec<f64>) {
 /// tensors (both as file bytes).
 fn run_pipeline_case(name: &str, args: &[&str]) -> (image::RgbImage, Vec<u8>, Vec<u8>) {
     let dir = scratch(name);
-    let model = bundle_in(&dir);
+    let model = support::bundle("f32");
     let case = root().join("tests/pipeline");
     let (out, stages) = (dir.join("out.png"), dir.join("stages.safetensors"));
     let o = bin()
@@ -570,7 +516,7 @@ fn upscale_matches_the_reference_pipeline_on_wgpu() {
 #[test]
 fn upscale_batch_reports_bad_files_keeps_alpha_and_never_overwrites() {
     let dir = scratch("batch");
-    let model = bundle_in(&dir);
+    let model = support::bundle("f32");
     let input = dir.join("in");
     std::fs::create_dir_all(input.join("sub")).unwrap();
     std::fs::copy(root().join("tests/pipeline/input.png"), input.join("a.png")).unwrap();
@@ -675,7 +621,7 @@ fn devices_lists_adapters_and_g_checks_the_index() {
         ])
         .output()
         .unwrap();
-    assert!(text(&o).contains("-g 99: there are"), "{}", text(&o));
+    assert!(text(&o).contains("there is no adapter 99"), "{}", text(&o));
 }
 
 #[test]

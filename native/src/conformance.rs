@@ -5,8 +5,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use pgp_core::Gpu;
 use pgp_core::conformance::{CaseFiles, CaseOutcome, run_case};
-use pgp_core::device::Backend;
 use pgp_core::weights::WeightFile;
 
 /// Expands each argument into case folders: a folder with `case.json`, or the sorted
@@ -60,11 +60,11 @@ pub fn load_case(dir: &Path) -> Result<CaseFiles> {
 }
 
 /// Runs one case folder; any error or panic becomes `Err` with its reason.
-pub fn run_one(dir: &Path, backend: Backend) -> Result<CaseOutcome> {
+pub fn run_one(dir: &Path, gpu: &Gpu) -> Result<CaseOutcome> {
     let files = load_case(dir)?;
-    let device = backend.device();
+    let device = gpu.device();
     match catch_unwind(AssertUnwindSafe(|| {
-        pollster::block_on(run_case(&files, &device))
+        pollster::block_on(run_case(&files, device))
     })) {
         Ok(result) => Ok(result?),
         Err(panic) => {
@@ -79,7 +79,7 @@ pub fn run_one(dir: &Path, backend: Backend) -> Result<CaseOutcome> {
 }
 
 /// Runs every case and prints a line each; true when all pass.
-pub fn run(dirs: &[PathBuf], backend: Backend, verbose: bool) -> Result<bool> {
+pub fn run(dirs: &[PathBuf], gpu: &Gpu, verbose: bool) -> Result<bool> {
     let cases = find_cases(dirs)?;
     let mut failed = 0;
     for dir in &cases {
@@ -87,7 +87,7 @@ pub fn run(dirs: &[PathBuf], backend: Backend, verbose: bool) -> Result<bool> {
             || dir.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        match run_one(dir, backend) {
+        match run_one(dir, gpu) {
             Ok(o) => {
                 let verdict = if o.pass() { "PASS" } else { "FAIL" };
                 if !o.pass() {
@@ -116,10 +116,11 @@ pub fn run(dirs: &[PathBuf], backend: Backend, verbose: bool) -> Result<bool> {
         }
     }
     println!(
-        "{} of {} cases passed on {:?}",
+        "{} of {} cases passed on {} ({})",
         cases.len() - failed,
         cases.len(),
-        backend
+        gpu.info().name,
+        gpu.info().backend
     );
     Ok(failed == 0)
 }

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use pgp_core::bundle::{
     Bundle, FORMAT, MANIFEST, Manifest, ShardInfo, ShardPacker, VERSION, convert_dtype,
 };
-use pgp_core::device::{Backend, read_back};
+use pgp_core::device::read_back;
 use pgp_core::models::clip::{ClipTextConfig, ClipTextModel};
 use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use pgp_core::models::peam::PeamConfig;
@@ -24,6 +24,7 @@ use pgp_core::schedulers::euler::EulerConfig;
 use pgp_core::tokenizer::ClipTokenizer;
 use pgp_core::torch_pickle::TorchCheckpoint;
 use pgp_core::weights::{TensorSource, WeightFile, check, load_checked};
+use pgp_core::{DirSource, Gpu};
 
 /// What `convert` was asked to do.
 pub struct ConvertArgs {
@@ -37,6 +38,8 @@ pub struct ConvertArgs {
     pub output: PathBuf,
     pub max_shard_bytes: usize,
     pub quiet: bool,
+    /// Marks the bundle as a one-step (S1) model: callers' default options run one step.
+    pub one_step: bool,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -338,7 +341,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     };
 
     // Weights, checked against the configs before anything is written.
-    let device = Backend::Cpu.device();
+    let device = Gpu::cpu().device().clone();
     say(a.quiet, &format!("reading {}", a.faithdiff.display()));
     let mut ckpt = Checkpoint::open(&a.faithdiff)?;
     let infos = ckpt.tensors();
@@ -482,6 +485,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         .into_iter()
         .map(|(k, p)| (k.to_string(), p.display().to_string()))
         .collect(),
+        one_step: a.one_step,
     };
     std::fs::write(tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)
         .context("writing the manifest")?;
@@ -506,14 +510,8 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
 
 /// Reads a bundle folder.
 pub fn load_bundle(dir: &Path) -> Result<Bundle> {
-    let manifest_path = dir.join(MANIFEST);
-    let text = std::fs::read_to_string(&manifest_path)
-        .with_context(|| format!("{}: not a model bundle (no {MANIFEST})", dir.display()))?;
-    let manifest = Bundle::parse_manifest(&manifest_path.display().to_string(), &text)?;
-    let shards = manifest
-        .shards
-        .iter()
-        .map(|s| read_weights(&dir.join(&s.file)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Bundle::new(&dir.display().to_string(), manifest, shards)?)
+    Ok(pollster::block_on(Bundle::read(
+        &DirSource::new(dir),
+        &mut |_| {},
+    ))?)
 }

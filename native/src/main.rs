@@ -9,12 +9,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use pgp_core::device::Backend;
 use pgp_core::info::arch_info;
-use pgp_core::pipeline::color_fix::ColorFix;
-use pgp_core::pipeline::run::{Settings, Start};
 use pgp_core::presets::Arch;
 use pgp_core::tokenizer::ClipTokenizer;
+use pgp_core::{ColorFix, Gpu, Options, Start, TileSize};
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +67,10 @@ enum Command {
         /// Storage dtype of the weights.
         #[arg(long, default_value = "f16")]
         dtype: String,
+        /// Mark the bundle as a one-step (S1) model: `upscale` and the engine's default
+        /// options then run the one-step recipe.
+        #[arg(long)]
+        one_step: bool,
         /// The bundle folder to create (must not exist).
         #[arg(short, long)]
         output: std::path::PathBuf,
@@ -109,7 +111,7 @@ enum Command {
         /// Classifier-free guidance scale (applies when --prompt is not empty).
         #[arg(long, default_value_t = 5.0)]
         cfg: f64,
-        /// RNG seed (same seed, same device ⇒ same output).
+        /// Noise seed: the same seed gives the same image on every device (host-side PRNG).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Caption of the image (empty by default).
@@ -240,8 +242,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             device,
             verbose,
         } => {
-            let backend = Backend::parse(&device)?;
-            let ok = conformance::run(&dirs, backend, verbose)?;
+            let gpu = pollster::block_on(Gpu::from_name(&device))?;
+            let ok = conformance::run(&dirs, &gpu, verbose)?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -256,6 +258,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             unet_config,
             peam_config,
             dtype,
+            one_step,
             output,
             max_shard_mib,
             quiet,
@@ -271,6 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 output,
                 max_shard_bytes: max_shard_mib.max(1) << 20,
                 quiet,
+                one_step,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -296,57 +300,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
             dump_stages,
         } => {
-            let backend = Backend::parse(&device)?;
-            let adapters = match (gpu, backend, tile) {
-                (None, Backend::Cpu, _) | (None, _, 1..) => Vec::new(),
-                _ => pollster::block_on(pgp_core::device::adapters()),
+            let name = match gpu {
+                Some(_) if device == "cpu" => {
+                    anyhow::bail!("-g selects a GPU adapter; drop --device cpu")
+                }
+                Some(i) => format!("gpu:{i}"),
+                None => device,
             };
-            // The adapter's buffer limit decides `-t 0`; the CPU backend has none.
-            let (device, buffer_limit) = match gpu {
-                None if backend == Backend::Wgpu => (
-                    backend.device(),
-                    adapters.first().map_or(u64::MAX, |a| a.max_buffer_bytes),
-                ),
-                None => (backend.device(), u64::MAX),
-                Some(i) => match adapters.get(i) {
-                    Some(a) if backend == Backend::Wgpu => (a.device(), a.max_buffer_bytes),
-                    Some(_) => anyhow::bail!("-g selects a GPU adapter; drop --device cpu"),
-                    None => anyhow::bail!(
-                        "-g {i}: there are {} adapters (see `pgp-wgpu devices`)",
-                        adapters.len()
-                    ),
-                },
-            };
-            let start = match start.as_str() {
-                "lr" => Start::Lr,
-                "noise" => Start::Noise,
-                other => anyhow::bail!("--start must be lr or noise, not `{other}`"),
-            };
+            let gpu = pollster::block_on(Gpu::from_name(&name))?;
             let args = upscale::UpscaleArgs {
                 input,
                 output,
                 recursive,
                 format,
                 model,
-                settings: Settings {
+                options: Options {
                     scale,
                     steps,
                     guidance: cfg,
                     prompt,
-                    tile,
-                    buffer_limit,
+                    tile: if tile == 0 {
+                        TileSize::Auto
+                    } else {
+                        TileSize::Pixels(tile)
+                    },
                     color_fix: ColorFix::parse(&color_fix)?,
-                    start,
+                    start: Start::parse(&start)?,
                     seed,
                     one_step,
+                    noise: None,
                 },
                 noise,
                 overwrite,
                 quiet,
-                device,
+                gpu,
                 dump_stages,
             };
-            let ok = upscale::run(&args)?;
+            let ok = upscale::run(args)?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -361,22 +351,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 );
             }
             for a in adapters {
+                let i = &a.info;
                 println!(
                     "{}: {} ({}, {}, {}){}, buffers up to {} MiB",
                     a.index,
-                    a.name,
-                    a.backend,
-                    a.kind,
+                    i.name,
+                    i.backend,
+                    i.kind,
                     a.driver,
-                    if a.shader_f16 { ", shader-f16" } else { "" },
-                    a.max_buffer_bytes >> 20
+                    if i.shader_f16 { ", shader-f16" } else { "" },
+                    i.max_buffer_bytes >> 20
                 );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { bundle } => {
             let b = convert::load_bundle(&bundle)?;
-            b.check(&Backend::Cpu.device())?;
+            b.check(Gpu::cpu().device())?;
             let m = &b.manifest;
             println!("bundle        {}", bundle.display());
             println!("architecture  {} ({} weights)", m.arch, m.dtype);
@@ -454,7 +445,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             what: BenchWhat::Phase { shape, runs },
         } => {
             let shape: [usize; 4] = shape.try_into().expect("clap takes four values");
-            pollster::block_on(bench::phase(shape, runs.max(1), &Backend::Wgpu.device()))?;
+            let gpu = pollster::block_on(Gpu::from_name("wgpu"))?;
+            pollster::block_on(bench::phase(shape, runs.max(1), gpu.device()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -472,7 +464,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 dim,
                 runs: runs.max(1),
             };
-            pollster::block_on(bench::attention(&b, &Backend::Wgpu.device()))?;
+            let gpu = pollster::block_on(Gpu::from_name("wgpu"))?;
+            pollster::block_on(bench::attention(&b, gpu.device()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -486,7 +479,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     json,
                 },
         } => {
-            let device = Backend::parse(&device)?.device();
+            let gpu = pollster::block_on(Gpu::from_name(&device))?;
             let b = bench::UnetBench {
                 arch: Arch::parse(&arch)?,
                 size,
@@ -494,12 +487,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 runs,
                 json,
             };
-            pollster::block_on(bench::unet(&b, &device))?;
+            pollster::block_on(bench::unet(&b, gpu.device()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { arch, json } => {
             let arch = Arch::parse(&arch)?;
-            let info = arch_info(arch, &Backend::Cpu.device())?;
+            let info = arch_info(arch, Gpu::cpu().device())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {

@@ -6,17 +6,14 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use image::{DynamicImage, ImageFormat, RgbaImage};
+use image::{DynamicImage, ImageFormat};
 use indicatif::{ProgressBar, ProgressStyle};
-use pgp_core::burn::tensor::Device;
 use pgp_core::device::read_back;
-use pgp_core::pipeline::image::{RgbImage, resize_lanczos};
-use pgp_core::pipeline::run::{Models, Noise, Settings, Stages, TextEncoders, upscale};
 use pgp_core::safetensors::Dtype;
-use pgp_core::tokenizer::ClipTokenizer;
 use pgp_core::weights::WeightFile;
-
-use crate::convert::load_bundle;
+use pgp_core::{
+    DirSource, Gpu, ImageView, NoiseData, Options, PixelFormat, Stages, Unit, Upscaler,
+};
 
 /// What `upscale` was asked to do.
 pub struct UpscaleArgs {
@@ -25,11 +22,11 @@ pub struct UpscaleArgs {
     pub recursive: bool,
     pub format: Option<String>,
     pub model: PathBuf,
-    pub settings: Settings,
+    pub options: Options,
     pub noise: Option<PathBuf>,
     pub overwrite: bool,
     pub quiet: bool,
-    pub device: Device,
+    pub gpu: Gpu,
     pub dump_stages: Option<PathBuf>,
 }
 
@@ -102,39 +99,12 @@ fn jobs(a: &UpscaleArgs) -> Result<Vec<(PathBuf, PathBuf)>> {
     Ok(found)
 }
 
-fn load_models(a: &UpscaleArgs, device: &Device) -> Result<Models> {
-    let bundle = load_bundle(&a.model)?;
-    let text = if a.settings.prompt.is_empty() {
-        None
-    } else {
-        let pads = &bundle.manifest.pad_tokens;
-        Some(TextEncoders {
-            first: (
-                bundle.text_encoder(device, false)?,
-                ClipTokenizer::new(&pads[0])?,
-            ),
-            second: (
-                bundle.text_encoder(device, true)?,
-                ClipTokenizer::new(&pads[1])?,
-            ),
-        })
-    };
-    Ok(Models {
-        unet: bundle.unet(device)?,
-        denoise_encoder: bundle.denoise_encoder(device)?,
-        vae: bundle.vae(device)?,
-        empty_prompt: bundle.empty_prompt(device)?,
-        text,
-        scheduler: bundle.scheduler()?,
-    })
-}
-
-fn load_noise(path: &Path, device: &Device) -> Result<Noise> {
+fn load_noise(path: &Path) -> Result<NoiseData> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let f = WeightFile::from_bytes(path.display().to_string(), bytes)?;
-    Ok(Noise {
-        latent: f.tensor("latent_noise", device)?,
-        vae: f.tensor("vae_noise", device)?,
+    Ok(NoiseData {
+        latent: f.f32_data("latent_noise")?.0,
+        vae: f.f32_data("vae_noise")?.0,
     })
 }
 
@@ -203,16 +173,8 @@ async fn dump(stages: &Stages, path: &Path) -> Result<()> {
     })
 }
 
-/// Upscales one file; the alpha channel, if any, is upscaled with the same Lanczos filter and
-/// reattached.
-fn one(
-    a: &UpscaleArgs,
-    models: &Models,
-    noise: Option<&Noise>,
-    device: &Device,
-    input: &Path,
-    output: &Path,
-) -> Result<()> {
+/// Upscales one file through the engine (which also upscales the alpha channel).
+fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Result<()> {
     let format = output_format(output, a.format.as_deref())?;
     if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
         bail!("{}: refusing to write over the input", output.display());
@@ -222,62 +184,60 @@ fn one(
     }
     let decoded = image::open(input)
         .with_context(|| format!("{}: cannot read the image", input.display()))?;
-    let has_alpha = decoded.color().has_alpha();
-    let rgba = decoded.to_rgba8();
-    let (w, h) = (rgba.width() as usize, rgba.height() as usize);
-    let rgb: Vec<u8> = rgba.pixels().flat_map(|p| [p[0], p[1], p[2]]).collect();
-    let img = RgbImage::new(w, h, rgb)?;
+    let (w, h) = (decoded.width() as usize, decoded.height() as usize);
+    let (pixels, pixel_format) = if decoded.color().has_alpha() {
+        (decoded.to_rgba8().into_raw(), PixelFormat::Rgba8)
+    } else {
+        (decoded.to_rgb8().into_raw(), PixelFormat::Rgb8)
+    };
+    let view = ImageView::packed(&pixels, w, h, pixel_format)?;
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(0)
     };
     bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] step {msg} {elapsed_precise}")
+        ProgressStyle::with_template("{prefix} [{bar:30}] {msg} {elapsed_precise}")
             .expect("valid template"),
     );
     bar.set_prefix(input.display().to_string());
-    let mut progress = |p: pgp_core::pipeline::run::Progress| {
-        bar.set_length((p.steps * p.tiles) as u64);
-        bar.set_position(((p.step - 1) * p.tiles + p.tile) as u64);
-        bar.set_message(format!(
-            "{}/{} tile {}/{}",
-            p.step, p.steps, p.tile, p.tiles
-        ));
-    };
-    let mut stages = Stages::default();
-    let out = pollster::block_on(upscale(
-        models,
-        &img,
-        &a.settings,
-        noise.cloned(),
-        device,
-        &mut progress,
-        &mut stages,
-    ))?;
-    bar.finish_and_clear();
-    if let Some(path) = &a.dump_stages {
-        pollster::block_on(dump(&stages, path))?;
+    let mut job = upscaler.start(view, a.options.clone())?;
+    if a.dump_stages.is_some() {
+        job.record_stages();
     }
-    let result = if has_alpha {
-        let alpha: Vec<u8> = rgba.pixels().flat_map(|p| [p[3]; 3]).collect();
-        let alpha = resize_lanczos(&RgbImage::new(w, h, alpha)?, out.width, out.height)?;
-        let mut data = Vec::with_capacity(out.width * out.height * 4);
-        for (px, al) in out.data.chunks_exact(3).zip(alpha.data.chunks_exact(3)) {
-            data.extend_from_slice(&[px[0], px[1], px[2], al[0]]);
+    bar.set_length(u64::from(job.total()));
+    while let Some(event) = pollster::block_on(job.next()) {
+        let event = event?;
+        bar.set_position(u64::from(event.done));
+        bar.set_message(match event.unit {
+            Unit::Denoise {
+                step,
+                steps,
+                tile,
+                tiles,
+            } => format!("step {step}/{steps} tile {tile}/{tiles}"),
+            Unit::Decode { tile, tiles } => format!("decode {tile}/{tiles}"),
+            other => format!("{other:?}"),
+        });
+    }
+    bar.finish_and_clear();
+    if let (Some(path), Some(stages)) = (&a.dump_stages, job.stages()) {
+        pollster::block_on(dump(stages, path))?;
+    }
+    let out = job.into_image()?;
+    let (ow, oh) = (out.width as u32, out.height as u32);
+    let result = match out.format {
+        PixelFormat::Rgba8 => {
+            let img = image::RgbaImage::from_raw(ow, oh, out.data).expect("sizes match");
+            if format == ImageFormat::Jpeg {
+                DynamicImage::ImageRgba8(img).to_rgb8().into()
+            } else {
+                DynamicImage::ImageRgba8(img)
+            }
         }
-        let img =
-            RgbaImage::from_raw(out.width as u32, out.height as u32, data).expect("sizes match");
-        if format == ImageFormat::Jpeg {
-            DynamicImage::ImageRgba8(img).to_rgb8().into()
-        } else {
-            DynamicImage::ImageRgba8(img)
-        }
-    } else {
-        DynamicImage::ImageRgb8(
-            image::RgbImage::from_raw(out.width as u32, out.height as u32, out.data)
-                .expect("sizes match"),
-        )
+        _ => DynamicImage::ImageRgb8(
+            image::RgbImage::from_raw(ow, oh, out.data).expect("sizes match"),
+        ),
     };
     write_atomic(output, |tmp| {
         result
@@ -287,8 +247,8 @@ fn one(
 }
 
 /// Runs the batch; true when every image succeeded.
-pub fn run(a: &UpscaleArgs) -> Result<bool> {
-    let jobs = jobs(a)?;
+pub fn run(mut a: UpscaleArgs) -> Result<bool> {
+    let jobs = jobs(&a)?;
     if jobs.is_empty() {
         bail!(
             "{}: no images (png, jpg, webp, bmp) found",
@@ -296,16 +256,19 @@ pub fn run(a: &UpscaleArgs) -> Result<bool> {
         );
     }
     output_format(&jobs[0].1, a.format.as_deref())?;
-    let device = a.device.clone();
-    let models = load_models(a, &device)?;
-    let noise = a
-        .noise
-        .as_deref()
-        .map(|p| load_noise(p, &device))
-        .transpose()?;
+    let source = DirSource::new(&a.model);
+    let mut upscaler = pollster::block_on(Upscaler::load(&source, &a.gpu, &mut |_| {}))?;
+    if !a.options.prompt.is_empty() {
+        pollster::block_on(upscaler.load_text_encoders(&source, &mut |_| {}))?;
+    }
+    a.options.one_step |= upscaler.is_one_step();
+    if let Some(path) = &a.noise {
+        a.options.noise = Some(load_noise(path)?);
+    }
+    let a = &a;
     let mut failed = 0;
     for (input, output) in &jobs {
-        match one(a, &models, noise.as_ref(), &device, input, output) {
+        match one(a, &upscaler, input, output) {
             Ok(()) => {
                 if !a.quiet {
                     eprintln!("{} → {}", input.display(), output.display());

@@ -25,6 +25,7 @@ use crate::models::peam::PeamConfig;
 use crate::models::unet_2d::UNet2DConditionConfig;
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
 use crate::schedulers::euler::EulerConfig;
+use crate::source::ShardSource;
 use crate::weights::{TensorSource, WeightFile, WeightStore, check, decode_f32, load_prefixed};
 
 /// `format` of every manifest.
@@ -81,6 +82,22 @@ pub struct Manifest {
     /// Where each part came from (paths given to `convert`), for the record.
     #[serde(default)]
     pub sources: std::collections::BTreeMap<String, String>,
+    /// A one-step (S1) model: callers' default options run the one-step recipe.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_step: bool,
+}
+
+/// Progress of reading a bundle: after the manifest and after each shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadProgress {
+    /// The file just read.
+    pub file: String,
+    /// Files read so far (the manifest included).
+    pub done: usize,
+    /// Files in all (the manifest and every shard).
+    pub total: usize,
+    /// Bytes read so far.
+    pub bytes: u64,
 }
 
 /// A loaded bundle: its manifest and its shards as one key space.
@@ -117,6 +134,45 @@ impl Bundle {
             store: WeightStore::new(name, shards)?,
             manifest,
         })
+    }
+
+    /// Reads a bundle through `source`: the manifest, then each shard it lists.
+    pub async fn read(
+        source: &impl ShardSource,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let name = source.describe();
+        let text = source.read(MANIFEST).await.map_err(|e| match e {
+            Error::Source { reason, .. } => Error::Source {
+                file: name.clone(),
+                reason: format!("not a model bundle (no readable {MANIFEST}: {reason})"),
+            },
+            e => e,
+        })?;
+        let text = String::from_utf8(text)
+            .map_err(|_| Error::config(format!("{name}/{MANIFEST}: not UTF-8 text")))?;
+        let manifest = Self::parse_manifest(&format!("{name}/{MANIFEST}"), &text)?;
+        let total = manifest.shards.len() + 1;
+        let mut bytes = text.len() as u64;
+        on_progress(LoadProgress {
+            file: MANIFEST.into(),
+            done: 1,
+            total,
+            bytes,
+        });
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        for (i, s) in manifest.shards.iter().enumerate() {
+            let data = source.read(&s.file).await?;
+            bytes += data.len() as u64;
+            shards.push(WeightFile::from_bytes(format!("{name}/{}", s.file), data)?);
+            on_progress(LoadProgress {
+                file: s.file.clone(),
+                done: i + 2,
+                total,
+                bytes,
+            });
+        }
+        Self::new(&name, manifest, shards)
     }
 
     /// The tensors, for inspection.
@@ -250,7 +306,7 @@ pub fn convert_dtype(name: &str, from: Dtype, bytes: &[u8], to: Dtype) -> Result
         Dtype::F16 => {
             if let Some(v) = values.iter().find(|v| v.is_finite() && v.abs() > 65504.0) {
                 return Err(Error::input(format!(
-                    "`{name}`: value {v} does not fit in f16; convert with --dtype f32"
+                    "`{name}`: value {v} does not fit in f16; store the weights as f32"
                 )));
             }
             Ok(values

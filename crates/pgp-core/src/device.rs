@@ -1,6 +1,8 @@
-//! Devices: burn's wgpu runtime (WGSL path; lavapipe where there is no GPU) and, natively,
-//! burn's CPU backend as the reference.
+//! Devices: [`Gpu`] — burn's wgpu runtime on an adapter (WGSL path; lavapipe where there is no
+//! GPU), on a host application's own wgpu device, or, natively, burn's CPU backend (the
+//! reference) — and the awaiting read-backs every front end uses.
 
+use burn::tensor::wgpu::{WgpuSetup, wgpu};
 use burn::tensor::{Device, DeviceKind, Tensor};
 
 use crate::error::{Error, Result};
@@ -8,35 +10,18 @@ use crate::error::{Error, Result};
 /// One adapter the wgpu runtime can use.
 #[derive(Clone, Debug)]
 pub struct AdapterInfo {
-    /// Position in the list, as `-g` takes it.
+    /// Position in the list, as [`GpuOptions::adapter`] and `gpu:N` take it.
     pub index: usize,
-    /// The adapter's name.
-    pub name: String,
-    /// Graphics API.
-    pub backend: String,
-    /// Discrete, integrated, virtual or CPU.
-    pub kind: String,
     /// Driver and version.
     pub driver: String,
-    /// Whether it can run f16 shaders.
-    pub shader_f16: bool,
-    /// The largest buffer a kernel can bind: `min(max_buffer_size,
-    /// max_storage_buffer_binding_size)` (burn requests the adapter's own limits).
-    pub max_buffer_bytes: u64,
+    /// Name, API, kind and limits (burn requests the adapter's own limits).
+    pub info: GpuInfo,
     device_kind: DeviceKind,
-}
-
-impl AdapterInfo {
-    /// The burn device for this adapter.
-    pub fn device(&self) -> Device {
-        Device::wgpu(self.device_kind.clone())
-    }
 }
 
 /// The adapters of the primary APIs (Vulkan, Metal, DX12, WebGPU), in wgpu's order; the
 /// first is the one burn's default device takes.
 pub async fn adapters() -> Vec<AdapterInfo> {
-    use burn::tensor::wgpu::wgpu;
     let instance = wgpu::Instance::default();
     let mut seen: std::collections::HashMap<String, usize> = Default::default();
     instance
@@ -58,55 +43,182 @@ pub async fn adapters() -> Vec<AdapterInfo> {
             *n += 1;
             AdapterInfo {
                 index,
-                name: info.name,
-                backend: format!("{:?}", info.backend),
-                kind,
                 driver: format!("{} {}", info.driver, info.driver_info)
                     .trim()
                     .to_string(),
-                shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
-                max_buffer_bytes: {
-                    let l = a.limits();
-                    l.max_buffer_size.min(l.max_storage_buffer_binding_size)
-                },
+                info: GpuInfo::of(&info, a.features(), &a.limits()),
                 device_kind,
             }
         })
         .collect()
 }
 
-/// Which backend to run on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// The default wgpu adapter.
-    Wgpu,
-    /// burn's CPU backend (flex).
-    #[cfg(feature = "cpu")]
-    Cpu,
+/// What a [`Gpu`] is and allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// The adapter's name (`CPU` for burn's CPU backend).
+    pub name: String,
+    /// Graphics API (`Vulkan`, `Metal`, `Dx12`, `BrowserWebGpu`), or `burn-flex`.
+    pub backend: String,
+    /// Discrete, integrated, virtual or CPU.
+    pub kind: String,
+    /// Whether f16 shaders can run (`shader-f16`).
+    pub shader_f16: bool,
+    /// The largest buffer a kernel can bind (`min(max_buffer_size,
+    /// max_storage_buffer_binding_size)`); `u64::MAX` on the CPU backend. Decides
+    /// [`crate::TileSize::Auto`].
+    pub max_buffer_bytes: u64,
 }
 
-impl Backend {
-    /// Parses `wgpu` (alias `gpu`) or `cpu`.
-    pub fn parse(name: &str) -> crate::Result<Self> {
-        match name {
-            "wgpu" | "gpu" => Ok(Self::Wgpu),
-            #[cfg(feature = "cpu")]
-            "cpu" => Ok(Self::Cpu),
-            other => Err(crate::Error::config(format!(
-                "unknown device `{other}` (known: wgpu, cpu)"
-            ))),
+impl GpuInfo {
+    fn of(adapter: &wgpu::AdapterInfo, features: wgpu::Features, limits: &wgpu::Limits) -> Self {
+        Self {
+            name: adapter.name.clone(),
+            backend: format!("{:?}", adapter.backend),
+            kind: format!("{:?}", adapter.device_type),
+            shader_f16: features.contains(wgpu::Features::SHADER_F16),
+            max_buffer_bytes: limits
+                .max_buffer_size
+                .min(limits.max_storage_buffer_binding_size),
+        }
+    }
+}
+
+/// Which adapter [`Gpu::new`] takes.
+#[derive(Clone, Debug, Default)]
+pub struct GpuOptions {
+    /// An index into [`adapters`] (what `pgp-wgpu devices` prints); `None`: the default
+    /// adapter (a high-performance GPU where there is one).
+    pub adapter: Option<usize>,
+}
+
+/// A device the engine runs on: burn's wgpu runtime on an adapter (or on a device the host
+/// application owns), or burn's CPU backend. Cheap to clone; clones share the device.
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    device: Device,
+    info: GpuInfo,
+}
+
+impl Gpu {
+    /// Acquires a wgpu device (native and browser). The first `Gpu` on an adapter creates its
+    /// runtime; later ones share it.
+    pub async fn new(options: &GpuOptions) -> Result<Self> {
+        let listed = adapters().await;
+        let (kind, listed_info) = match options.adapter {
+            Some(i) => {
+                let a = listed.get(i).ok_or_else(|| {
+                    Error::device(format!("there is no adapter {i} ({} found)", listed.len()))
+                })?;
+                (a.device_kind.clone(), Some(a))
+            }
+            None => (DeviceKind::DefaultDevice, listed.first()),
+        };
+        let mut request = Device::wgpu_options();
+        if options.adapter.is_some() {
+            request = request.device_kind(kind.clone());
+        }
+        match request.init_with_setup_async().await {
+            Ok((device, setup)) => Ok(Self {
+                device,
+                info: GpuInfo::of(
+                    &setup.adapter.get_info(),
+                    setup.device.features(),
+                    &setup.device.limits(),
+                ),
+            }),
+            // The runtime of this adapter exists already (an earlier `Gpu`, or a tensor made on
+            // `Device::wgpu`): share it.
+            Err(burn::tensor::wgpu::WgpuInitError::Registration { .. }) => Ok(Self {
+                device: Device::wgpu(kind),
+                info: listed_info.map_or_else(
+                    || GpuInfo {
+                        name: "wgpu".into(),
+                        backend: "unknown".into(),
+                        kind: "unknown".into(),
+                        shader_f16: false,
+                        max_buffer_bytes: 256 << 20,
+                    },
+                    |a| a.info.clone(),
+                ),
+            }),
+            Err(e) => Err(Error::device(e.to_string())),
         }
     }
 
-    /// The burn device. wgpu is created lazily on first use; every call returns the same
-    /// runtime, so a process may call this any number of times.
-    pub fn device(self) -> Device {
-        match self {
-            Self::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
-            #[cfg(feature = "cpu")]
-            Self::Cpu => Device::flex(),
+    /// Runs on a wgpu device the host application already owns (the `wgpu` types are burn's
+    /// re-export, [`burn::tensor::wgpu::wgpu`], so the versions match). The host should have
+    /// requested the adapter's own features and limits. cubecl takes over the device's
+    /// uncaptured-error and device-lost callbacks and submits to the given queue.
+    pub fn from_wgpu(setup: WgpuSetup) -> Result<Self> {
+        let info = GpuInfo::of(
+            &setup.adapter.get_info(),
+            setup.device.features(),
+            &setup.device.limits(),
+        );
+        let device = Device::wgpu_options()
+            .setup(setup)
+            .init()
+            .map_err(|e| Error::device(e.to_string()))?;
+        Ok(Self { device, info })
+    }
+
+    /// burn's CPU backend (the reference device; native only).
+    #[cfg(feature = "cpu")]
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::flex(),
+            info: GpuInfo {
+                name: "CPU".into(),
+                backend: "burn-flex".into(),
+                kind: "Cpu".into(),
+                shader_f16: false,
+                max_buffer_bytes: u64::MAX,
+            },
         }
     }
+
+    /// A device by name: `auto` (also `wgpu`, `gpu`: the default adapter), `gpu:N` (adapter
+    /// `N` of [`adapters`]) or `cpu`.
+    pub async fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "auto" | "wgpu" | "gpu" => Self::new(&GpuOptions::default()).await,
+            #[cfg(feature = "cpu")]
+            "cpu" => Ok(Self::cpu()),
+            other => match other.strip_prefix("gpu:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Self::new(&GpuOptions { adapter: Some(i) }).await,
+                _ => Err(Error::input(format!(
+                    "unknown device `{other}` (known: auto, cpu, gpu:N)"
+                ))),
+            },
+        }
+    }
+
+    /// The burn device.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The adapter's facts.
+    pub fn info(&self) -> &GpuInfo {
+        &self.info
+    }
+}
+
+/// Waits until the device has computed `t` (and so everything it depends on), without
+/// blocking: a one-value read-back, which also works in the browser.
+pub async fn settle<const D: usize>(t: &Tensor<D>) -> Result<()> {
+    let n = t.shape().num_elements();
+    if n == 0 {
+        return Ok(());
+    }
+    t.clone()
+        .reshape([n])
+        .slice([0..1])
+        .into_data_async()
+        .await
+        .map(drop)
+        .map_err(|e| Error::device(format!("waiting for the device failed: {e:?}")))
 }
 
 /// Reads a tensor back to the host as f32 values and its shape (awaits the device, so it also
@@ -116,10 +228,10 @@ pub async fn read_back<const D: usize>(t: Tensor<D>) -> Result<(Vec<f32>, Vec<us
     let data = t
         .into_data_async()
         .await
-        .map_err(|e| Error::input(format!("reading a result back failed: {e:?}")))?;
+        .map_err(|e| Error::device(format!("reading a result back failed: {e:?}")))?;
     let values = data
         .convert::<f32>()
         .try_to_vec::<f32>()
-        .map_err(|e| Error::input(format!("reading a result back failed: {e:?}")))?;
+        .map_err(|e| Error::device(format!("reading a result back failed: {e:?}")))?;
     Ok((values, shape))
 }

@@ -6,8 +6,9 @@ use std::fmt;
 /// Core library result.
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// What can go wrong in the core library.
+/// What can go wrong in the core library. New variants may be added: match with a `_` arm.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A file is not a readable safetensors file (truncated, bad header, not safetensors).
     #[error("{source_name}: not a valid safetensors file: {reason}")]
@@ -25,9 +26,21 @@ pub enum Error {
     #[error("config: {0}")]
     Config(String),
 
-    /// An input tensor is missing or has the wrong shape.
+    /// An input (an image, a tensor, an option) is missing, malformed or out of range.
     #[error("input: {0}")]
     Input(String),
+
+    /// The device failed: a read-back, an adapter or device request, a lost device.
+    #[error("device: {0}")]
+    Device(String),
+
+    /// A run was cancelled (a `CancelToken` was tripped or a progress callback asked to stop).
+    #[error("cancelled")]
+    Cancelled,
+
+    /// A file the caller's source could not provide (missing, unreadable).
+    #[error("{file}: {reason}")]
+    Source { file: String, reason: String },
 }
 
 impl Error {
@@ -36,6 +49,9 @@ impl Error {
     }
     pub(crate) fn input(msg: impl Into<String>) -> Self {
         Error::Input(msg.into())
+    }
+    pub(crate) fn device(msg: impl Into<String>) -> Self {
+        Error::Device(msg.into())
     }
 }
 

@@ -143,20 +143,12 @@ mod parity {
     use burn::tensor::{Distribution, FloatDType, Tensor};
 
     use crate::attention::reference_attention;
-    use crate::device::{Backend, read_back};
-
-    fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
-        let (mut num, mut den) = (0f64, 0f64);
-        for (x, y) in a.iter().zip(b) {
-            num += (f64::from(*x) - f64::from(*y)).powi(2);
-            den += f64::from(*y).powi(2);
-        }
-        (num / den.max(1e-30)).sqrt()
-    }
+    use crate::conformance::rel_l2;
+    use crate::device::read_back;
 
     #[test]
     fn flash_attention_matches_the_reference_over_many_shapes() {
-        let device = Backend::Wgpu.device();
+        let device = burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
         let n = Distribution::Normal(0.0, 1.0);
         // (B, H, S, Skv, D, Dv, causal)
         let shapes = [
@@ -215,12 +207,12 @@ mod parity {
 mod phase_parity {
     use burn::tensor::{Distribution, Tensor};
 
-    use crate::device::{Backend, read_back};
+    use crate::device::read_back;
     use crate::phase::reference_phase_exchange;
 
     #[test]
     fn phase_exchange_matches_the_reference_over_many_shapes() {
-        let device = Backend::Wgpu.device();
+        let device = burn::tensor::Device::wgpu(burn::tensor::DeviceKind::DefaultDevice);
         let n = Distribution::Normal(0.0, 1.0);
         for &[b, c, h, w] in &[
             [1, 1, 1, 1],

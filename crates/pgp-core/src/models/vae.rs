@@ -329,46 +329,128 @@ fn blend(a: &Tensor<4>, b: Tensor<4>, extent: usize, dim: usize) -> Tensor<4> {
     }
 }
 
-/// diffusers' tiled encode/decode: tiles of `tile_in` every `stride` on the input, each run
-/// through `f`, blended over `extent` output pixels with the tiles above and to the left (after
-/// their own blending) and cropped to `limit`.
-fn tiled(
+/// diffusers' tiled encode/decode, one tile at a time: tiles of `tile_in` every `stride` on
+/// the input, each run through the network, blended over `extent` output pixels with the tiles
+/// above and to the left (after their own blending) and cropped to `limit`.
+pub struct TiledRun {
     x: Tensor<4>,
     tile_in: usize,
-    stride: usize,
     extent: usize,
     limit: usize,
-    f: impl Fn(Tensor<4>) -> Tensor<4>,
-) -> Tensor<4> {
-    let [b, c, h, w] = x.dims();
-    let mut rows: Vec<Vec<Tensor<4>>> = Vec::new();
-    for i in (0..h).step_by(stride) {
-        let mut row: Vec<Tensor<4>> = Vec::new();
-        for j in (0..w).step_by(stride) {
-            let t = x
-                .clone()
-                .slice([0..b, 0..c, i..(i + tile_in).min(h), j..(j + tile_in).min(w)]);
-            let mut t = f(t);
-            if let Some(above) = rows.last() {
-                t = blend(&above[row.len()], t, extent, 2);
-            }
-            if let Some(left) = row.last() {
-                t = blend(left, t, extent, 3);
-            }
-            row.push(t);
+    /// Tile origins, row by row.
+    rows_at: Vec<usize>,
+    cols_at: Vec<usize>,
+    rows: Vec<Vec<Tensor<4>>>,
+}
+
+impl TiledRun {
+    fn new(x: Tensor<4>, tile_in: usize, stride: usize, extent: usize, limit: usize) -> Self {
+        let [_, _, h, w] = x.dims();
+        Self {
+            x,
+            tile_in,
+            extent,
+            limit,
+            rows_at: (0..h).step_by(stride).collect(),
+            cols_at: (0..w).step_by(stride).collect(),
+            rows: Vec::new(),
         }
-        rows.push(row);
     }
-    let crop = |t: &Tensor<4>| {
-        let [tb, tc, th, tw] = t.dims();
-        t.clone()
-            .slice([0..tb, 0..tc, 0..th.min(limit), 0..tw.min(limit)])
-    };
-    let rows: Vec<Tensor<4>> = rows
-        .iter()
-        .map(|r| Tensor::cat(r.iter().map(crop).collect(), 3))
-        .collect();
-    Tensor::cat(rows, 2)
+
+    /// One tile covering all of `x`.
+    fn whole(x: Tensor<4>) -> Self {
+        let [_, _, h, w] = x.dims();
+        let side = h.max(w).max(1);
+        Self::new(x, side, side, 0, usize::MAX)
+    }
+
+    /// How many tiles in all.
+    pub fn tiles(&self) -> usize {
+        self.rows_at.len() * self.cols_at.len()
+    }
+
+    /// How many tiles have run.
+    pub fn done(&self) -> usize {
+        self.rows.iter().map(Vec::len).sum()
+    }
+
+    /// Runs the next tile through `f` and returns it (blended); `None` when every tile has run.
+    fn step(&mut self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Option<Tensor<4>> {
+        let cols = self.cols_at.len();
+        if self.rows.last().is_none_or(|r| r.len() == cols) {
+            if self.rows.len() == self.rows_at.len() {
+                return None;
+            }
+            self.rows.push(Vec::new());
+        }
+        let [b, c, h, w] = self.x.dims();
+        let r = self.rows.len() - 1;
+        let (i, j) = (self.rows_at[r], self.cols_at[self.rows[r].len()]);
+        let t = self.x.clone().slice([
+            0..b,
+            0..c,
+            i..(i + self.tile_in).min(h),
+            j..(j + self.tile_in).min(w),
+        ]);
+        let mut t = f(t);
+        let k = self.rows[r].len();
+        if r > 0 {
+            t = blend(&self.rows[r - 1][k], t, self.extent, 2);
+        }
+        if let Some(left) = self.rows[r].last() {
+            t = blend(left, t, self.extent, 3);
+        }
+        self.rows[r].push(t.clone());
+        Some(t)
+    }
+
+    /// The blended result (call after every tile has run).
+    fn finish(self) -> Tensor<4> {
+        let limit = self.limit;
+        let crop = |t: &Tensor<4>| {
+            let [tb, tc, th, tw] = t.dims();
+            t.clone()
+                .slice([0..tb, 0..tc, 0..th.min(limit), 0..tw.min(limit)])
+        };
+        let rows: Vec<Tensor<4>> = self
+            .rows
+            .iter()
+            .map(|r| Tensor::cat(r.iter().map(crop).collect(), 3))
+            .collect();
+        Tensor::cat(rows, 2)
+    }
+
+    /// Every tile, then the result.
+    fn run(mut self, f: impl Fn(Tensor<4>) -> Tensor<4>) -> Tensor<4> {
+        while self.step(&f).is_some() {}
+        self.finish()
+    }
+}
+
+/// A decode in progress, one tile per [`DecodeRun::step`].
+pub struct DecodeRun<'a> {
+    vae: &'a AutoencoderKL,
+    run: TiledRun,
+}
+
+impl DecodeRun<'_> {
+    /// Tiles in all (1 when the latent is decoded whole).
+    pub fn tiles(&self) -> usize {
+        self.run.tiles()
+    }
+    /// Tiles decoded so far.
+    pub fn done(&self) -> usize {
+        self.run.done()
+    }
+    /// Decodes the next tile and returns it (blended), `None` when none is left.
+    pub fn step(&mut self) -> Option<Tensor<4>> {
+        let vae = self.vae;
+        self.run.step(|z| vae.decode_tile(z))
+    }
+    /// The image (after every tile).
+    pub fn finish(self) -> Tensor<4> {
+        self.run.finish()
+    }
 }
 
 impl AutoencoderKL {
@@ -410,21 +492,15 @@ impl AutoencoderKL {
             }
         };
         let [_, _, h, w] = image.dims();
-        Ok(match self.tiling {
+        let run = match self.tiling {
             Some((sample, latent)) if h > sample || w > sample => {
                 let stride = (sample as f64 * (1.0 - TILE_OVERLAP)) as usize;
                 let extent = (latent as f64 * TILE_OVERLAP) as usize;
-                tiled(
-                    image,
-                    sample,
-                    stride.max(1),
-                    extent,
-                    latent - extent,
-                    encode,
-                )
+                TiledRun::new(image, sample, stride.max(1), extent, latent - extent)
             }
-            _ => encode(image),
-        })
+            _ => return Ok(encode(image)),
+        };
+        Ok(run.run(encode))
     }
 
     /// `latent_dist.mean` (unscaled).
@@ -454,6 +530,14 @@ impl AutoencoderKL {
 
     /// Unscaled latents → image in (roughly) [-1, 1].
     pub fn decode(&self, z: Tensor<4>) -> Result<Tensor<4>> {
+        let mut run = self.decode_steps(z)?;
+        while run.step().is_some() {}
+        Ok(run.finish())
+    }
+
+    /// [`AutoencoderKL::decode`] one tile at a time (one tile when tiling is off or the latent
+    /// fits in one).
+    pub fn decode_steps(&self, z: Tensor<4>) -> Result<DecodeRun<'_>> {
         let c = z.dims()[1];
         if c != self.latent_channels {
             return Err(Error::input(format!(
@@ -461,22 +545,39 @@ impl AutoencoderKL {
                 self.latent_channels
             )));
         }
-        let decode = |z: Tensor<4>| {
-            let z = match &self.post_quant_conv {
-                Some(p) => p.forward(z),
-                None => z,
-            };
-            self.decoder.forward(z)
-        };
         let [_, _, h, w] = z.dims();
-        Ok(match self.tiling {
-            Some((sample, latent)) if h > latent || w > latent => {
-                let stride = (latent as f64 * (1.0 - TILE_OVERLAP)) as usize;
-                let extent = (sample as f64 * TILE_OVERLAP) as usize;
-                tiled(z, latent, stride.max(1), extent, sample - extent, decode)
-            }
-            _ => decode(z),
+        let run = match self.decode_plan(h, w) {
+            Some((tile, stride, extent, limit)) => TiledRun::new(z, tile, stride, extent, limit),
+            None => TiledRun::whole(z),
+        };
+        Ok(DecodeRun { vae: self, run })
+    }
+
+    /// diffusers' decode tiling for an `h × w` latent: (tile, stride, blend extent, crop), or
+    /// `None` when it is decoded whole.
+    fn decode_plan(&self, h: usize, w: usize) -> Option<(usize, usize, usize, usize)> {
+        let (sample, latent) = self.tiling?;
+        (h > latent || w > latent).then(|| {
+            let stride = (latent as f64 * (1.0 - TILE_OVERLAP)) as usize;
+            let extent = (sample as f64 * TILE_OVERLAP) as usize;
+            (latent, stride.max(1), extent, sample - extent)
         })
+    }
+
+    /// How many tiles [`AutoencoderKL::decode_steps`] runs for an `h × w` latent.
+    pub fn decode_tiles(&self, h: usize, w: usize) -> usize {
+        match self.decode_plan(h, w) {
+            Some((_, stride, _, _)) => h.div_ceil(stride) * w.div_ceil(stride),
+            None => 1,
+        }
+    }
+
+    fn decode_tile(&self, z: Tensor<4>) -> Tensor<4> {
+        let z = match &self.post_quant_conv {
+            Some(p) => p.forward(z),
+            None => z,
+        };
+        self.decoder.forward(z)
     }
 }
 
@@ -518,9 +619,8 @@ impl DenoiseEncoder {
             Some((sample, latent)) if h > latent || w > latent => {
                 let stride = (sample as f64 * (1.0 - TILE_OVERLAP)) as usize;
                 let extent = (latent as f64 * TILE_OVERLAP) as usize;
-                tiled(image, sample, stride.max(1), extent, latent - extent, |t| {
-                    self.encoder.forward(t)
-                })
+                TiledRun::new(image, sample, stride.max(1), extent, latent - extent)
+                    .run(|t| self.encoder.forward(t))
             }
             _ => self.encoder.forward(image),
         })

@@ -53,9 +53,9 @@ fn lanczos(x: f64) -> f64 {
     }
 }
 
-/// Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for one axis: for each output
-/// position, the first input index and the fixed-point weights.
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+/// Pillow's `precompute_coeffs` for one axis: for each output position, the first input index
+/// and the normalised weights.
+fn float_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = 3.0 * filterscale;
@@ -72,6 +72,16 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             if ww != 0.0 {
                 k.iter_mut().for_each(|w| *w /= ww);
             }
+            (xmin, k)
+        })
+        .collect()
+}
+
+/// [`float_coefficients`] in Pillow's fixed point (`normalize_coeffs_8bpc`).
+fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    float_coefficients(in_size, out_size)
+        .into_iter()
+        .map(|(xmin, k)| {
             let fixed = k
                 .iter()
                 .map(|&w| {
@@ -82,6 +92,43 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
             (xmin, fixed)
         })
         .collect()
+}
+
+/// The same Lanczos filter on one plane of floats (row-major `height · width`), without
+/// Pillow's fixed point and 8-bit intermediate: for 16-bit channels. No clamping.
+pub fn resize_lanczos_plane(
+    plane: &[f32],
+    (w0, h0): (usize, usize),
+    (width, height): (usize, usize),
+) -> Result<Vec<f32>> {
+    if width == 0 || height == 0 || plane.len() != w0 * h0 || plane.is_empty() {
+        return Err(Error::input("cannot resize an empty or mis-sized plane"));
+    }
+    let horiz = float_coefficients(w0, width);
+    let mut mid = Vec::with_capacity(h0 * width);
+    for y in 0..h0 {
+        let row = &plane[y * w0..(y + 1) * w0];
+        for (xmin, k) in &horiz {
+            let acc: f64 = k
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| f64::from(row[xmin + i]) * w)
+                .sum();
+            mid.push(acc);
+        }
+    }
+    let mut out = Vec::with_capacity(height * width);
+    for (ymin, k) in float_coefficients(h0, height) {
+        for x in 0..width {
+            let acc: f64 = k
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| mid[(ymin + i) * width + x] * w)
+                .sum();
+            out.push(acc as f32);
+        }
+    }
+    Ok(out)
 }
 
 fn clip8(acc: i64) -> u8 {

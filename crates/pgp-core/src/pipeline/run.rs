@@ -1,21 +1,24 @@
 //! The pipeline as one orchestrator (pipeline.md steps 1–9): pre-upscale, LQ features, prompt,
-//! start latent, tiled Euler sampling with Gaussian blending, decode, colour fix.
+//! start latent, tiled Euler sampling with Gaussian blending, decode, colour fix — as a [`Run`]
+//! that does one unit of GPU work per [`Run::next`] and awaits it, so a caller sees progress
+//! as work finishes, can stop between units, and a browser's event loop keeps turning.
 
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::color_fix::ColorFix;
 use super::image::{
     RgbImage, crop, from_signed, from_unit, pad_to_multiple, resize_lanczos, to_signed_tensor,
     to_unit_tensor,
 };
-use super::tiling::{gaussian_weights, largest_tile_px, tile_grid};
-use crate::device::read_back;
+use super::tiling::{Tile, gaussian_weights, largest_tile_px, tile_grid};
+use crate::device::{read_back, settle};
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::faithdiff::FaithDiffUNet;
 use crate::models::unet_2d::UNetConditioning;
-use crate::models::vae::{AutoencoderKL, DenoiseEncoder};
-use crate::schedulers::euler::{EulerConfig, input_scale, schedule};
+use crate::models::vae::{AutoencoderKL, DecodeRun, DenoiseEncoder};
+use crate::rng::SplitMix64;
+use crate::schedulers::euler::{EulerConfig, EulerSchedule, input_scale, schedule};
 use crate::tokenizer::ClipTokenizer;
 
 /// Where sampling starts.
@@ -28,59 +31,120 @@ pub enum Start {
     Noise,
 }
 
-/// What a user chooses for one run.
+impl Start {
+    /// Parses `lr` or `noise`.
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "lr" => Ok(Self::Lr),
+            "noise" => Ok(Self::Noise),
+            other => Err(Error::input(format!(
+                "unknown start `{other}` (known: lr, noise)"
+            ))),
+        }
+    }
+}
+
+/// The latent tile size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileSize {
+    /// The largest tile whose buffers fit the device's limit (the whole image when it fits).
+    Auto,
+    /// Tiles of this many output pixels (a positive multiple of 8); tiles overlap by half.
+    Pixels(usize),
+}
+
+/// What a caller chooses for one run. `Default` is FaithDiff's recipe; a one-step (S1) bundle's
+/// [`crate::Upscaler::default_options`] turn `one_step` on.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub struct Options {
     /// Upscaling factor.
     pub scale: usize,
     /// Euler steps.
     pub steps: usize,
     /// Classifier-free guidance scale (used only when the prompt is not empty).
     pub guidance: f64,
-    /// The prompt (`""` by default).
+    /// The prompt (`""` by default: the bundle's cached empty-prompt embeddings).
     pub prompt: String,
-    /// Latent tile size in output pixels (a multiple of 8; tiles overlap by half); 0 = the
-    /// largest whose buffers stay within `buffer_limit` (the whole image when it fits).
-    pub tile: usize,
-    /// The largest buffer the device allows (WebGPU: `min(maxBufferSize,
-    /// maxStorageBufferBindingSize)`), for `tile == 0`; `u64::MAX` where there is no limit.
-    pub buffer_limit: u64,
+    /// Latent tile size.
+    pub tile: TileSize,
     /// Colour correction.
     pub color_fix: ColorFix,
     /// Start point.
     pub start: Start,
-    /// RNG seed, used when no explicit noise is given.
+    /// Seed of the host-side noise generator ([`crate::rng`]): the same seed gives the same
+    /// noise on every device.
     pub seed: u64,
     /// The one-step S1 mode: one UNet call at the last training timestep on the encoded input
     /// (`z = 0.13025·VAE.sample`), no CFG, `x0 = (z − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ)`. For S1
     /// checkpoints (LoRA merged); `steps`, `start` and `guidance` are ignored.
     pub one_step: bool,
+    /// Explicit noise instead of the seeded generator (to reproduce a reference run).
+    pub noise: Option<NoiseData>,
 }
 
-impl Default for Settings {
+impl Default for Options {
     fn default() -> Self {
         Self {
             scale: 2,
             steps: 20,
             guidance: 5.0,
             prompt: String::new(),
-            tile: 1024,
-            buffer_limit: u64::MAX,
+            tile: TileSize::Pixels(1024),
             color_fix: ColorFix::Adain,
             start: Start::Lr,
             seed: 0,
             one_step: false,
+            noise: None,
         }
     }
 }
 
-/// Explicit noise for a reproducible run: both `[1, 4, H/8, W/8]` for the padded image.
-#[derive(Clone, Debug)]
-pub struct Noise {
+impl Options {
+    /// Checks the values that do not depend on the image.
+    pub fn validate(&self) -> Result<()> {
+        if self.scale == 0 || self.scale > 16 {
+            return Err(Error::input(format!(
+                "the scale must be 1 to 16, not {}",
+                self.scale
+            )));
+        }
+        if self.steps == 0 || self.steps > 1000 {
+            return Err(Error::input(format!(
+                "steps must be 1 to 1000, not {}",
+                self.steps
+            )));
+        }
+        if !self.guidance.is_finite() {
+            return Err(Error::input("the guidance scale must be a finite number"));
+        }
+        if let TileSize::Pixels(t) = self.tile
+            && (t == 0 || !t.is_multiple_of(8))
+        {
+            return Err(Error::input(format!(
+                "the tile size must be a positive multiple of 8, not {t}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Explicit noise for a reproducible run, both `[1, 4, H/8, W/8]` of the padded image, NCHW.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NoiseData {
     /// ε of the start latent.
-    pub latent: Tensor<4>,
-    /// ε of the VAE posterior sample (`--start lr`).
-    pub vae: Tensor<4>,
+    pub latent: Vec<f32>,
+    /// ε of the VAE posterior sample.
+    pub vae: Vec<f32>,
+}
+
+impl NoiseData {
+    /// The seeded generator's noise for a `[1, 4, lh, lw]` latent ([`crate::rng`]).
+    pub fn seeded(seed: u64, lh: usize, lw: usize) -> Self {
+        let mut rng = SplitMix64::new(seed);
+        let latent = rng.normals(4 * lh * lw);
+        let vae = rng.normals(4 * lh * lw);
+        Self { latent, vae }
+    }
 }
 
 /// The networks a run needs.
@@ -118,20 +182,41 @@ impl TextEncoders {
     }
 }
 
-/// Progress of a run, for a progress bar.
+/// One finished unit of GPU work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Progress {
-    /// Step being run (1-based).
-    pub step: usize,
-    /// Of how many.
-    pub steps: usize,
-    /// Tile just finished (1-based).
-    pub tile: usize,
-    /// Of how many per step.
-    pub tiles: usize,
+#[non_exhaustive]
+pub enum Unit {
+    /// FaithDiff's LQ features of the pre-upscaled image.
+    LqEncode,
+    /// The prompt's embeddings (instant for the empty prompt: they are cached).
+    Prompt,
+    /// The start latent (VAE encode and noise).
+    StartLatent,
+    /// One UNet tile of one sampling step (1-based).
+    Denoise {
+        step: usize,
+        steps: usize,
+        tile: usize,
+        tiles: usize,
+    },
+    /// One VAE decode tile (1-based).
+    Decode { tile: usize, tiles: usize },
+    /// The colour correction.
+    ColorFix,
 }
 
-/// Intermediate results, for parity tests and debugging.
+/// Progress: the unit just finished and where the run stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// What finished.
+    pub unit: Unit,
+    /// Units finished so far, this one included.
+    pub done: u32,
+    /// Units in the whole run.
+    pub total: u32,
+}
+
+/// Intermediate results, kept only when asked for ([`Run::record_stages`]).
 #[derive(Default)]
 pub struct Stages {
     /// LQ features of the padded image.
@@ -148,203 +233,463 @@ pub struct Stages {
     pub image_raw: Option<RgbImage>,
 }
 
-/// Upscales one RGB image.
-pub async fn upscale(
-    models: &Models,
-    image: &RgbImage,
-    settings: &Settings,
-    noise: Option<Noise>,
-    device: &Device,
-    progress: &mut dyn FnMut(Progress),
-    stages: &mut Stages,
-) -> Result<RgbImage> {
-    if settings.scale == 0 || settings.steps == 0 || !settings.tile.is_multiple_of(8) {
-        return Err(Error::config(
-            "scale and steps must be positive and the tile size a multiple of 8",
-        ));
-    }
-    // 1. Pre-upscale, pad, map to [-1, 1].
-    let up = resize_lanczos(
-        image,
-        image.width * settings.scale,
-        image.height * settings.scale,
-    )?;
-    let padded = pad_to_multiple(&up, 8);
-    let (hp, wp) = (padded.height, padded.width);
-    let (lh, lw) = (hp / 8, wp / 8);
-    let x = to_signed_tensor(&padded, device);
-    // 2. Prompt: the cached empty prompt, or the text encoders plus CFG against it.
-    let (uncond, uncond_pooled) = models.empty_prompt.clone();
-    let cond = if settings.prompt.is_empty() {
-        None
-    } else {
-        let text = models.text.as_ref().ok_or_else(|| {
-            Error::config("a non-empty prompt needs the text encoders, which were not loaded")
-        })?;
-        Some(text.encode(&settings.prompt)?)
-    };
-    // 3. LQ features.
-    let lq = models.denoise_encoder.forward(x.clone())?;
-    stages.lq_features = Some(lq.clone());
-    // 4–5. Schedule and start latent.
-    let sched = schedule(&models.scheduler, settings.steps)?;
-    let noise = match noise {
-        Some(n) => {
-            for t in [&n.latent, &n.vae] {
-                if t.dims() != [1, 4, lh, lw] {
-                    return Err(Error::input(format!(
-                        "noise is {:?}, the padded image needs [1, 4, {lh}, {lw}]",
-                        t.dims()
-                    )));
-                }
-            }
-            n
+/// The result: the image in 8 bits and, when asked for, its float values (planar `[3, H, W]`
+/// in `[0, 1]`, before the final rounding to 8 bits).
+pub struct Output {
+    /// 8-bit RGB, `scale ×` the input.
+    pub image: RgbImage,
+    /// Float values for deeper outputs.
+    pub unit: Option<Vec<f32>>,
+    /// The same values on the device, `[1, 3, H, W]`, when asked for ([`Run::keep_tensor`]).
+    pub tensor: Option<Tensor<4>>,
+}
+
+enum Phase<'a> {
+    Lq,
+    Prompt,
+    Start,
+    Denoise {
+        step: usize,
+        tile: usize,
+        acc: Tensor<4>,
+    },
+    Decode(DecodeRun<'a>),
+    ColorFix(RgbImage),
+    Done,
+}
+
+/// One upscale in progress.
+pub struct Run<'a> {
+    models: &'a Models,
+    device: Device,
+    options: Options,
+    keep_unit: bool,
+    keep_tensor: bool,
+    /// The Lanczos-upscaled input (the colour fix's reference) and its padded copy's size.
+    up: RgbImage,
+    padded: (usize, usize),
+    x: Option<Tensor<4>>,
+    lq: Option<Tensor<4>>,
+    cond: Option<(Tensor<3>, Tensor<2>)>,
+    latent: Option<Tensor<4>>,
+    sched: EulerSchedule,
+    tile_px: usize,
+    grid: Vec<Tile>,
+    weights: Vec<Tensor<4>>,
+    weight_sum: Option<Tensor<4>>,
+    phase: Phase<'a>,
+    done: u32,
+    total: u32,
+    stages: Option<Stages>,
+    output: Option<Output>,
+}
+
+impl<'a> Run<'a> {
+    /// Prepares a run on the host (pre-upscale, padding, tile grid); no GPU work is issued
+    /// until [`Run::next`]. `buffer_limit` decides [`TileSize::Auto`]; `keep_unit` keeps the
+    /// final float values (for 16-bit outputs).
+    pub fn new(
+        models: &'a Models,
+        device: &Device,
+        image: &RgbImage,
+        options: &Options,
+        buffer_limit: u64,
+        keep_unit: bool,
+    ) -> Result<Self> {
+        options.validate()?;
+        let (w, h) = (
+            image.width.checked_mul(options.scale),
+            image.height.checked_mul(options.scale),
+        );
+        let (Some(w), Some(h)) = (w, h) else {
+            return Err(Error::input("the output size overflows"));
+        };
+        if !options.prompt.is_empty() && models.text.is_none() {
+            return Err(Error::input(
+                "a prompt needs the text encoders, which this upscaler has not loaded",
+            ));
         }
-        None => {
-            device.seed(settings.seed);
-            let normal = Distribution::Normal(0.0, 1.0);
-            Noise {
-                latent: Tensor::random([1, 4, lh, lw], normal, device),
-                vae: Tensor::random([1, 4, lh, lw], normal, device),
-            }
+        // 1. Pre-upscale (the model's input and the colour fix's reference).
+        let up = resize_lanczos(image, w, h)?;
+        let (wp, hp) = (w.div_ceil(8) * 8, h.div_ceil(8) * 8);
+        let (lh, lw) = (hp / 8, wp / 8);
+        if let Some(n) = &options.noise
+            && (n.latent.len() != 4 * lh * lw || n.vae.len() != 4 * lh * lw)
+        {
+            return Err(Error::input(format!(
+                "explicit noise has {} and {} values; the padded image needs [1, 4, {lh}, {lw}] \
+                 ({} each)",
+                n.latent.len(),
+                n.vae.len(),
+                4 * lh * lw
+            )));
         }
-    };
-    let init = sched.init_noise_sigma;
-    let scaling = models.vae.scaling_factor;
-    let mut latent = match settings.start {
-        _ if settings.one_step => models.vae.encode_sample(x, noise.vae)? * scaling,
-        Start::Lr => {
-            let a = f64::from(
-                models.scheduler.alphas_cumprod()[models.scheduler.num_train_timesteps - 1],
-            );
-            let z = models.vae.encode_sample(x, noise.vae)? * scaling;
-            z * a.sqrt() + noise.latent * ((1.0 - a).sqrt() * init)
-        }
-        Start::Noise => noise.latent * init,
-    };
-    stages.start_latent = Some(latent.clone());
-    // 6–7. Tiled Euler sampling.
-    let tile_px = if settings.tile == 0 {
-        largest_tile_px(models.unet.unet.layout(), settings.buffer_limit, hp.max(wp))
-    } else {
-        settings.tile
-    };
-    let tile = tile_px / 8;
-    let grid = tile_grid(lh, lw, tile, (tile / 2).max(1));
-    let mut weight_sum = Tensor::<4>::zeros([1, 1, lh, lw], device);
-    let weights: Vec<Tensor<4>> = grid
-        .iter()
-        .map(|t| {
-            let w = gaussian_weights(t.height, t.width);
-            Tensor::from_data(TensorData::new(w, [1, 1, t.height, t.width]), device)
+        let steps = if options.one_step { 1 } else { options.steps };
+        let sched = schedule(&models.scheduler, options.steps)?;
+        let tile_px = match options.tile {
+            TileSize::Auto => largest_tile_px(models.unet.unet.layout(), buffer_limit, hp.max(wp)),
+            TileSize::Pixels(t) => t,
+        };
+        let tile = tile_px / 8;
+        let grid = tile_grid(lh, lw, tile, (tile / 2).max(1));
+        let decode_tiles = models.vae.decode_tiles(lh, lw);
+        let fix = u32::from(options.color_fix != ColorFix::None);
+        let total = 3 + steps * grid.len() + decode_tiles + fix as usize;
+        Ok(Self {
+            models,
+            device: device.clone(),
+            options: options.clone(),
+            keep_unit,
+            keep_tensor: false,
+            up,
+            padded: (wp, hp),
+            x: None,
+            lq: None,
+            cond: None,
+            latent: None,
+            sched,
+            tile_px,
+            grid,
+            weights: Vec::new(),
+            weight_sum: None,
+            phase: Phase::Lq,
+            done: 0,
+            total: u32::try_from(total).map_err(|_| Error::input("too many tiles"))?,
+            stages: None,
+            output: None,
         })
-        .collect();
-    for (t, w) in grid.iter().zip(&weights) {
-        let r = [
-            0..1,
-            0..1,
-            t.top..t.top + t.height,
-            t.left..t.left + t.width,
-        ];
-        weight_sum = weight_sum
-            .clone()
-            .slice_assign(r.clone(), weight_sum.slice(r) + w.clone());
     }
-    let time_ids = |top: usize, left: usize| {
-        let v = [hp, wp, top, left, tile_px, tile_px].map(|x| x as f32);
-        Tensor::<2>::from_data(TensorData::new(v.to_vec(), [1, 6]), device)
-    };
-    // ε̂ over the whole latent: every tile through the UNet, blended by the Gaussian weights.
-    let blended = |latent: &Tensor<4>,
-                   in_scale: f64,
-                   t_value: f64,
-                   cond: Option<&(Tensor<3>, Tensor<2>)>,
-                   step: usize,
-                   steps: usize,
-                   progress: &mut dyn FnMut(Progress)|
-     -> Result<Tensor<4>> {
-        let timestep = Tensor::<1>::from_data(TensorData::new(vec![t_value as f32], [1]), device);
-        let mut acc = Tensor::<4>::zeros([1, 4, lh, lw], device);
-        for (k, (t, w)) in grid.iter().zip(&weights).enumerate() {
+
+    /// Keeps the result on the device too ([`Output::tensor`]).
+    pub fn keep_tensor(&mut self) {
+        self.keep_tensor = true;
+    }
+
+    /// Keeps the intermediate tensors ([`Stages`]) from now on.
+    pub fn record_stages(&mut self) {
+        self.stages.get_or_insert_with(Stages::default);
+    }
+
+    /// The intermediate tensors, if recorded.
+    pub fn stages(&self) -> Option<&Stages> {
+        self.stages.as_ref()
+    }
+
+    /// Units in the whole run.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    /// The result, once [`Run::next`] has returned `None` (taken once).
+    pub fn take_output(&mut self) -> Option<Output> {
+        self.output.take()
+    }
+
+    fn stage(&mut self, f: impl FnOnce(&mut Stages)) {
+        if let Some(s) = self.stages.as_mut() {
+            f(s);
+        }
+    }
+
+    /// Runs the next unit of work and waits until the device has finished it; `None` when the
+    /// run is over (the output is then ready).
+    pub async fn next(&mut self) -> Option<Result<Event>> {
+        if matches!(self.phase, Phase::Done) {
+            return None;
+        }
+        let r = self.advance().await;
+        if r.is_err() {
+            self.phase = Phase::Done;
+        }
+        Some(r.map(|unit| {
+            self.done += 1;
+            Event {
+                unit,
+                done: self.done,
+                total: self.total,
+            }
+        }))
+    }
+
+    async fn advance(&mut self) -> Result<Unit> {
+        let device = self.device.clone();
+        let models = self.models;
+        let (wp, hp) = self.padded;
+        let (lh, lw) = (hp / 8, wp / 8);
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Lq => {
+                let x = to_signed_tensor(&pad_to_multiple(&self.up, 8), &device);
+                let lq = models.denoise_encoder.forward(x.clone())?;
+                settle(&lq).await?;
+                self.stage(|s| s.lq_features = Some(lq.clone()));
+                (self.x, self.lq) = (Some(x), Some(lq));
+                self.phase = Phase::Prompt;
+                Ok(Unit::LqEncode)
+            }
+            Phase::Prompt => {
+                if let Some(text) = &models.text
+                    && !self.options.prompt.is_empty()
+                {
+                    let cond = text.encode(&self.options.prompt)?;
+                    settle(&cond.1).await?;
+                    self.cond = Some(cond);
+                }
+                self.phase = Phase::Start;
+                Ok(Unit::Prompt)
+            }
+            Phase::Start => {
+                let noise = match self.options.noise.take() {
+                    Some(n) => n,
+                    None => NoiseData::seeded(self.options.seed, lh, lw),
+                };
+                let t = |v: Vec<f32>| {
+                    Tensor::<4>::from_data(TensorData::new(v, [1, 4, lh, lw]), &device)
+                };
+                let (eps, eps_vae) = (t(noise.latent), t(noise.vae));
+                let x = self.x.take().expect("the LQ unit ran");
+                let scaling = models.vae.scaling_factor;
+                let latent = match self.options.start {
+                    _ if self.options.one_step => models.vae.encode_sample(x, eps_vae)? * scaling,
+                    Start::Lr => {
+                        let a = f64::from(
+                            models.scheduler.alphas_cumprod()
+                                [models.scheduler.num_train_timesteps - 1],
+                        );
+                        let z = models.vae.encode_sample(x, eps_vae)? * scaling;
+                        z * a.sqrt() + eps * ((1.0 - a).sqrt() * self.sched.init_noise_sigma)
+                    }
+                    Start::Noise => eps * self.sched.init_noise_sigma,
+                };
+                settle(&latent).await?;
+                self.stage(|s| s.start_latent = Some(latent.clone()));
+                self.latent = Some(latent);
+                self.prepare_tiles();
+                self.phase = self.denoise_phase(0);
+                Ok(Unit::StartLatent)
+            }
+            Phase::Denoise { step, tile, acc } => {
+                let acc = self.denoise_tile(step, tile, acc)?;
+                settle(&acc).await?;
+                let tiles = self.grid.len();
+                let steps = if self.options.one_step {
+                    1
+                } else {
+                    self.options.steps
+                };
+                if tile + 1 < tiles {
+                    self.phase = Phase::Denoise {
+                        step,
+                        tile: tile + 1,
+                        acc,
+                    };
+                } else {
+                    self.finish_step(step, acc);
+                    self.phase = if step + 1 < steps {
+                        self.denoise_phase(step + 1)
+                    } else {
+                        let latent = self.latent.clone().expect("sampling ran");
+                        self.stage(|s| s.latent_final = Some(latent.clone()));
+                        Phase::Decode(
+                            models
+                                .vae
+                                .decode_steps(latent / models.vae.scaling_factor)?,
+                        )
+                    };
+                }
+                Ok(Unit::Denoise {
+                    step: step + 1,
+                    steps,
+                    tile: tile + 1,
+                    tiles,
+                })
+            }
+            Phase::Decode(mut run) => {
+                let tile = run.step().expect("a decode tile is left");
+                settle(&tile).await?;
+                let unit = Unit::Decode {
+                    tile: run.done(),
+                    tiles: run.tiles(),
+                };
+                if run.done() < run.tiles() {
+                    self.phase = Phase::Decode(run);
+                    return Ok(unit);
+                }
+                let decoded = run.finish();
+                self.stage(|s| s.decoded = Some(decoded.clone()));
+                let (w, h) = (self.up.width, self.up.height);
+                let tensor =
+                    (self.keep_tensor && self.options.color_fix == ColorFix::None).then(|| {
+                        decoded
+                            .clone()
+                            .slice([0..1, 0..3, 0..h, 0..w])
+                            .clamp(-1.0, 1.0)
+                            / 2.0
+                            + 0.5
+                    });
+                let (values, _) = read_back(decoded).await?;
+                let raw = crop(&from_signed(&values, wp, hp)?, w, h);
+                self.stage(|s| s.image_raw = Some(raw.clone()));
+                let unit_values = (self.keep_unit && self.options.color_fix == ColorFix::None)
+                    .then(|| {
+                        let n = wp * hp;
+                        (0..3)
+                            .flat_map(|c| {
+                                let v = &values[c * n..(c + 1) * n];
+                                (0..h).flat_map(move |y| {
+                                    v[y * wp..y * wp + w]
+                                        .iter()
+                                        .map(|x| x.clamp(-1.0, 1.0) / 2.0 + 0.5)
+                                })
+                            })
+                            .collect()
+                    });
+                if self.options.color_fix == ColorFix::None {
+                    self.output = Some(Output {
+                        image: raw,
+                        unit: unit_values,
+                        tensor,
+                    });
+                } else {
+                    self.phase = Phase::ColorFix(raw);
+                }
+                Ok(unit)
+            }
+            Phase::ColorFix(raw) => {
+                let fixed = self.options.color_fix.apply(
+                    to_unit_tensor(&raw, &device),
+                    to_unit_tensor(&self.up, &device),
+                )?;
+                let tensor = self.keep_tensor.then(|| fixed.clone());
+                let (values, _) = read_back(fixed).await?;
+                let image = from_unit(&values, self.up.width, self.up.height)?;
+                self.output = Some(Output {
+                    image,
+                    unit: self.keep_unit.then_some(values),
+                    tensor,
+                });
+                Ok(Unit::ColorFix)
+            }
+            Phase::Done => unreachable!("checked by next"),
+        }
+    }
+
+    /// The Gaussian weights of every tile and their sum over the latent.
+    fn prepare_tiles(&mut self) {
+        let device = &self.device;
+        let (wp, hp) = self.padded;
+        let mut weight_sum = Tensor::<4>::zeros([1, 1, hp / 8, wp / 8], device);
+        self.weights = self
+            .grid
+            .iter()
+            .map(|t| {
+                let w = gaussian_weights(t.height, t.width);
+                Tensor::from_data(TensorData::new(w, [1, 1, t.height, t.width]), device)
+            })
+            .collect();
+        for (t, w) in self.grid.iter().zip(&self.weights) {
             let r = [
                 0..1,
-                0..4,
+                0..1,
                 t.top..t.top + t.height,
                 t.left..t.left + t.width,
             ];
-            let x_in = latent.clone().slice(r.clone()) * in_scale;
-            let lq_t = lq
+            weight_sum = weight_sum
                 .clone()
-                .slice([0..1, 0..lq.dims()[1], r[2].clone(), r[3].clone()]);
-            let call = |text: &Tensor<3>, pooled: &Tensor<2>| {
-                models.unet.forward(
-                    x_in.clone(),
-                    &UNetConditioning {
-                        timestep: timestep.clone(),
-                        encoder_hidden_states: text.clone(),
-                        text_embeds: Some(pooled.clone()),
-                        time_ids: Some(time_ids(t.top, t.left)),
-                    },
-                    lq_t.clone(),
-                )
-            };
-            let eps_u = call(&uncond, &uncond_pooled)?;
-            let eps = match cond {
-                Some((c, p)) => eps_u.clone() + (call(c, p)? - eps_u) * settings.guidance,
-                None => eps_u,
-            };
-            acc = acc
-                .clone()
-                .slice_assign(r.clone(), acc.slice(r) + eps * w.clone());
-            progress(Progress {
-                step,
-                steps,
-                tile: k + 1,
-                tiles: grid.len(),
-            });
+                .slice_assign(r.clone(), weight_sum.slice(r) + w.clone());
         }
-        Ok(acc / weight_sum.clone())
-    };
-    if settings.one_step {
-        // S1 (pgp-model.md §4): one call at the last training timestep on the encoded input,
-        // no CFG, then x0 = (z − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ).
-        let last = models.scheduler.num_train_timesteps - 1;
-        let a = f64::from(models.scheduler.alphas_cumprod()[last]);
-        let eps = blended(&latent, 1.0, last as f64, None, 1, 1, progress)?;
-        latent = (latent - eps * (1.0 - a).sqrt()) / a.sqrt();
-        stages.latent_step_1 = Some(latent.clone());
-    } else {
-        for i in 0..settings.steps {
-            let (sigma, sigma_next) = (sched.sigmas[i], sched.sigmas[i + 1]);
-            let eps = blended(
-                &latent,
-                input_scale(sigma),
-                sched.timesteps[i],
-                cond.as_ref(),
-                i + 1,
-                settings.steps,
-                progress,
-            )?;
-            latent = latent + eps * (sigma_next - sigma);
-            if i == 0 {
-                stages.latent_step_1 = Some(latent.clone());
-            }
+        self.weight_sum = Some(weight_sum);
+    }
+
+    fn denoise_phase(&self, step: usize) -> Phase<'a> {
+        let (wp, hp) = self.padded;
+        Phase::Denoise {
+            step,
+            tile: 0,
+            acc: Tensor::zeros([1, 4, hp / 8, wp / 8], &self.device),
         }
     }
-    stages.latent_final = Some(latent.clone());
-    // 8. Decode, to u8, crop the padding.
-    let decoded = models.vae.decode(latent / scaling)?;
-    stages.decoded = Some(decoded.clone());
-    let (values, _) = read_back(decoded).await?;
-    let raw = crop(&from_signed(&values, wp, hp)?, up.width, up.height);
-    stages.image_raw = Some(raw.clone());
-    // 9. Colour fix against the pre-upscaled input.
-    if settings.color_fix == ColorFix::None {
-        return Ok(raw);
+
+    /// (input scale, timestep) of a step.
+    fn step_inputs(&self, step: usize) -> (f64, f64) {
+        if self.options.one_step {
+            (1.0, (self.models.scheduler.num_train_timesteps - 1) as f64)
+        } else {
+            (
+                input_scale(self.sched.sigmas[step]),
+                self.sched.timesteps[step],
+            )
+        }
     }
-    let fixed = settings
-        .color_fix
-        .apply(to_unit_tensor(&raw, device), to_unit_tensor(&up, device))?;
-    let (values, _) = read_back(fixed).await?;
-    from_unit(&values, up.width, up.height)
+
+    /// ε̂ of one tile through the UNet (with CFG against the empty prompt when there is a
+    /// prompt), weighted into `acc`.
+    fn denoise_tile(&self, step: usize, k: usize, acc: Tensor<4>) -> Result<Tensor<4>> {
+        let models = self.models;
+        let device = &self.device;
+        let (wp, hp) = self.padded;
+        let (in_scale, t_value) = self.step_inputs(step);
+        let (t, w) = (self.grid[k], &self.weights[k]);
+        let latent = self.latent.as_ref().expect("the start latent exists");
+        let lq = self.lq.as_ref().expect("the LQ features exist");
+        let r = [
+            0..1,
+            0..4,
+            t.top..t.top + t.height,
+            t.left..t.left + t.width,
+        ];
+        let x_in = latent.clone().slice(r.clone()) * in_scale;
+        let lq_t = lq
+            .clone()
+            .slice([0..1, 0..lq.dims()[1], r[2].clone(), r[3].clone()]);
+        let timestep = Tensor::<1>::from_data(TensorData::new(vec![t_value as f32], [1]), device);
+        let time_ids = {
+            let v = [hp, wp, t.top, t.left, self.tile_px, self.tile_px].map(|x| x as f32);
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), [1, 6]), device)
+        };
+        let call = |text: &Tensor<3>, pooled: &Tensor<2>| {
+            models.unet.forward(
+                x_in.clone(),
+                &UNetConditioning {
+                    timestep: timestep.clone(),
+                    encoder_hidden_states: text.clone(),
+                    text_embeds: Some(pooled.clone()),
+                    time_ids: Some(time_ids.clone()),
+                },
+                lq_t.clone(),
+            )
+        };
+        let (uncond, uncond_pooled) = &models.empty_prompt;
+        let eps_u = call(uncond, uncond_pooled)?;
+        let cond = if self.options.one_step {
+            None
+        } else {
+            self.cond.as_ref()
+        };
+        let eps = match cond {
+            Some((c, p)) => eps_u.clone() + (call(c, p)? - eps_u) * self.options.guidance,
+            None => eps_u,
+        };
+        Ok(acc
+            .clone()
+            .slice_assign(r.clone(), acc.slice(r) + eps * w.clone()))
+    }
+
+    /// The Euler update (or S1's x0) from the blended ε̂ of a whole step.
+    fn finish_step(&mut self, step: usize, acc: Tensor<4>) {
+        let eps = acc / self.weight_sum.clone().expect("tiles prepared");
+        let latent = self.latent.take().expect("the start latent exists");
+        let latent = if self.options.one_step {
+            // S1 (pgp-model.md §4): x0 = (z − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ) at the last timestep.
+            let last = self.models.scheduler.num_train_timesteps - 1;
+            let a = f64::from(self.models.scheduler.alphas_cumprod()[last]);
+            (latent - eps * (1.0 - a).sqrt()) / a.sqrt()
+        } else {
+            let (sigma, sigma_next) = (self.sched.sigmas[step], self.sched.sigmas[step + 1]);
+            latent + eps * (sigma_next - sigma)
+        };
+        if step == 0 {
+            self.stage(|s| s.latent_step_1 = Some(latent.clone()));
+        }
+        self.latent = Some(latent);
+    }
 }

@@ -1,0 +1,282 @@
+//! The engine's one way in, shared by the `pgp-wgpu` binary, the web page and the C ABI:
+//! a [`Gpu`](crate::Gpu), a bundle read through a [`ShardSource`], an [`Upscaler`], and
+//! [`Job`]s that do one unit of GPU work per [`Job::next`].
+//!
+//! ```no_run
+//! # async fn demo(pixels: &[u8], w: usize, h: usize) -> pgp_core::Result<()> {
+//! use pgp_core::{DirSource, Gpu, GpuOptions, ImageView, PixelFormat, Upscaler};
+//! let gpu = Gpu::new(&GpuOptions::default()).await?;
+//! let upscaler = Upscaler::load(&DirSource::new("faithdiff.bundle"), &gpu, &mut |_| {}).await?;
+//! let input = ImageView::packed(pixels, w, h, PixelFormat::Rgba8)?;
+//! let mut job = upscaler.start(input, upscaler.default_options())?;
+//! while let Some(event) = job.next().await {
+//!     let event = event?;
+//!     println!("{}/{}", event.done, event.total);
+//! }
+//! let image = job.into_image()?; // RGBA8, 2× the input
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use burn::tensor::{Tensor, TensorData};
+
+use crate::bundle::{Bundle, LoadProgress};
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::gpu_io::GpuImage;
+use crate::pipeline::run::{Event, Models, Options, Run, Stages, TextEncoders};
+use crate::pixels::{Alpha, Image, ImageView, PixelFormat, Split, assemble};
+use crate::source::ShardSource;
+use crate::tokenizer::ClipTokenizer;
+
+/// A loaded model on one [`Gpu`]: run any number of jobs, one after the other.
+pub struct Upscaler {
+    gpu: Gpu,
+    models: Models,
+    arch: String,
+    one_step: bool,
+}
+
+impl Upscaler {
+    /// Reads a bundle through `source` and builds its networks on `gpu` (without the text
+    /// encoders: the empty prompt's embeddings are cached in the bundle; see
+    /// [`Upscaler::load_text_encoders`]).
+    pub async fn load(
+        source: &impl ShardSource,
+        gpu: &Gpu,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let bundle = Bundle::read(source, on_progress).await?;
+        let device = gpu.device();
+        let models = Models {
+            unet: bundle.unet(device)?,
+            denoise_encoder: bundle.denoise_encoder(device)?,
+            vae: bundle.vae(device)?,
+            empty_prompt: bundle.empty_prompt(device)?,
+            text: None,
+            scheduler: bundle.scheduler()?,
+        };
+        Ok(Self {
+            gpu: gpu.clone(),
+            arch: bundle.manifest.arch.clone(),
+            one_step: bundle.manifest.one_step,
+            models,
+        })
+    }
+
+    /// Loads the two CLIP text encoders (from the same bundle), which a non-empty prompt needs.
+    pub async fn load_text_encoders(
+        &mut self,
+        source: &impl ShardSource,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<()> {
+        if self.models.text.is_some() {
+            return Ok(());
+        }
+        let bundle = Bundle::read(source, on_progress).await?;
+        let device = self.gpu.device();
+        let pads = &bundle.manifest.pad_tokens;
+        self.models.text = Some(TextEncoders {
+            first: (
+                bundle.text_encoder(device, false)?,
+                ClipTokenizer::new(&pads[0])?,
+            ),
+            second: (
+                bundle.text_encoder(device, true)?,
+                ClipTokenizer::new(&pads[1])?,
+            ),
+        });
+        Ok(())
+    }
+
+    /// Whether prompts can be used.
+    pub fn has_text_encoders(&self) -> bool {
+        self.models.text.is_some()
+    }
+
+    /// The architecture the bundle was converted as (`faithdiff`, `pgp-coarse`, `pgp`).
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    /// Whether the bundle is a one-step (S1) model.
+    pub fn is_one_step(&self) -> bool {
+        self.one_step
+    }
+
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// The options a caller gets by default: FaithDiff's recipe, or the one-step mode for a
+    /// one-step (S1) bundle.
+    pub fn default_options(&self) -> Options {
+        Options {
+            one_step: self.one_step,
+            ..Options::default()
+        }
+    }
+
+    /// Starts a job: checks the image and the options and prepares the run on the host; the
+    /// GPU work happens in [`Job::next`] / [`Job::finish`]. Dropping the job abandons it.
+    pub fn start<'a>(&'a self, input: ImageView<'_>, options: Options) -> Result<Job<'a>> {
+        let split = Split::new(&input)?;
+        let keep_unit = input.format() == PixelFormat::Rgba16;
+        let run = Run::new(
+            &self.models,
+            self.gpu.device(),
+            &split.rgb,
+            &options,
+            self.gpu.info().max_buffer_bytes,
+            keep_unit,
+        )?;
+        let to = (
+            input.width() * options.scale,
+            input.height() * options.scale,
+        );
+        let alpha = split
+            .alpha
+            .map(|a| a.resize((input.width(), input.height()), to))
+            .transpose()?;
+        Ok(Job {
+            run,
+            alpha,
+            format: input.format(),
+            output: None,
+            gpu_output: None,
+            over: false,
+        })
+    }
+}
+
+/// Stops a job from another thread or callback: [`Job::finish`] checks it before each unit.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not yet tripped.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Asks the job to stop before its next unit of work.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One upscale in progress.
+pub struct Job<'a> {
+    run: Run<'a>,
+    alpha: Option<Alpha>,
+    format: PixelFormat,
+    output: Option<Image>,
+    gpu_output: Option<GpuImage>,
+    over: bool,
+}
+
+impl Job<'_> {
+    /// Runs the next unit of work (LQ encode, prompt, start latent, one UNet tile of one step,
+    /// one VAE decode tile, colour fix) and returns once the device has finished it; `None`
+    /// when the job is done ([`Job::into_image`] then has the result). After an error the job
+    /// is over.
+    pub async fn next(&mut self) -> Option<Result<Event>> {
+        if self.over {
+            return None;
+        }
+        let r = match self.run.next().await {
+            Some(r) => r,
+            None => {
+                self.over = true;
+                return self.assemble().err().map(Err);
+            }
+        };
+        self.over = r.is_err();
+        Some(r)
+    }
+
+    fn assemble(&mut self) -> Result<()> {
+        let out = self
+            .run
+            .take_output()
+            .ok_or_else(|| Error::input("the job ended without a result"))?;
+        if let Some(rgb) = out.tensor {
+            let [_, _, h, w] = rgb.dims();
+            let device = rgb.device();
+            let alpha: Vec<f32> = match &self.alpha {
+                Some(Alpha::U8(a)) => a.iter().map(|&v| f32::from(v) / 255.0).collect(),
+                Some(Alpha::U16(a)) => a.iter().map(|&v| f32::from(v) / 65535.0).collect(),
+                None => vec![1.0; w * h],
+            };
+            let alpha = Tensor::<4>::from_data(TensorData::new(alpha, [1, 1, h, w]), &device);
+            let rgba = Tensor::cat(vec![rgb, alpha], 1)
+                .reshape([4, h, w])
+                .permute([1, 2, 0]);
+            self.gpu_output = Some(GpuImage { tensor: rgba });
+        }
+        self.output = Some(assemble(
+            self.format,
+            out.image,
+            out.unit.as_deref(),
+            self.alpha.take(),
+        )?);
+        Ok(())
+    }
+
+    /// Units in the whole job.
+    pub fn total(&self) -> u32 {
+        self.run.total()
+    }
+
+    /// Keeps the result on the device as well ([`Job::take_gpu_image`]), for hosts that draw it
+    /// with their own wgpu device.
+    pub fn keep_gpu_image(&mut self) {
+        self.run.keep_tensor();
+    }
+
+    /// The result on the device (after the job is done, when [`Job::keep_gpu_image`] was
+    /// called before).
+    pub fn take_gpu_image(&mut self) -> Option<GpuImage> {
+        self.gpu_output.take()
+    }
+
+    /// Keeps the pipeline's intermediate tensors (for parity checks and debugging).
+    pub fn record_stages(&mut self) {
+        self.run.record_stages();
+    }
+
+    /// The intermediate tensors, when recorded.
+    pub fn stages(&self) -> Option<&Stages> {
+        self.run.stages()
+    }
+
+    /// The result, once [`Job::next`] has returned `None`.
+    pub fn into_image(self) -> Result<Image> {
+        self.output
+            .ok_or_else(|| Error::input("the job has not finished"))
+    }
+
+    /// Runs every remaining unit, calling `on_event` after each; stops with
+    /// [`Error::Cancelled`] as soon as `cancel` is tripped (checked before every unit).
+    pub async fn finish(
+        mut self,
+        on_event: &mut dyn FnMut(Event),
+        cancel: &CancelToken,
+    ) -> Result<Image> {
+        loop {
+            if cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            match self.next().await {
+                Some(event) => on_event(event?),
+                None => return self.into_image(),
+            }
+        }
+    }
+}

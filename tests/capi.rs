@@ -1,0 +1,171 @@
+//! The C ABI from C: crates/pgp-capi/examples/upscale.c compiled with the system C compiler
+//! against the committed header and the shared library, run on the tiny fixture.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use support::{bin, bundle, root, scratch, text};
+
+/// The folder holding `libpgp_wgpu.so` (built as a dev-dependency of this package).
+fn lib_dir() -> PathBuf {
+    let deps = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let name = format!(
+        "{}pgp_wgpu{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    );
+    [deps.clone(), deps.parent().unwrap().to_path_buf()]
+        .into_iter()
+        .find(|d| d.join(&name).is_file())
+        .unwrap_or_else(|| panic!("{name} not found next to {}", deps.display()))
+}
+
+/// Compiles the C example once per call into `dir`.
+fn compile(dir: &Path) -> PathBuf {
+    let capi = root().join("crates/pgp-capi");
+    let exe = dir.join("upscale");
+    let lib = lib_dir();
+    let o = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(capi.join("examples/upscale.c"))
+        .arg("-I")
+        .arg(capi.join("include"))
+        .arg("-L")
+        .arg(&lib)
+        .arg("-lpgp_wgpu")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .output()
+        .expect("a C compiler (cc)");
+    assert!(o.status.success(), "compiling upscale.c:\n{}", text(&o));
+    exe
+}
+
+/// tests/pipeline/input.png as an RGB PAM file.
+fn input_pam(dir: &Path) -> PathBuf {
+    let img = image::open(root().join("tests/pipeline/input.png"))
+        .unwrap()
+        .to_rgb8();
+    let mut bytes = format!(
+        "P7\nWIDTH {}\nHEIGHT {}\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n",
+        img.width(),
+        img.height()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(img.as_raw());
+    let path = dir.join("in.pam");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// (width, height, RGBA bytes) of a PAM the example wrote.
+fn read_pam(path: &Path) -> (u32, u32, Vec<u8>) {
+    let bytes = std::fs::read(path).unwrap();
+    let end = bytes.windows(7).position(|w| w == b"ENDHDR\n").unwrap() + 7;
+    let header = String::from_utf8_lossy(&bytes[..end]).into_owned();
+    let field = |k: &str| -> u32 {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    (field("WIDTH "), field("HEIGHT "), bytes[end..].to_vec())
+}
+
+fn run_c(exe: &Path, args: &[&str], dir: &Path) -> Output {
+    Command::new(exe)
+        .arg(bundle("f32"))
+        .arg(input_pam(dir))
+        .arg(dir.join("out.pam"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_c_example_equals_the_cli_on_lavapipe() {
+    let dir = scratch("capi_equal");
+    let exe = compile(&dir);
+    let o = run_c(
+        &exe,
+        &["-d", "auto", "-n", "2", "-t", "16", "--seed", "3"],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let progress = text(&o)
+        .lines()
+        .filter(|l| l.starts_with("progress "))
+        .count();
+    assert_eq!(progress, 35, "one call per unit:\n{}", text(&o));
+    let (w, h, rgba) = read_pam(&dir.join("out.pam"));
+    assert_eq!((w, h), (48, 32));
+    let cli_out = dir.join("cli.png");
+    let o = bin()
+        .args([
+            "upscale", "-q", "--device", "wgpu", "--steps", "2", "-t", "16", "--seed", "3",
+        ])
+        .arg("-i")
+        .arg(root().join("tests/pipeline/input.png"))
+        .arg("-o")
+        .arg(&cli_out)
+        .arg("--model")
+        .arg(bundle("f32"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let cli = image::open(&cli_out).unwrap().to_rgb8();
+    let c_rgb: Vec<u8> = rgba
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    assert_eq!(c_rgb, cli.into_raw(), "the C output differs from the CLI's");
+}
+
+#[test]
+fn the_c_callback_cancels_and_errors_are_reported() {
+    let dir = scratch("capi_cancel");
+    let exe = compile(&dir);
+    let o = run_c(
+        &exe,
+        &["-d", "cpu", "-n", "2", "-t", "16", "--cancel-after", "5"],
+        &dir,
+    );
+    // PGP_CANCELLED (4) + 10, with no unit after the one that asked to stop.
+    assert_eq!(o.status.code(), Some(14), "{}", text(&o));
+    assert!(
+        text(&o).contains("cancelled (after 5 progress calls)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!dir.join("out.pam").exists());
+    // Bad options and a missing bundle: PGP_ERR_INPUT (1), PGP_ERR_MODEL (2) with messages.
+    let o = run_c(&exe, &["-d", "cpu", "-s", "0"], &dir);
+    assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+    assert!(text(&o).contains("scale must be 1 to 16"), "{}", text(&o));
+    let o = run_c(&exe, &["-d", "nope"], &dir);
+    assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+    assert!(text(&o).contains("unknown device `nope`"), "{}", text(&o));
+    let o = Command::new(&exe)
+        .args(["/nonexistent/bundle"])
+        .arg(input_pam(&dir))
+        .arg(dir.join("x.pam"))
+        .args(["-d", "cpu"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(12), "{}", text(&o));
+    assert!(
+        text(&o).contains("/nonexistent/bundle: not a model bundle"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1,0 +1,326 @@
+//! The engine's facade at the library level, on the tiny random-weight fixture: an `Upscaler`
+//! from bytes, events after finished units, cancelling, several jobs on one `Gpu`, one seed
+//! everywhere, images with stride, alpha and 16 bits.
+
+mod support;
+
+use pgp_core::{
+    BytesSource, CancelToken, Error, Event, Gpu, Image, ImageView, Options, PixelFormat, TileSize,
+    Unit, Upscaler,
+};
+use support::{bundle, root};
+
+/// Every file of a bundle folder, as bytes.
+fn bytes_source(dir: &std::path::Path) -> BytesSource {
+    let mut src = BytesSource::new("tiny");
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        src.insert(name, std::fs::read(&p).unwrap());
+    }
+    src
+}
+
+fn load(gpu: &Gpu) -> Upscaler {
+    let mut seen = Vec::new();
+    let src = bytes_source(&bundle("f32"));
+    let u = pollster::block_on(Upscaler::load(&src, gpu, &mut |p| seen.push(p))).unwrap();
+    let last = seen.last().unwrap();
+    assert_eq!((last.done, seen.len()), (last.total, last.total));
+    u
+}
+
+/// tests/pipeline/input.png (24×16 RGB).
+fn input() -> image::RgbImage {
+    image::open(root().join("tests/pipeline/input.png"))
+        .unwrap()
+        .to_rgb8()
+}
+
+fn options() -> Options {
+    Options {
+        steps: 2,
+        tile: TileSize::Pixels(16),
+        seed: 7,
+        ..Options::default()
+    }
+}
+
+fn run(u: &Upscaler, view: ImageView, options: Options) -> (Image, Vec<Event>) {
+    let mut events = Vec::new();
+    let job = u.start(view, options).unwrap();
+    let image =
+        pollster::block_on(job.finish(&mut |e| events.push(e), &CancelToken::new())).unwrap();
+    (image, events)
+}
+
+#[test]
+fn an_upscaler_from_bytes_reports_each_finished_unit() {
+    let gpu = Gpu::cpu();
+    let u = load(&gpu);
+    assert_eq!(u.arch(), "faithdiff");
+    assert!(!u.is_one_step() && !u.default_options().one_step);
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let (out, events) = run(&u, view, options());
+    assert_eq!(
+        (out.width, out.height, out.format),
+        (48, 32, PixelFormat::Rgb8)
+    );
+    assert_eq!(out.data.len(), 48 * 32 * 3);
+    // A 48×32 image is a 6×4 latent: 16-px tiles (2 latent) every 1 → 5 × 3 tiles per step.
+    let total = events[0].total;
+    assert_eq!(total as usize, events.len());
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.done as usize, i + 1);
+    }
+    let units: Vec<Unit> = events.iter().map(|e| e.unit).collect();
+    assert_eq!(
+        units[..3],
+        [Unit::LqEncode, Unit::Prompt, Unit::StartLatent]
+    );
+    let denoise: Vec<_> = units
+        .iter()
+        .filter_map(|u| match u {
+            Unit::Denoise {
+                step,
+                steps,
+                tile,
+                tiles,
+            } => Some((*step, *steps, *tile, *tiles)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(denoise.len(), 2 * 15);
+    assert_eq!(denoise[0], (1, 2, 1, 15));
+    assert_eq!(denoise[29], (2, 2, 15, 15));
+    assert_eq!(units[33], Unit::Decode { tile: 1, tiles: 1 });
+    assert_eq!(units[34], Unit::ColorFix);
+    assert_eq!(units.len(), 35);
+}
+
+#[test]
+fn cancel_stops_within_one_unit_and_the_upscaler_keeps_working() {
+    let gpu = Gpu::cpu();
+    let u = load(&gpu);
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    // Cancelled from the callback after the 5th unit: no further unit runs.
+    let cancel = CancelToken::new();
+    let mut seen = 0;
+    let job = u.start(view, options()).unwrap();
+    let r = pollster::block_on(job.finish(
+        &mut |e| {
+            seen += 1;
+            if e.done == 5 {
+                cancel.cancel();
+            }
+        },
+        &cancel,
+    ));
+    assert!(matches!(r, Err(Error::Cancelled)), "{:?}", r.err());
+    assert_eq!(seen, 5);
+    // Dropped half-way: abandoned.
+    let mut job = u.start(view, options()).unwrap();
+    for _ in 0..4 {
+        pollster::block_on(job.next()).unwrap().unwrap();
+    }
+    drop(job);
+    // Two more jobs one after the other on the same Gpu: the same seed, the same bytes.
+    let (a, _) = run(&u, view, options());
+    let (b, _) = run(&u, view, options());
+    assert_eq!(a, b);
+    let (c, _) = run(
+        &u,
+        view,
+        Options {
+            seed: 8,
+            ..options()
+        },
+    );
+    assert_ne!(a, c);
+}
+
+#[test]
+fn one_seed_gives_one_image_on_cpu_and_lavapipe() {
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let (cpu, _) = run(&load(&Gpu::cpu()), view, options());
+    let gpu = pollster::block_on(Gpu::from_name("auto")).unwrap();
+    let (wgpu, _) = run(&load(&gpu), view, options());
+    let diff: u64 = cpu
+        .data
+        .iter()
+        .zip(&wgpu.data)
+        .map(|(a, b)| u64::from(a.abs_diff(*b)))
+        .sum();
+    let mean = diff as f64 / cpu.data.len() as f64;
+    assert!(
+        mean <= 0.5,
+        "mean |Δ| = {mean}/255 between cpu and {}",
+        gpu.info().name
+    );
+}
+
+#[test]
+fn strided_rgba8_and_rgba16_inputs_keep_their_alpha_and_depth() {
+    let gpu = Gpu::cpu();
+    let u = load(&gpu);
+    let img = input();
+    let alpha = |x: usize, y: usize| (x * 10 + y) as u8;
+    // RGBA8, rows padded to 100 bytes.
+    let mut rgba8 = vec![0xAB; 100 * 15 + 96];
+    let mut rgba16 = vec![0u8; 24 * 16 * 8];
+    for (i, p) in img.pixels().enumerate() {
+        let (x, y) = (i % 24, i / 24);
+        rgba8[y * 100 + x * 4..][..4].copy_from_slice(&[p[0], p[1], p[2], alpha(x, y)]);
+        for c in 0..4 {
+            let v = if c < 3 {
+                u16::from(p[c]) * 257
+            } else {
+                u16::from(alpha(x, y)) * 257
+            };
+            rgba16[i * 8 + 2 * c..][..2].copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    let rgb = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let (plain, _) = run(&u, rgb, options());
+    let view8 = ImageView::new(&rgba8, 24, 16, 100, PixelFormat::Rgba8).unwrap();
+    let (out8, _) = run(&u, view8, options());
+    assert_eq!(out8.format, PixelFormat::Rgba8);
+    // The colour is the RGB run's; alpha is the Lanczos-upscaled input alpha.
+    let colour: Vec<u8> = out8
+        .data
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    assert_eq!(colour, plain.data);
+    let a8: Vec<u8> = out8.data.chunks_exact(4).map(|p| p[3]).collect();
+    assert!(a8[0] < 5 && a8[47] > 200, "{:?}", &a8[..48]);
+    let view16 = ImageView::packed(&rgba16, 24, 16, PixelFormat::Rgba16).unwrap();
+    let (out16, _) = run(&u, view16, options());
+    assert_eq!(
+        (out16.format, out16.data.len()),
+        (PixelFormat::Rgba16, 48 * 32 * 8)
+    );
+    let px16 = |i: usize, c: usize| {
+        u16::from_le_bytes([out16.data[i * 8 + 2 * c], out16.data[i * 8 + 2 * c + 1]])
+    };
+    for i in 0..48 * 32 {
+        // 16-bit colour keeps the float result: within one 8-bit step of the 8-bit output.
+        for c in 0..3 {
+            let (v16, v8) = (
+                f64::from(px16(i, c)) / 257.0,
+                f64::from(plain.data[i * 3 + c]),
+            );
+            assert!(
+                (v16 - v8).abs() <= 1.0,
+                "pixel {i} channel {c}: {v16} vs {v8}"
+            );
+        }
+        let (a16, a8) = (f64::from(px16(i, 3)) / 257.0, f64::from(a8[i]));
+        assert!((a16 - a8).abs() <= 1.0, "alpha {i}: {a16} vs {a8}");
+    }
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let gpu = Gpu::cpu();
+    let mut u = load(&gpu);
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let err = |o: Options| {
+        u.start(view, o)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        err(Options {
+            scale: 0,
+            ..options()
+        })
+        .contains("scale must be 1 to 16")
+    );
+    assert!(
+        err(Options {
+            tile: TileSize::Pixels(12),
+            ..options()
+        })
+        .contains("multiple of 8")
+    );
+    assert!(
+        err(Options {
+            prompt: "a cat".into(),
+            ..options()
+        })
+        .contains("text encoders")
+    );
+    assert!(ImageView::packed(&[0; 10], 2, 2, PixelFormat::Rgb8).is_err());
+    let src = BytesSource::new("empty");
+    let r = pollster::block_on(Upscaler::load(&src, &gpu, &mut |_| {}));
+    assert!(
+        r.err()
+            .unwrap()
+            .to_string()
+            .contains("empty: not a model bundle")
+    );
+    // With the text encoders loaded, a prompt runs (CFG: two UNet calls a tile).
+    let src = bytes_source(&bundle("f32"));
+    pollster::block_on(u.load_text_encoders(&src, &mut |_| {})).unwrap();
+    let (out, _) = run(
+        &u,
+        view,
+        Options {
+            prompt: "a cat".into(),
+            ..options()
+        },
+    );
+    assert_eq!((out.width, out.height), (48, 32));
+}
+
+#[test]
+fn one_step_bundles_default_to_one_step() {
+    let gpu = Gpu::cpu();
+    let src = bytes_source(&bundle("one-step"));
+    let u = pollster::block_on(Upscaler::load(&src, &gpu, &mut |_| {})).unwrap();
+    assert!(u.is_one_step() && u.default_options().one_step);
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let o = Options {
+        tile: TileSize::Pixels(16),
+        ..u.default_options()
+    };
+    let (_, events) = run(&u, view, o);
+    // LQ, prompt, start, 15 tiles once, one decode tile, colour fix.
+    assert_eq!(events.len(), 3 + 15 + 1 + 1);
+}
+
+#[test]
+fn the_host_device_example_runs_on_lavapipe() {
+    // Built by `cargo test` with the other examples (crates/pgp-core/examples/host_device.rs).
+    let deps = std::env::current_exe().unwrap();
+    let exe = deps
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/host_device");
+    assert!(exe.is_file(), "{} is not built", exe.display());
+    let o = std::process::Command::new(&exe)
+        .arg(bundle("f32"))
+        .args(["20", "12"])
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let t = support::text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("result: 40×24 RGBA f32 in the host's buffer (15360 bytes)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("the buffer matches the 40×24 RGBA8 pixels"),
+        "{t}"
+    );
+}
