@@ -5,6 +5,7 @@ mod support;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+use pgp_core::conformance::rel_l2;
 use support::{bin, convert, hub, root, scratch, text};
 
 fn cases() -> PathBuf {
@@ -321,7 +322,7 @@ fn convert_writes_a_checked_sharded_bundle() {
                         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
                         .collect()
                 };
-                let err = rel_err(&f(t.data()), &f(e.data()));
+                let err = rel_l2(&f(t.data()), &f(e.data()));
                 assert!(err < 1e-5, "{key}: {err}");
                 found += 1;
             }
@@ -453,13 +454,6 @@ fn run_pipeline_case(name: &str, args: &[&str]) -> (image::RgbImage, Vec<u8>, Ve
     )
 }
 
-/// Relative L2 error of two f64 vectors.
-fn rel_err(g: &[f64], e: &[f64]) -> f64 {
-    let num: f64 = g.iter().zip(e).map(|(a, b)| (a - b) * (a - b)).sum();
-    let den: f64 = e.iter().map(|b| b * b).sum();
-    (num / den).sqrt()
-}
-
 fn upscale_parity(device: &str) {
     let (img, got, reference) = run_pipeline_case(
         &format!("parity_{device}"),
@@ -476,7 +470,7 @@ fn upscale_parity(device: &str) {
     ] {
         let ((gs, g), (es, e)) = (f32s(&got, key), f32s(&reference, key));
         assert_eq!(gs, es, "{key}");
-        let err = rel_err(&g, &e);
+        let err = rel_l2(&g, &e);
         assert!(err < 1e-4, "{device} {key}: {err}");
     }
     // The u8 images: at most an off-by-one from rounding, on very few pixels.
@@ -632,7 +626,7 @@ fn one_step_mode_matches_the_reference_recipe() {
     let got = safetensors::SafeTensors::deserialize(&got).unwrap();
     let ((gs, g), (es, e)) = (f32s(&got, "latent_final"), f32s(&reference, "s1_latent"));
     assert_eq!(gs, es);
-    let err = rel_err(&g, &e);
+    let err = rel_l2(&g, &e);
     assert!(err < 1e-4, "{err}");
     let (_, expected) = f32s(&reference, "s1_image_adain");
     let off = img

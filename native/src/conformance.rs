@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use pgp_core::Gpu;
 use pgp_core::conformance::{CaseFiles, CaseOutcome, run_case};
+use pgp_core::error::panic_message;
 use pgp_core::weights::WeightFile;
 
 /// Expands each argument into case folders: a folder with `case.json`, or the sorted
@@ -68,12 +69,7 @@ pub fn run_one(dir: &Path, gpu: &Gpu) -> Result<CaseOutcome> {
     })) {
         Ok(result) => Ok(result?),
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            bail!("internal error: {msg}")
+            bail!("internal error: {}", panic_message(panic.as_ref()))
         }
     }
 }

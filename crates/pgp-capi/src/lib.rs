@@ -14,6 +14,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_void};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
+use pgp_core::error::panic_message;
 use pgp_core::{
     CancelToken, ColorFix, DirSource, Error, Gpu, Image, ImageView, Options, PixelFormat, Start,
     TileSize, Upscaler,
@@ -110,11 +111,7 @@ fn guard(f: impl FnOnce() -> Result<(), (PgpStatus, String)>) -> PgpStatus {
             status
         }
         Err(panic) => {
-            let msg = panic
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| panic.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
+            let msg = panic_message(panic.as_ref());
             set_error(&format!("internal error: {msg}"));
             PgpStatus::PGP_ERR_INTERNAL
         }

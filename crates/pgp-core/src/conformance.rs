@@ -88,13 +88,14 @@ impl CaseOutcome {
     }
 }
 
-/// `‖out − expected‖₂ / ‖expected‖₂`, in f64. NaN anywhere gives +∞.
-pub fn rel_l2(out: &[f32], expected: &[f32]) -> f64 {
+/// `‖out − expected‖₂ / ‖expected‖₂`, in f64 (for f32 or f64 values). NaN anywhere gives +∞.
+pub fn rel_l2<T: Copy + Into<f64>>(out: &[T], expected: &[T]) -> f64 {
     let (mut num, mut den) = (0f64, 0f64);
     for (&o, &e) in out.iter().zip(expected) {
-        let d = o as f64 - e as f64;
+        let (o, e): (f64, f64) = (o.into(), e.into());
+        let d = o - e;
         num += d * d;
-        den += (e as f64) * (e as f64);
+        den += e * e;
     }
     let r = if den == 0.0 {
         num.sqrt()

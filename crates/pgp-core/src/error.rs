@@ -55,6 +55,16 @@ impl Error {
     }
 }
 
+/// The message of a caught panic (`catch_unwind`'s payload), for shells that turn panics into
+/// errors (the conformance runner, the C ABI).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic")
+}
+
 /// Every way a weights file disagrees with the module that loads it, listed in full.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct WeightsMismatch {
