@@ -5,8 +5,8 @@
 mod support;
 
 use pgp_core::{
-    BytesSource, CancelToken, Error, Event, Gpu, Image, ImageView, Options, PixelFormat, TileSize,
-    Unit, Upscaler,
+    BytesSource, CancelToken, Error, Event, Gpu, GpuOptions, Image, ImageView, Options,
+    PixelFormat, TileSize, Unit, Upscaler,
 };
 use support::{bundle, root};
 
@@ -323,4 +323,29 @@ fn the_host_device_example_runs_on_lavapipe() {
         t.contains("the buffer matches the 40×24 RGBA8 pixels"),
         "{t}"
     );
+}
+
+#[test]
+fn gpus_on_one_adapter_share_its_runtime() {
+    let first = pollster::block_on(Gpu::from_name("auto")).unwrap();
+    let again = pollster::block_on(Gpu::new(&GpuOptions::default())).unwrap();
+    assert_eq!(first.info(), again.info());
+    assert!(first.info().max_buffer_bytes > 0 && first.info().max_buffer_bytes < u64::MAX);
+    // Runtime settings cannot change once the runtime runs: said, not ignored.
+    let tuned = GpuOptions {
+        tasks_max: Some(4),
+        ..GpuOptions::default()
+    };
+    let err = pollster::block_on(Gpu::new(&tuned))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("apply to the first Gpu on an adapter"),
+        "{err}"
+    );
+    let err = pollster::block_on(Gpu::from_name("gpu:99"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("there is no adapter 99"), "{err}");
+    assert!(pollster::block_on(Gpu::from_name("tpu")).is_err());
 }

@@ -2,6 +2,7 @@
 //! GPU), on a host application's own wgpu device, or, natively, burn's CPU backend (the
 //! reference) — and the awaiting read-backs every front end uses.
 
+pub use burn::tensor::wgpu::MemoryConfiguration;
 use burn::tensor::wgpu::{WgpuSetup, wgpu};
 use burn::tensor::{Device, DeviceKind, Tensor};
 
@@ -84,12 +85,24 @@ impl GpuInfo {
     }
 }
 
-/// Which adapter [`Gpu::new`] takes.
+/// Which adapter [`Gpu::new`] takes, and how burn's runtime on it is set up.
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// An index into [`adapters`] (what `pgp-wgpu devices` prints); `None`: the default
     /// adapter (a high-performance GPU where there is one).
     pub adapter: Option<usize>,
+    /// burn's memory pools: `ExclusivePages` (one page per allocation, the least memory
+    /// held) or, natively, `Adaptive` (sliced pages, burn's default). `None`: burn's default.
+    pub memory: Option<MemoryConfiguration>,
+    /// Compute tasks batched into one GPU submission (burn's default: 32). Fewer keeps a
+    /// browser or a renderer sharing the GPU more responsive.
+    pub tasks_max: Option<usize>,
+}
+
+impl GpuOptions {
+    fn tunes_the_runtime(&self) -> bool {
+        self.memory.is_some() || self.tasks_max.is_some()
+    }
 }
 
 /// A device the engine runs on: burn's wgpu runtime on an adapter (or on a device the host
@@ -118,6 +131,12 @@ impl Gpu {
         if options.adapter.is_some() {
             request = request.device_kind(kind.clone());
         }
+        if let Some(memory) = options.memory.clone() {
+            request = request.memory_config(memory);
+        }
+        if let Some(tasks) = options.tasks_max {
+            request = request.tasks_max(tasks);
+        }
         match request.init_with_setup_async().await {
             Ok((device, setup)) => Ok(Self {
                 device,
@@ -128,7 +147,15 @@ impl Gpu {
                 ),
             }),
             // The runtime of this adapter exists already (an earlier `Gpu`, or a tensor made on
-            // `Device::wgpu`): share it.
+            // `Device::wgpu`): share it, unless it was asked to be set up differently.
+            Err(burn::tensor::wgpu::WgpuInitError::Registration { message })
+                if options.tunes_the_runtime() =>
+            {
+                Err(Error::device(format!(
+                    "memory and task options apply to the first Gpu on an adapter, and this \
+                     adapter's runtime is already running ({message})"
+                )))
+            }
             Err(burn::tensor::wgpu::WgpuInitError::Registration { .. }) => Ok(Self {
                 device: Device::wgpu(kind),
                 info: listed_info.map_or_else(
@@ -186,7 +213,13 @@ impl Gpu {
             #[cfg(feature = "cpu")]
             "cpu" => Ok(Self::cpu()),
             other => match other.strip_prefix("gpu:").map(str::parse::<usize>) {
-                Some(Ok(i)) => Self::new(&GpuOptions { adapter: Some(i) }).await,
+                Some(Ok(i)) => {
+                    Self::new(&GpuOptions {
+                        adapter: Some(i),
+                        ..GpuOptions::default()
+                    })
+                    .await
+                }
                 _ => Err(Error::input(format!(
                     "unknown device `{other}` (known: auto, cpu, gpu:N)"
                 ))),

@@ -304,7 +304,7 @@ impl<'a> Run<'a> {
         let (Some(w), Some(h)) = (w, h) else {
             return Err(Error::input("the output size overflows"));
         };
-        if !options.prompt.is_empty() && models.text.is_none() {
+        if !options.one_step && !options.prompt.is_empty() && models.text.is_none() {
             return Err(Error::input(
                 "a prompt needs the text encoders, which this upscaler has not loaded",
             ));
@@ -427,8 +427,10 @@ impl<'a> Run<'a> {
                 Ok(Unit::LqEncode)
             }
             Phase::Prompt => {
+                // The one-step recipe runs without CFG: a prompt is not used.
                 if let Some(text) = &models.text
                     && !self.options.prompt.is_empty()
+                    && !self.options.one_step
                 {
                     let cond = text.encode(&self.options.prompt)?;
                     settle(&cond.1).await?;
@@ -660,12 +662,7 @@ impl<'a> Run<'a> {
         };
         let (uncond, uncond_pooled) = &models.empty_prompt;
         let eps_u = call(uncond, uncond_pooled)?;
-        let cond = if self.options.one_step {
-            None
-        } else {
-            self.cond.as_ref()
-        };
-        let eps = match cond {
+        let eps = match &self.cond {
             Some((c, p)) => eps_u.clone() + (call(c, p)? - eps_u) * self.options.guidance,
             None => eps_u,
         };
