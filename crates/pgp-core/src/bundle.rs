@@ -98,6 +98,8 @@ pub struct LoadProgress {
     pub total: usize,
     /// Bytes read so far.
     pub bytes: u64,
+    /// Bytes in all (the manifest and the shard sizes it lists).
+    pub total_bytes: u64,
 }
 
 /// A loaded bundle: its manifest and its shards as one key space.
@@ -154,15 +156,28 @@ impl Bundle {
         let manifest = Self::parse_manifest(&format!("{name}/{MANIFEST}"), &text)?;
         let total = manifest.shards.len() + 1;
         let mut bytes = text.len() as u64;
+        let total_bytes = bytes + manifest.shards.iter().map(|s| s.bytes).sum::<u64>();
         on_progress(LoadProgress {
             file: MANIFEST.into(),
             done: 1,
             total,
             bytes,
+            total_bytes,
         });
         let mut shards = Vec::with_capacity(manifest.shards.len());
         for (i, s) in manifest.shards.iter().enumerate() {
             let data = source.read(&s.file).await?;
+            if data.len() as u64 != s.bytes {
+                return Err(Error::Source {
+                    file: format!("{name}/{}", s.file),
+                    reason: format!(
+                        "{} bytes, the manifest says {} (a partial download or another bundle's \
+                         shard)",
+                        data.len(),
+                        s.bytes
+                    ),
+                });
+            }
             bytes += data.len() as u64;
             shards.push(WeightFile::from_bytes(format!("{name}/{}", s.file), data)?);
             on_progress(LoadProgress {
@@ -170,6 +185,7 @@ impl Bundle {
                 done: i + 2,
                 total,
                 bytes,
+                total_bytes,
             });
         }
         Self::new(&name, manifest, shards)

@@ -1,0 +1,288 @@
+//! `pgp-web`: the engine in the browser, on WebGPU. A thin shell over `pgp_core`'s facade with
+//! this JavaScript API (an ES module built by `web/build.sh`):
+//!
+//! ```js
+//! import init, { Upscaler } from './pkg/pgp_web.js';
+//! await init();
+//! const up = await Upscaler.load(manifestUrl, { onProgress: (loadedBytes, totalBytes) => {} });
+//! const out = await up.upscale(imageData, { scale: 2, steps: 3, tile: 32, seed: 7, prompt: '',
+//!   oneStep: false, colorFix: 'adain', signal, onProgress: (done, total) => {} });
+//! up.free();
+//! ```
+//!
+//! Omitted options take the bundle's defaults. Failures reject with an `Error` that says what
+//! failed; an aborted `signal` rejects with a `DOMException` named `AbortError` before the next
+//! unit of GPU work. Nothing here may panic: a panic would end the wasm instance.
+#![cfg(target_arch = "wasm32")]
+
+mod fetch;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use js_sys::{Function, Reflect};
+use pgp_core::{ColorFix, Error, Gpu, GpuOptions, ImageView, PixelFormat, TileSize};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::{Clamped, JsCast};
+use wasm_bindgen_futures::{JsFuture, future_to_promise};
+
+use crate::fetch::FetchSource;
+
+/// A JavaScript `Error` with `msg`.
+fn js_error(msg: impl std::fmt::Display) -> JsValue {
+    js_sys::Error::new(&msg.to_string()).into()
+}
+
+/// What a core error becomes in JavaScript: `AbortError` for a cancelled run, else an `Error`.
+fn to_js(e: Error) -> JsValue {
+    match e {
+        Error::Cancelled => abort_error(),
+        e => js_error(e),
+    }
+}
+
+fn abort_error() -> JsValue {
+    web_sys::DomException::new_with_message_and_name("the upscale was aborted", "AbortError")
+        .map_or_else(|e| e, JsValue::from)
+}
+
+/// `obj[key]`, or `undefined`.
+fn get(obj: &JsValue, key: &str) -> JsValue {
+    if obj.is_object() {
+        Reflect::get(obj, &JsValue::from_str(key)).unwrap_or(JsValue::UNDEFINED)
+    } else {
+        JsValue::UNDEFINED
+    }
+}
+
+/// A non-negative whole number option, or `None` when it is omitted.
+fn count(obj: &JsValue, key: &str) -> Result<Option<u64>, JsValue> {
+    let v = get(obj, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    match v.as_f64() {
+        Some(n) if n >= 0.0 && n.fract() == 0.0 && n <= 9007199254740991.0 => Ok(Some(n as u64)),
+        _ => Err(js_error(format!(
+            "option `{key}` must be a whole number ≥ 0"
+        ))),
+    }
+}
+
+fn callback(obj: &JsValue, key: &str) -> Result<Option<Function>, JsValue> {
+    let v = get(obj, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.dyn_into::<Function>()
+        .map(Some)
+        .map_err(|_| js_error(format!("option `{key}` must be a function")))
+}
+
+/// Checks what burn needs of the browser's WebGPU before anything touches it (burn panics
+/// where an adapter lacks `timestamp-query`, and a panic would end the instance).
+async fn check_webgpu() -> Result<(), JsValue> {
+    let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
+    if gpu.is_undefined() || gpu.is_null() {
+        return Err(js_error(
+            "this browser has no WebGPU (navigator.gpu is missing): use a browser with WebGPU \
+             enabled",
+        ));
+    }
+    let request: Function = get(&gpu, "requestAdapter")
+        .dyn_into()
+        .map_err(|_| js_error("navigator.gpu.requestAdapter is missing"))?;
+    let promise: js_sys::Promise = request
+        .call0(&gpu)?
+        .dyn_into()
+        .map_err(|_| js_error("requestAdapter did not return a promise"))?;
+    let adapter = JsFuture::from(promise).await?;
+    if adapter.is_null() || adapter.is_undefined() {
+        return Err(js_error("WebGPU is there but offers no adapter"));
+    }
+    let features = get(&adapter, "features");
+    let has: Function = get(&features, "has")
+        .dyn_into()
+        .map_err(|_| js_error("the WebGPU adapter lists no features"))?;
+    if !has
+        .call1(&features, &JsValue::from_str("timestamp-query"))?
+        .is_truthy()
+    {
+        return Err(js_error(
+            "the WebGPU adapter lacks the `timestamp-query` feature, which the engine needs",
+        ));
+    }
+    Ok(())
+}
+
+/// Resets the busy flag when a run ends, however it ends.
+struct Busy(Rc<Cell<bool>>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+/// A loaded model on the browser's GPU.
+#[wasm_bindgen]
+pub struct Upscaler {
+    inner: Rc<RefCell<pgp_core::Upscaler>>,
+    source: Rc<FetchSource>,
+    busy: Rc<Cell<bool>>,
+    info: pgp_core::GpuInfo,
+    one_step: bool,
+}
+
+#[wasm_bindgen]
+impl Upscaler {
+    /// Loads the bundle whose `manifest.json` is at `manifest_url` (its shards next to it),
+    /// reading shards from the Cache API when they are there. `options.onProgress(loadedBytes,
+    /// totalBytes)` is called after the manifest and after each shard.
+    pub async fn load(manifest_url: String, options: JsValue) -> Result<Upscaler, JsValue> {
+        let on_progress = callback(&options, "onProgress")?;
+        check_webgpu().await?;
+        let gpu = Gpu::new(&GpuOptions::default()).await.map_err(to_js)?;
+        let source = Rc::new(FetchSource::new(&manifest_url));
+        let mut report = |p: pgp_core::LoadProgress| {
+            if let Some(f) = &on_progress {
+                let _ = f.call2(
+                    &JsValue::NULL,
+                    &JsValue::from_f64(p.bytes as f64),
+                    &JsValue::from_f64(p.total_bytes as f64),
+                );
+            }
+        };
+        let inner = pgp_core::Upscaler::load(source.as_ref(), &gpu, &mut report)
+            .await
+            .map_err(to_js)?;
+        Ok(Upscaler {
+            info: inner.gpu().info().clone(),
+            one_step: inner.is_one_step(),
+            inner: Rc::new(RefCell::new(inner)),
+            source,
+            busy: Rc::new(Cell::new(false)),
+        })
+    }
+
+    /// The GPU adapter's name.
+    #[wasm_bindgen(getter, js_name = adapterName)]
+    pub fn adapter_name(&self) -> String {
+        self.info.name.clone()
+    }
+
+    /// Whether the adapter can run f16 shaders (the engine computes in f32 either way).
+    #[wasm_bindgen(getter, js_name = shaderF16)]
+    pub fn shader_f16(&self) -> bool {
+        self.info.shader_f16
+    }
+
+    /// Whether the bundle is a one-step (S1) model.
+    #[wasm_bindgen(getter, js_name = oneStep)]
+    pub fn one_step(&self) -> bool {
+        self.one_step
+    }
+
+    /// Upscales an `ImageData` (RGBA8); resolves to an `ImageData` `scale ×` its size, alpha
+    /// upscaled. Options (all optional): `scale`, `steps`, `tile` (0 = the largest the adapter
+    /// allows), `seed`, `prompt`, `oneStep`, `colorFix` (`adain`, `wavelet`, `none`), `signal`
+    /// (an `AbortSignal`), `onProgress(done, total)` after each finished unit of GPU work.
+    pub fn upscale(&self, image: web_sys::ImageData, options: JsValue) -> js_sys::Promise {
+        let (inner, source, busy) = (self.inner.clone(), self.source.clone(), self.busy.clone());
+        future_to_promise(async move {
+            if busy.replace(true) {
+                return Err(js_error(
+                    "an upscale is already running on this Upscaler; await it first",
+                ));
+            }
+            let _busy = Busy(busy);
+            let on_progress = callback(&options, "onProgress")?;
+            let signal = get(&options, "signal");
+            let signal: Option<web_sys::AbortSignal> = if signal.is_undefined() || signal.is_null()
+            {
+                None
+            } else {
+                Some(
+                    signal
+                        .dyn_into()
+                        .map_err(|_| js_error("option `signal` must be an AbortSignal"))?,
+                )
+            };
+            let aborted = || signal.as_ref().is_some_and(|s| s.aborted());
+            let mut opts = inner.borrow().default_options();
+            if let Some(v) = count(&options, "scale")? {
+                opts.scale = v as usize;
+            }
+            if let Some(v) = count(&options, "steps")? {
+                opts.steps = v as usize;
+            }
+            if let Some(v) = count(&options, "tile")? {
+                opts.tile = match v {
+                    0 => TileSize::Auto,
+                    t => TileSize::Pixels(t as usize),
+                };
+            }
+            if let Some(v) = count(&options, "seed")? {
+                opts.seed = v;
+            }
+            let one_step = get(&options, "oneStep");
+            if !one_step.is_undefined() && !one_step.is_null() {
+                opts.one_step = one_step
+                    .as_bool()
+                    .ok_or_else(|| js_error("option `oneStep` must be true or false"))?;
+            }
+            let fix = get(&options, "colorFix");
+            if let Some(name) = fix.as_string() {
+                opts.color_fix = ColorFix::parse(&name).map_err(to_js)?;
+            } else if !fix.is_undefined() && !fix.is_null() {
+                return Err(js_error("option `colorFix` must be a string"));
+            }
+            let prompt = get(&options, "prompt");
+            if let Some(p) = prompt.as_string() {
+                opts.prompt = p;
+            } else if !prompt.is_undefined() && !prompt.is_null() {
+                return Err(js_error("option `prompt` must be a string"));
+            }
+            if !opts.prompt.is_empty() && !opts.one_step && !inner.borrow().has_text_encoders() {
+                // The busy flag keeps every other borrow out while this one is held.
+                let mut up = inner.borrow_mut();
+                up.load_text_encoders(source.as_ref(), &mut |_| {})
+                    .await
+                    .map_err(to_js)?;
+            }
+            if aborted() {
+                return Err(abort_error());
+            }
+            let (w, h) = (image.width() as usize, image.height() as usize);
+            let pixels = image.data().0;
+            let view = ImageView::packed(&pixels, w, h, PixelFormat::Rgba8).map_err(to_js)?;
+            let up = inner.borrow();
+            let mut job = up.start(view, opts).map_err(to_js)?;
+            loop {
+                if aborted() {
+                    return Err(abort_error());
+                }
+                match job.next().await {
+                    Some(Ok(e)) => {
+                        if let Some(f) = &on_progress {
+                            let _ = f.call2(
+                                &JsValue::NULL,
+                                &JsValue::from(e.done),
+                                &JsValue::from(e.total),
+                            );
+                        }
+                    }
+                    Some(Err(e)) => return Err(to_js(e)),
+                    None => break,
+                }
+            }
+            let out = job.into_image().map_err(to_js)?;
+            web_sys::ImageData::new_with_u8_clamped_array_and_sh(
+                Clamped(&out.data),
+                out.width as u32,
+                out.height as u32,
+            )
+            .map(JsValue::from)
+        })
+    }
+}

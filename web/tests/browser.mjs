@@ -1,0 +1,213 @@
+// The page and the pgp-web module in a real browser: Debian's Chromium, headless, WebGPU on
+// SwiftShader, driven by playwright-core. Needs web/dist (web/build.sh) and the native binary
+// (built by `cargo test`), which converts the tiny fixture and gives the reference output.
+//
+//   node web/tests/browser.mjs
+//
+// Prints one line a test and `N passed, N failed`; exits non-zero when any failed.
+import { execFileSync } from 'node:child_process';
+import { createServer } from 'node:http';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, extname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+const dist = join(root, 'web/dist');
+const target = process.env.CARGO_TARGET_DIR ?? join(root, 'target');
+const bin = join(target, 'debug/pgp-wgpu');
+const browserPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
+for (const [what, path] of [['web/dist (run web/build.sh)', join(dist, 'pkg/pgp_web.js')],
+  ['the pgp-wgpu binary (cargo test builds it)', bin], ['chromium', browserPath]]) {
+  if (!existsSync(path)) { console.error(`missing ${what}: ${path}`); process.exit(2); }
+}
+
+// The tiny fixture as a bundle, and the native binary's output for the settings tested.
+const work = mkdtempSync(join(tmpdir(), 'pgp-web-'));
+const bundle = join(work, 'bundle');
+const hub = join(root, 'tests/hub');
+execFileSync(bin, ['convert', '--sdxl', join(hub, 'sdxl'), '--vae', join(hub, 'vae'),
+  '--faithdiff', join(hub, 'FaithDiff.bin'), '--dtype', 'f32', '-q', '-o', bundle]);
+const settings = { scale: 2, steps: 3, tile: 32, seed: 7 };
+const nativeOut = join(work, 'native.png');
+execFileSync(bin, ['upscale', '-q', '--device', 'cpu', '-i', join(root, 'tests/pipeline/input.png'),
+  '-o', nativeOut, '--model', bundle, '-s', '2', '--steps', '3', '-t', '32', '--seed', '7']);
+
+// A static server: the page at /, the bundle at /models/, test files at /t/; counts requests.
+const requests = [];
+const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm',
+  '.json': 'application/json', '.png': 'image/png' };
+const server = createServer((req, res) => {
+  const path = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+  requests.push(path);
+  let file;
+  if (path.startsWith('/models/')) file = join(bundle, path.slice(8));
+  else if (path === '/t/input.png') file = join(root, 'tests/pipeline/input.png');
+  else if (path === '/t/native.png') file = nativeOut;
+  else file = join(dist, path === '/' ? 'index.html' : path.slice(1));
+  if (!file.startsWith(work) && !file.startsWith(dist) && !file.startsWith(root)) file = '';
+  if (!file || !existsSync(file) || !statSync(file).isFile()) {
+    res.writeHead(404); res.end('not found'); return;
+  }
+  res.writeHead(200, { 'content-type': types[extname(file)] ?? 'application/octet-stream' });
+  res.end(readFileSync(file));
+});
+await new Promise((r) => server.listen(0, '127.0.0.1', r));
+const origin = `http://127.0.0.1:${server.address().port}`;
+
+const browser = await chromium.launch({
+  executablePath: browserPath,
+  headless: true,
+  args: ['--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-angle=swiftshader',
+    '--use-webgpu-adapter=swiftshader', '--no-sandbox'],
+});
+const context = await browser.newContext({ acceptDownloads: true });
+const page = await context.newPage();
+const logs = [];
+page.on('console', (m) => logs.push(`[${m.type()}] ${m.text()}`));
+page.on('pageerror', (e) => logs.push(`[pageerror] ${e.message}`));
+
+async function openPage() {
+  await page.goto(`${origin}/`);
+  await page.waitForFunction(() => window.pgp !== undefined || !navigator.gpu, null, { timeout: 60000 });
+}
+
+let passed = 0, failed = 0;
+async function test(name, body) {
+  const t0 = Date.now();
+  try {
+    await body();
+    passed++;
+    console.log(`ok   ${name} (${((Date.now() - t0) / 1000).toFixed(1)} s)`);
+  } catch (e) {
+    failed++;
+    console.log(`FAIL ${name}: ${e.stack ?? e}`);
+    console.log(logs.slice(-20).join('\n'));
+  }
+}
+function assert(cond, msg) { if (!cond) throw new Error(msg); }
+
+await openPage();
+
+await test('the page has WebGPU and the module loads', async () => {
+  const has = await page.evaluate(() => !!navigator.gpu && !!window.pgp);
+  assert(has, `navigator.gpu or the module missing: ${await page.textContent('#gpu')}`);
+});
+
+await test('(a) same bundle, settings and seed: the browser equals the native binary', async () => {
+  const r = await page.evaluate(async (settings) => {
+    const decode = async (url) => {
+      const bmp = await createImageBitmap(await (await fetch(url)).blob());
+      const c = new OffscreenCanvas(bmp.width, bmp.height).getContext('2d');
+      c.drawImage(bmp, 0, 0);
+      return c.getImageData(0, 0, bmp.width, bmp.height);
+    };
+    const up = await window.pgp.Upscaler.load('/models/manifest.json', {});
+    const input = await decode('/t/input.png');
+    const out = await up.upscale(input, settings);
+    const ref = await decode('/t/native.png');
+    let sum = 0, n = 0;
+    for (let i = 0; i < out.data.length; i++) {
+      if (i % 4 === 3) continue;
+      sum += Math.abs(out.data[i] - ref.data[i]); n++;
+    }
+    up.free();
+    return { w: out.width, h: out.height, rw: ref.width, rh: ref.height, mean: sum / n };
+  }, settings);
+  assert(r.w === 48 && r.h === 32 && r.rw === 48 && r.rh === 32, JSON.stringify(r));
+  assert(r.mean <= 1, `mean |Δ| = ${r.mean}/255`);
+  console.log(`     mean |Δ| browser vs native: ${r.mean.toFixed(4)}/255`);
+});
+
+await test('(b) an RGBA input keeps its alpha', async () => {
+  const r = await page.evaluate(async (settings) => {
+    const img = new ImageData(12, 8);
+    for (let y = 0; y < 8; y++) for (let x = 0; x < 12; x++) {
+      const p = 4 * (y * 12 + x);
+      img.data.set([x * 20, y * 30, 90, x * 21], p);
+    }
+    const up = await window.pgp.Upscaler.load('/models/manifest.json', {});
+    const out = await up.upscale(img, { ...settings, tile: 16 });
+    up.free();
+    const alpha = [];
+    for (let x = 0; x < out.width; x++) alpha.push(out.data[4 * x + 3]);
+    return { w: out.width, h: out.height, alpha };
+  }, settings);
+  assert(r.w === 24 && r.h === 16, JSON.stringify(r));
+  assert(r.alpha[0] < 10 && r.alpha[23] > 200, `alpha row: ${r.alpha}`);
+});
+
+await test('(c) abort rejects with AbortError within one unit; the next run succeeds', async () => {
+  const r = await page.evaluate(async (settings) => {
+    const up = await window.pgp.Upscaler.load('/models/manifest.json', {});
+    const img = new ImageData(24, 16);
+    const ctrl = new AbortController();
+    let calls = 0, name = null;
+    try {
+      await up.upscale(img, { ...settings, signal: ctrl.signal,
+        onProgress: (done) => { calls = done; if (done === 5) ctrl.abort(); } });
+    } catch (e) { name = e.name; }
+    const again = await up.upscale(img, settings);
+    up.free();
+    return { name, calls, w: again.width };
+  }, settings);
+  assert(r.name === 'AbortError', `rejected with ${r.name}`);
+  assert(r.calls === 5, `${r.calls} units ran; the abort came after 5`);
+  assert(r.w === 48, `the next run gave width ${r.w}`);
+});
+
+await test('(d) a wrong bundle URL is an error naming it', async () => {
+  const msg = await page.evaluate(async () => {
+    try { await window.pgp.Upscaler.load('/nowhere/manifest.json', {}); return 'loaded?!'; }
+    catch (e) { return `${e.name}: ${e.message}`; }
+  });
+  assert(msg.includes('/nowhere') && msg.includes('404'), msg);
+});
+
+await test('(e) after a reload the shards come from the cache', async () => {
+  await openPage();
+  const shardsBefore = requests.filter((p) => p.startsWith('/models/shard')).length;
+  const progress = await page.evaluate(async () => {
+    const seen = [];
+    const up = await window.pgp.Upscaler.load('/models/manifest.json', {
+      onProgress: (loaded, total) => seen.push([loaded, total]) });
+    up.free();
+    return seen;
+  });
+  const shardsAfter = requests.filter((p) => p.startsWith('/models/shard')).length;
+  assert(shardsBefore > 0, 'no shard was ever fetched');
+  assert(shardsAfter === shardsBefore, `${shardsAfter - shardsBefore} shard requests after the reload`);
+  const last = progress[progress.length - 1];
+  assert(last && last[0] === last[1] && last[1] > 0, `progress ${JSON.stringify(progress)}`);
+});
+
+await test('(f) the page: open a file, upscale, download the PNG', async () => {
+  await openPage();
+  await page.fill('#model', 'models/manifest.json');
+  await page.click('#load');
+  await page.waitForFunction(() => document.querySelector('#status').textContent.includes('Model loaded')
+    || document.querySelector('#error').textContent !== '', null, { timeout: 120000 });
+  assert((await page.textContent('#error')) === '', await page.textContent('#error'));
+  await page.setInputFiles('#file', join(root, 'tests/pipeline/input.png'));
+  await page.fill('#steps', '2');
+  await page.fill('#tile', '32');
+  await page.waitForFunction(() => !document.querySelector('#run').disabled);
+  await page.focus('#run');
+  await page.keyboard.press('Enter');  // keyboard-usable
+  await page.waitForSelector('#download:not([hidden])', { timeout: 300000 });
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+  const file = join(work, 'download.png');
+  await download.saveAs(file);
+  const png = readFileSync(file);
+  assert(png.subarray(1, 4).toString() === 'PNG', 'not a PNG');
+  const w = png.readUInt32BE(16), h = png.readUInt32BE(20);
+  assert(w === 48 && h === 32, `downloaded ${w}×${h}`);
+  assert((await page.textContent('#status')).startsWith('Done'), await page.textContent('#status'));
+});
+
+await browser.close();
+server.close();
+rmSync(work, { recursive: true, force: true });
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(failed ? 1 : 0);
