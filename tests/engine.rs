@@ -349,3 +349,43 @@ fn gpus_on_one_adapter_share_its_runtime() {
     assert!(err.contains("there is no adapter 99"), "{err}");
     assert!(pollster::block_on(Gpu::from_name("tpu")).is_err());
 }
+
+#[test]
+fn bundles_stream_shard_by_shard_and_shard_sizes_are_checked() {
+    let gpu = Gpu::cpu();
+    let dir = bundle("sharded");
+    let mut src = bytes_source(&dir);
+    let mut seen = Vec::new();
+    let u = pollster::block_on(Upscaler::load(&src, &gpu, &mut |p| seen.push(p))).unwrap();
+    let shards = std::fs::read_dir(&dir).unwrap().count() - 1;
+    assert!(shards >= 5, "{shards} shards");
+    assert_eq!(seen.len(), shards + 1);
+    assert!(seen.windows(2).all(|w| w[0].bytes < w[1].bytes));
+    let last = seen.last().unwrap();
+    assert_eq!(
+        (last.bytes, last.total_bytes),
+        (last.total_bytes, last.total_bytes)
+    );
+    // The same networks as the one-shard bundle: the same image.
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let (a, _) = run(&u, view, options());
+    let (b, _) = run(&load(&gpu), view, options());
+    assert_eq!(a, b);
+    // A shard cut short is named, with both sizes.
+    let name = seen[2].file.clone();
+    let bytes = std::fs::read(dir.join(&name)).unwrap();
+    src.insert(name.clone(), bytes[..bytes.len() - 10].to_vec());
+    let err = pollster::block_on(Upscaler::load(&src, &gpu, &mut |_| {}))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&format!(
+            "tiny/{name}: {} bytes, the manifest says {}",
+            bytes.len() - 10,
+            bytes.len()
+        )),
+        "{err}"
+    );
+}

@@ -58,8 +58,8 @@ pub fn convert(out: &Path, faithdiff: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-/// The fixture converted once per test process: `f32` (`--dtype f32`) or `one-step` (also
-/// `--one-step`).
+/// The fixture converted once per test process: `f32` (`--dtype f32`), `one-step` (also
+/// `--one-step`) or `sharded` (f32 in shards of at most 1 MiB).
 pub fn bundle(kind: &str) -> PathBuf {
     static MADE: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
     let mut made = MADE.get_or_init(Default::default).lock().unwrap();
@@ -73,6 +73,7 @@ pub fn bundle(kind: &str) -> PathBuf {
     let extra: &[&str] = match kind {
         "f32" => &["--dtype", "f32", "-q"],
         "one-step" => &["--dtype", "f32", "--one-step", "-q"],
+        "sharded" => &["--dtype", "f32", "--max-shard-mib", "1", "-q"],
         other => panic!("no bundle kind {other}"),
     };
     let o = convert(&out, &hub().join("FaithDiff.bin"), extra);

@@ -26,7 +26,9 @@ use crate::models::unet_2d::UNet2DConditionConfig;
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
 use crate::schedulers::euler::EulerConfig;
 use crate::source::ShardSource;
-use crate::weights::{TensorSource, WeightFile, WeightStore, check, decode_f32, load_prefixed};
+use crate::weights::{
+    DeviceStore, TensorSource, WeightFile, WeightStore, check, decode_f32, load_prefixed, to_tensor,
+};
 
 /// `format` of every manifest.
 pub const FORMAT: &str = "pgp-wgpu-bundle";
@@ -106,7 +108,7 @@ pub struct LoadProgress {
 pub struct Bundle {
     /// The parsed manifest.
     pub manifest: Manifest,
-    store: WeightStore,
+    store: Box<dyn TensorSource>,
 }
 
 impl Bundle {
@@ -133,16 +135,50 @@ impl Bundle {
             )));
         }
         Ok(Self {
-            store: WeightStore::new(name, shards)?,
+            store: Box::new(WeightStore::new(name, shards)?),
             manifest,
         })
     }
 
-    /// Reads a bundle through `source`: the manifest, then each shard it lists.
+    /// Reads a bundle through `source`: the manifest, then each shard it lists, all kept on the
+    /// host (for inspecting and checking a bundle).
     pub async fn read(
         source: &impl ShardSource,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
+        let mut shards = Vec::new();
+        let (name, manifest) = Self::walk(source, on_progress, &mut |file| {
+            shards.push(file);
+            Ok(())
+        })
+        .await?;
+        Self::new(&name, manifest, shards)
+    }
+
+    /// Reads a bundle through `source` shard by shard, uploading each shard's tensors whose keys
+    /// `keep` accepts to `device` before the next is read: only one shard is ever on the host
+    /// (the browser has 4 GiB at most).
+    pub async fn stream(
+        source: &impl ShardSource,
+        device: &Device,
+        keep: &dyn Fn(&str) -> bool,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
+        let mut store = DeviceStore::new(source.describe(), device);
+        let (_, manifest) =
+            Self::walk(source, on_progress, &mut |file| store.add(&file, keep)).await?;
+        Ok(Self {
+            manifest,
+            store: Box::new(store),
+        })
+    }
+
+    /// The manifest, then each shard (its size checked against the manifest) handed to `take`.
+    async fn walk(
+        source: &impl ShardSource,
+        on_progress: &mut dyn FnMut(LoadProgress),
+        take: &mut dyn FnMut(WeightFile) -> Result<()>,
+    ) -> Result<(String, Manifest)> {
         let name = source.describe();
         let text = source.read(MANIFEST).await.map_err(|e| match e {
             Error::Source { reason, .. } => Error::Source {
@@ -164,7 +200,6 @@ impl Bundle {
             bytes,
             total_bytes,
         });
-        let mut shards = Vec::with_capacity(manifest.shards.len());
         for (i, s) in manifest.shards.iter().enumerate() {
             let data = source.read(&s.file).await?;
             if data.len() as u64 != s.bytes {
@@ -179,7 +214,7 @@ impl Bundle {
                 });
             }
             bytes += data.len() as u64;
-            shards.push(WeightFile::from_bytes(format!("{name}/{}", s.file), data)?);
+            take(WeightFile::from_bytes(format!("{name}/{}", s.file), data)?)?;
             on_progress(LoadProgress {
                 file: s.file.clone(),
                 done: i + 2,
@@ -188,12 +223,12 @@ impl Bundle {
                 total_bytes,
             });
         }
-        Self::new(&name, manifest, shards)
+        Ok((name, manifest))
     }
 
     /// The tensors, for inspection.
     pub fn source(&self) -> &dyn TensorSource {
-        &self.store
+        self.store.as_ref()
     }
 
     fn unet_config(&self) -> Result<UNet2DConditionConfig> {
@@ -214,7 +249,7 @@ impl Bundle {
     /// FaithDiff's UNet with its fusion modules.
     pub fn unet(&self, device: &Device) -> Result<FaithDiffUNet> {
         let (cfg, fd) = (self.unet_config()?, &self.manifest.faithdiff);
-        load_prefixed(&self.store, "unet.", device, |vb| {
+        load_prefixed(self.store.as_ref(), "unet.", device, |vb| {
             FaithDiffUNet::new(&vb.pp("unet"), &cfg, fd, self.manifest.peam.as_ref())
         })
     }
@@ -222,7 +257,7 @@ impl Bundle {
     /// FaithDiff's LQ encoder, with its tiling on (as FaithDiff's scripts run it).
     pub fn denoise_encoder(&self, device: &Device) -> Result<DenoiseEncoder> {
         let cfg = self.vae_config()?;
-        let mut m = load_prefixed(&self.store, "denoise_encoder.", device, |vb| {
+        let mut m = load_prefixed(self.store.as_ref(), "denoise_encoder.", device, |vb| {
             DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg)
         })?;
         m.set_tiling(true);
@@ -233,7 +268,7 @@ impl Bundle {
     /// bounded whatever the image size.
     pub fn vae(&self, device: &Device) -> Result<AutoencoderKL> {
         let cfg = self.vae_config()?;
-        let mut m = load_prefixed(&self.store, "vae.", device, |vb| {
+        let mut m = load_prefixed(self.store.as_ref(), "vae.", device, |vb| {
             AutoencoderKL::new(&vb.pp("vae"), &cfg)
         })?;
         m.set_tiling(true);
@@ -248,7 +283,7 @@ impl Bundle {
         } else {
             "text_encoder"
         };
-        load_prefixed(&self.store, &format!("{prefix}."), device, |vb| {
+        load_prefixed(self.store.as_ref(), &format!("{prefix}."), device, |vb| {
             ClipTextModel::new(&vb.pp(prefix), &cfg, second, true)
         })
     }
@@ -256,9 +291,12 @@ impl Bundle {
     /// The cached embeddings of the empty prompt: `[1, 77, D]` and `[1, P]`.
     pub fn empty_prompt(&self, device: &Device) -> Result<(Tensor<3>, Tensor<2>)> {
         Ok((
-            self.store.tensor("empty_prompt.prompt_embeds", device)?,
-            self.store
-                .tensor("empty_prompt.pooled_prompt_embeds", device)?,
+            to_tensor(self.store.as_ref(), "empty_prompt.prompt_embeds", device)?,
+            to_tensor(
+                self.store.as_ref(),
+                "empty_prompt.pooled_prompt_embeds",
+                device,
+            )?,
         ))
     }
 
@@ -274,18 +312,18 @@ impl Bundle {
             self.vae_config()?,
             &self.manifest.faithdiff,
         );
-        check(&self.store, "unet.", device, |vb| {
+        check(self.store.as_ref(), "unet.", device, |vb| {
             FaithDiffUNet::new(&vb.pp("unet"), &unet, fd, self.manifest.peam.as_ref())
         })?;
-        check(&self.store, "denoise_encoder.", device, |vb| {
+        check(self.store.as_ref(), "denoise_encoder.", device, |vb| {
             DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae)
         })?;
-        check(&self.store, "vae.", device, |vb| {
+        check(self.store.as_ref(), "vae.", device, |vb| {
             AutoencoderKL::new(&vb.pp("vae"), &vae)
         })?;
         for (second, prefix) in [(false, "text_encoder"), (true, "text_encoder_2")] {
             let cfg = self.clip_config(second)?;
-            check(&self.store, &format!("{prefix}."), device, |vb| {
+            check(self.store.as_ref(), &format!("{prefix}."), device, |vb| {
                 ClipTextModel::new(&vb.pp(prefix), &cfg, second, true)
             })?;
         }

@@ -31,6 +31,11 @@ use crate::pixels::{Alpha, Image, ImageView, PixelFormat, Split, assemble};
 use crate::source::ShardSource;
 use crate::tokenizer::ClipTokenizer;
 
+/// Keys of the two CLIP text encoders (loaded only when a prompt needs them).
+fn is_text_encoder(key: &str) -> bool {
+    key.starts_with("text_encoder.") || key.starts_with("text_encoder_2.")
+}
+
 /// A loaded model on one [`Gpu`]: run any number of jobs, one after the other.
 pub struct Upscaler {
     gpu: Gpu,
@@ -40,16 +45,16 @@ pub struct Upscaler {
 }
 
 impl Upscaler {
-    /// Reads a bundle through `source` and builds its networks on `gpu` (without the text
-    /// encoders: the empty prompt's embeddings are cached in the bundle; see
-    /// [`Upscaler::load_text_encoders`]).
+    /// Reads a bundle through `source`, one shard at a time (each uploaded to `gpu` before the
+    /// next is read), and builds its networks (without the text encoders: the empty prompt's
+    /// embeddings are cached in the bundle; see [`Upscaler::load_text_encoders`]).
     pub async fn load(
         source: &impl ShardSource,
         gpu: &Gpu,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
-        let bundle = Bundle::read(source, on_progress).await?;
         let device = gpu.device();
+        let bundle = Bundle::stream(source, device, &|k| !is_text_encoder(k), on_progress).await?;
         let models = Models {
             unet: bundle.unet(device)?,
             denoise_encoder: bundle.denoise_encoder(device)?,
@@ -75,8 +80,8 @@ impl Upscaler {
         if self.models.text.is_some() {
             return Ok(());
         }
-        let bundle = Bundle::read(source, on_progress).await?;
         let device = self.gpu.device();
+        let bundle = Bundle::stream(source, device, &is_text_encoder, on_progress).await?;
         let pads = &bundle.manifest.pad_tokens;
         self.models.text = Some(TextEncoders {
             first: (

@@ -187,6 +187,10 @@ pub trait TensorSource {
     fn info(&self, key: &str) -> Option<(Dtype, &[usize])>;
     /// One float tensor as f32 on the host.
     fn read_f32(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)>;
+    /// The tensor already on the device (flat, f32), for sources that upload as they read.
+    fn uploaded(&self, _key: &str) -> Option<Tensor<1>> {
+        None
+    }
 }
 
 impl TensorSource for WeightFile {
@@ -256,20 +260,90 @@ impl TensorSource for WeightStore {
     }
 }
 
-/// Uploads one tensor of any source, checking its rank.
-fn to_tensor<const D: usize>(
+/// One tensor of any source on `device` (uploaded now, or already), checking its rank.
+pub(crate) fn to_tensor<const D: usize>(
     src: &dyn TensorSource,
     key: &str,
     device: &Device,
 ) -> Result<Tensor<D>> {
-    let (values, shape) = src.read_f32(key)?;
-    if shape.len() != D {
-        return Err(Error::input(format!(
+    let rank_error = |shape: &[usize]| {
+        Error::input(format!(
             "{}: tensor `{key}` has shape {shape:?}, expected rank {D}",
             src.source_name()
-        )));
+        ))
+    };
+    if let (Some(flat), Some((_, shape))) = (src.uploaded(key), src.info(key)) {
+        let shape: [usize; D] = shape.try_into().map_err(|_| rank_error(shape))?;
+        return Ok(flat.reshape(shape));
+    }
+    let (values, shape) = src.read_f32(key)?;
+    if shape.len() != D {
+        return Err(rank_error(&shape));
     }
     Ok(Tensor::from_data(TensorData::new(values, shape), device))
+}
+
+/// Tensors uploaded to a device as their files arrive, so that only one file is ever on the
+/// host: a bundle streamed shard by shard. Keeps each tensor's stored dtype and shape for the
+/// checked loader.
+pub struct DeviceStore {
+    name: String,
+    device: Device,
+    tensors: BTreeMap<String, (Dtype, Vec<usize>, Option<Tensor<1>>)>,
+}
+
+impl DeviceStore {
+    /// An empty store on `device`.
+    pub fn new(name: impl Into<String>, device: &Device) -> Self {
+        Self {
+            name: name.into(),
+            device: device.clone(),
+            tensors: BTreeMap::new(),
+        }
+    }
+
+    /// Uploads the tensors of `file` whose keys `keep` accepts (widened to f32); the file can be
+    /// dropped afterwards. A key already in the store is an error.
+    pub fn add(&mut self, file: &WeightFile, keep: impl Fn(&str) -> bool) -> Result<()> {
+        for key in file.keys().filter(|k| keep(k)) {
+            if self.tensors.contains_key(key) {
+                return Err(Error::BadSafetensors {
+                    source_name: self.name.clone(),
+                    reason: format!("tensor `{key}` is in more than one shard"),
+                });
+            }
+            let (dtype, shape) = file.info(key).expect("listed key");
+            // Non-float tensors keep their header (the checked loader reports them) only.
+            let flat = file.f32_data(key).ok().map(|(values, _)| {
+                let n = values.len();
+                Tensor::from_data(TensorData::new(values, [n]), &self.device)
+            });
+            self.tensors
+                .insert(key.to_string(), (dtype, shape.to_vec(), flat));
+        }
+        Ok(())
+    }
+}
+
+impl TensorSource for DeviceStore {
+    fn source_name(&self) -> &str {
+        &self.name
+    }
+    fn all_keys(&self) -> Vec<&str> {
+        self.tensors.keys().map(String::as_str).collect()
+    }
+    fn info(&self, key: &str) -> Option<(Dtype, &[usize])> {
+        self.tensors.get(key).map(|(d, s, _)| (*d, s.as_slice()))
+    }
+    fn read_f32(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        Err(Error::input(format!(
+            "{}: `{key}` is on the device; it cannot be read on the host",
+            self.name
+        )))
+    }
+    fn uploaded(&self, key: &str) -> Option<Tensor<1>> {
+        self.tensors.get(key).and_then(|(_, _, t)| t.clone())
+    }
 }
 
 /// What the shape-only pass recorded: every key a module asked for, with its expected shape.
