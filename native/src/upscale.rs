@@ -11,9 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pgp_core::device::read_back;
 use pgp_core::safetensors::Dtype;
 use pgp_core::weights::WeightFile;
-use pgp_core::{
-    DirSource, Gpu, ImageView, NoiseData, Options, PixelFormat, Stages, Unit, Upscaler,
-};
+use pgp_core::{DirSource, Gpu, ImageView, NoiseData, Options, PixelFormat, Stages, Upscaler};
 
 /// What `upscale` was asked to do.
 pub struct UpscaleArgs {
@@ -209,16 +207,7 @@ fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Res
     while let Some(event) = pollster::block_on(job.next()) {
         let event = event?;
         bar.set_position(u64::from(event.done));
-        bar.set_message(match event.unit {
-            Unit::Denoise {
-                step,
-                steps,
-                tile,
-                tiles,
-            } => format!("step {step}/{steps} tile {tile}/{tiles}"),
-            Unit::Decode { tile, tiles } => format!("decode {tile}/{tiles}"),
-            other => format!("{other:?}"),
-        });
+        bar.set_message(event.unit.to_string());
     }
     bar.finish_and_clear();
     if let (Some(path), Some(stages)) = (&a.dump_stages, job.stages()) {

@@ -16,6 +16,7 @@
 #![cfg(target_arch = "wasm32")]
 
 mod fetch;
+mod files;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -27,6 +28,28 @@ use wasm_bindgen::{Clamped, JsCast};
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 use crate::fetch::FetchSource;
+use crate::files::FilesSource;
+
+/// Where the bundle comes from: a URL, or a folder the visitor chose.
+enum Source {
+    Fetch(FetchSource),
+    Files(FilesSource),
+}
+
+impl pgp_core::ShardSource for Source {
+    async fn read(&self, name: &str) -> pgp_core::Result<Vec<u8>> {
+        match self {
+            Source::Fetch(s) => s.read(name).await,
+            Source::Files(s) => s.read(name).await,
+        }
+    }
+    fn describe(&self) -> String {
+        match self {
+            Source::Fetch(s) => s.describe(),
+            Source::Files(s) => s.describe(),
+        }
+    }
+}
 
 /// A JavaScript `Error` with `msg`.
 fn js_error(msg: impl std::fmt::Display) -> JsValue {
@@ -128,7 +151,7 @@ impl Drop for Busy {
 #[wasm_bindgen]
 pub struct Upscaler {
     inner: Rc<RefCell<pgp_core::Upscaler>>,
-    source: Rc<FetchSource>,
+    source: Rc<Source>,
     busy: Rc<Cell<bool>>,
     info: pgp_core::GpuInfo,
     one_step: bool,
@@ -140,10 +163,22 @@ impl Upscaler {
     /// reading shards from the Cache API when they are there. `options.onProgress(loadedBytes,
     /// totalBytes)` is called after the manifest and after each shard.
     pub async fn load(manifest_url: String, options: JsValue) -> Result<Upscaler, JsValue> {
-        let on_progress = callback(&options, "onProgress")?;
+        Self::load_from(Source::Fetch(FetchSource::new(&manifest_url)), &options).await
+    }
+
+    /// Loads a bundle folder the visitor chose (`files`: the `FileList` of an
+    /// `<input type="file" webkitdirectory>`, or an array of `File`s: `manifest.json` and its
+    /// shards). Same options as [`Upscaler::load`].
+    #[wasm_bindgen(js_name = loadFiles)]
+    pub async fn load_files(files: JsValue, options: JsValue) -> Result<Upscaler, JsValue> {
+        Self::load_from(Source::Files(FilesSource::new(&files)?), &options).await
+    }
+
+    async fn load_from(source: Source, options: &JsValue) -> Result<Upscaler, JsValue> {
+        let on_progress = callback(options, "onProgress")?;
         check_webgpu().await?;
         let gpu = Gpu::new(&GpuOptions::default()).await.map_err(to_js)?;
-        let source = Rc::new(FetchSource::new(&manifest_url));
+        let source = Rc::new(source);
         let mut report = |p: pgp_core::LoadProgress| {
             if let Some(f) = &on_progress {
                 let _ = f.call2(
@@ -186,7 +221,8 @@ impl Upscaler {
     /// Upscales an `ImageData` (RGBA8); resolves to an `ImageData` `scale ×` its size, alpha
     /// upscaled. Options (all optional): `scale`, `steps`, `tile` (0 = the largest the adapter
     /// allows), `seed`, `prompt`, `oneStep`, `colorFix` (`adain`, `wavelet`, `none`), `signal`
-    /// (an `AbortSignal`), `onProgress(done, total)` after each finished unit of GPU work.
+    /// (an `AbortSignal`), `onProgress(done, total, stage)` after each finished unit of GPU work
+    /// (`stage` names it: `step 2/20, tile 3/15`, `decode tile 1/4`, …).
     pub fn upscale(&self, image: web_sys::ImageData, options: JsValue) -> js_sys::Promise {
         let (inner, source, busy) = (self.inner.clone(), self.source.clone(), self.busy.clone());
         future_to_promise(async move {
@@ -265,10 +301,11 @@ impl Upscaler {
                 match job.next().await {
                     Some(Ok(e)) => {
                         if let Some(f) = &on_progress {
-                            let _ = f.call2(
+                            let _ = f.call3(
                                 &JsValue::NULL,
                                 &JsValue::from(e.done),
                                 &JsValue::from(e.total),
+                                &JsValue::from_str(&e.unit.to_string()),
                             );
                         }
                     }

@@ -3,7 +3,7 @@ import init, { Upscaler } from './pkg/pgp_web.js';
 
 const $ = (id) => document.getElementById(id);
 const ui = {
-  gpu: $('gpu'), error: $('error'), model: $('model'), load: $('load'), file: $('file'),
+  gpu: $('gpu'), error: $('error'), model: $('model'), load: $('load'), folder: $('folder'), file: $('file'),
   drop: $('drop'), run: $('run'), cancel: $('cancel'), download: $('download'),
   progress: $('progress'), status: $('status'), compare: $('compare'), before: $('before'),
   after: $('after'), slider: $('slider'), sliderLabel: $('sliderLabel'),
@@ -20,20 +20,23 @@ function fmtTime(s) {
   return s < 90 ? `${Math.round(s)} s left` : `${Math.round(s / 60)} min left`;
 }
 
-async function loadModel() {
+// Loads from the URL field, or from a folder's files when given.
+async function loadModel(files) {
   showError('');
   ui.load.disabled = true;
   ui.run.disabled = true;
   try {
     upscaler?.free();
     upscaler = null;
-    const url = new URL(ui.model.value, location.href).href;
-    upscaler = await Upscaler.load(url, {
+    const options = {
       onProgress: (loaded, total) => {
         ui.progress.max = total; ui.progress.value = loaded;
         ui.status.textContent = `Loading the model: ${(loaded / 2 ** 20).toFixed(1)} of ${(total / 2 ** 20).toFixed(1)} MiB`;
       },
-    });
+    };
+    upscaler = files
+      ? await Upscaler.loadFiles(files, options)
+      : await Upscaler.load(new URL(ui.model.value, location.href).href, options);
     ui.gpu.textContent = `GPU: ${upscaler.adapterName} — computing in f32` +
       (upscaler.shaderF16 ? ' (the adapter has shader-f16)' : ' (no shader-f16 on this adapter)') +
       (upscaler.oneStep ? '; one-step model' : '');
@@ -95,10 +98,10 @@ async function upscale() {
       scale: number($('scale')), steps: number($('steps')), tile: number($('tile')),
       seed: number($('seed')), colorFix: $('colorFix').value, prompt: $('prompt').value,
       signal: abort.signal,
-      onProgress: (done, total) => {
+      onProgress: (done, total, stage) => {
         ui.progress.max = total; ui.progress.value = done;
         const elapsed = (performance.now() - started) / 1000;
-        ui.status.textContent = `Upscaling: ${done} of ${total} steps of work. ${fmtTime(elapsed / done * (total - done))}`;
+        ui.status.textContent = `Upscaling (${done}/${total}): ${stage}. ${fmtTime(elapsed / done * (total - done))}`;
       },
     });
     show(input, out);
@@ -113,7 +116,8 @@ async function upscale() {
   }
 }
 
-ui.load.addEventListener('click', loadModel);
+ui.load.addEventListener('click', () => loadModel());
+ui.folder.addEventListener('change', () => ui.folder.files.length && loadModel(ui.folder.files));
 ui.run.addEventListener('click', upscale);
 ui.cancel.addEventListener('click', () => abort?.abort());
 ui.file.addEventListener('change', () => ui.file.files[0] && openImage(ui.file.files[0]));

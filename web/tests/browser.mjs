@@ -206,6 +206,24 @@ await test('(f) the page: open a file, upscale, download the PNG', async () => {
   assert((await page.textContent('#status')).startsWith('Done'), await page.textContent('#status'));
 });
 
+await test('(g) a bundle folder opened from disk loads and runs', async () => {
+  await openPage();
+  const before = requests.filter((p) => p.startsWith('/models/')).length;
+  await page.setInputFiles('#folder', bundle);
+  await page.waitForFunction(() => document.querySelector('#status').textContent.includes('Model loaded')
+    || document.querySelector('#error').textContent !== '', null, { timeout: 120000 });
+  assert((await page.textContent('#error')) === '', await page.textContent('#error'));
+  const after = requests.filter((p) => p.startsWith('/models/')).length;
+  assert(after === before, `${after - before} requests to /models/ for a local folder`);
+  await page.setInputFiles('#file', join(root, 'tests/pipeline/input.png'));
+  await page.fill('#steps', '1');
+  await page.fill('#tile', '32');
+  await page.click('#run');
+  await page.waitForSelector('#download:not([hidden])', { timeout: 300000 });
+  const status = await page.textContent('#status');
+  assert(status.startsWith('Done: 48×32'), status);
+});
+
 await browser.close();
 server.close();
 rmSync(work, { recursive: true, force: true });

@@ -205,6 +205,25 @@ pub enum Unit {
     ColorFix,
 }
 
+impl std::fmt::Display for Unit {
+    /// What a progress line shows: `LQ encode`, `step 2/20, tile 3/15`, `decode tile 1/4`, ….
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unit::LqEncode => write!(f, "LQ encode"),
+            Unit::Prompt => write!(f, "prompt"),
+            Unit::StartLatent => write!(f, "start latent"),
+            Unit::Denoise {
+                step,
+                steps,
+                tile,
+                tiles,
+            } => write!(f, "step {step}/{steps}, tile {tile}/{tiles}"),
+            Unit::Decode { tile, tiles } => write!(f, "decode tile {tile}/{tiles}"),
+            Unit::ColorFix => write!(f, "colour fix"),
+        }
+    }
+}
+
 /// Progress: the unit just finished and where the run stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
