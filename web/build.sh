@@ -17,7 +17,7 @@ cargo build -p pgp-web --target wasm32-unknown-unknown --profile wasm-release --
 target="${CARGO_TARGET_DIR:-target}"
 rm -rf web/dist
 mkdir -p web/dist/pkg
-wasm-bindgen --target web --out-dir web/dist/pkg --out-name pgp_web \
+wasm-bindgen --target web --remove-name-section --out-dir web/dist/pkg --out-name pgp_web \
   "$target/wasm32-unknown-unknown/wasm-release/pgp_web.wasm"
 cp web/static/* web/dist/
 wasm="web/dist/pkg/pgp_web_bg.wasm"
