@@ -134,6 +134,7 @@ ui.slider.addEventListener('input', () => {
 if (!navigator.gpu) {
   ui.gpu.textContent = 'This browser has no WebGPU, which the upscaler needs. Use a recent Chrome, Edge or Safari (or Firefox with WebGPU enabled).';
   ui.load.disabled = true;
+  ui.folder.disabled = true;
 } else {
   ui.gpu.textContent = 'WebGPU is available. Load a model to start.';
   await init();

@@ -224,6 +224,16 @@ await test('(g) a bundle folder opened from disk loads and runs', async () => {
   assert(status.startsWith('Done: 48×32'), status);
 });
 
+await test('(h) without WebGPU the page says so and offers no model loading', async () => {
+  const bare = await context.newPage();
+  await bare.addInitScript(() => { delete Navigator.prototype.gpu; });
+  await bare.goto(`${origin}/`);
+  const text = await bare.textContent('#gpu');
+  assert(text.includes('no WebGPU'), text);
+  assert(await bare.isDisabled('#load'), 'the Load button is enabled');
+  await bare.close();
+});
+
 await browser.close();
 server.close();
 rmSync(work, { recursive: true, force: true });
