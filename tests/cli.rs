@@ -22,14 +22,15 @@ fn copy_case(name: &str, to: &Path) -> PathBuf {
     dst
 }
 
-fn check_all_pass(device: &str) {
+fn check_all_pass(device: &str, precision: &str) {
     let out = bin()
-        .args(["conformance", "--device", device])
+        .args(["conformance", "--device", device, "--precision", precision])
         .arg(cases())
         .output()
         .unwrap();
     let t = text(&out);
     assert!(out.status.success(), "conformance on {device} failed:\n{t}");
+    assert!(t.contains(&format!(" in {precision}\n")), "{t}");
     let lines: Vec<&str> = t.lines().filter(|l| l.contains("PASS")).collect();
     let expected = std::fs::read_dir(cases()).unwrap().count();
     assert_eq!(lines.len(), expected, "one PASS line per case:\n{t}");
@@ -55,12 +56,12 @@ fn pgp_core_kinds() -> &'static [&'static str] {
 
 #[test]
 fn conformance_passes_on_wgpu() {
-    check_all_pass("wgpu");
+    check_all_pass("wgpu", "f32");
 }
 
 #[test]
 fn conformance_passes_on_cpu() {
-    check_all_pass("cpu");
+    check_all_pass("cpu", "f32");
 }
 
 #[test]
@@ -457,7 +458,16 @@ fn run_pipeline_case(name: &str, args: &[&str]) -> (image::RgbImage, Vec<u8>, Ve
 fn upscale_parity(device: &str) {
     let (img, got, reference) = run_pipeline_case(
         &format!("parity_{device}"),
-        &["-t", "32", "--steps", "3", "--device", device],
+        &[
+            "-t",
+            "32",
+            "--steps",
+            "3",
+            "--device",
+            device,
+            "--precision",
+            "f32",
+        ],
     );
     let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
     let got = safetensors::SafeTensors::deserialize(&got).unwrap();
@@ -505,6 +515,49 @@ fn upscale_matches_the_reference_pipeline_on_cpu() {
 #[test]
 fn upscale_matches_the_reference_pipeline_on_wgpu() {
     upscale_parity("wgpu");
+}
+
+#[test]
+fn f16_conformance_passes_on_wgpu() {
+    // Explicit f16 fails where the adapter cannot run it, so passing proves f16 ran.
+    check_all_pass("wgpu", "f16");
+}
+
+#[test]
+fn f16_pipeline_stays_within_2_of_255_of_f32() {
+    let run = |precision: &str| {
+        let args = [
+            "-t",
+            "32",
+            "--steps",
+            "3",
+            "--device",
+            "wgpu",
+            "--precision",
+        ];
+        let (img, stages, _) = run_pipeline_case(
+            &format!("precision_{precision}"),
+            &[&args[..], &[precision]].concat(),
+        );
+        (img, stages)
+    };
+    let ((f32_img, f32_stages), (f16_img, f16_stages)) = (run("f32"), run("f16"));
+    let diffs: Vec<f64> = f32_img
+        .as_raw()
+        .iter()
+        .zip(f16_img.as_raw())
+        .map(|(&a, &b)| (f64::from(a) - f64::from(b)).abs())
+        .collect();
+    let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    assert!(mean <= 2.0, "mean |f16 − f32| = {mean} / 255");
+    // f16 really ran: the latents differ, by an f16-sized amount.
+    let (a, b) = (
+        safetensors::SafeTensors::deserialize(&f32_stages).unwrap(),
+        safetensors::SafeTensors::deserialize(&f16_stages).unwrap(),
+    );
+    let err = rel_l2(&f32s(&b, "latent_final").1, &f32s(&a, "latent_final").1);
+    assert!(err > 1e-6 && err < 2e-2, "final latent f16 vs f32: {err}");
+    println!("mean |f16 − f32| = {mean:.3} / 255, final latent rel L2 {err:.2e}");
 }
 
 #[test]

@@ -5,10 +5,11 @@
 use std::time::Instant;
 
 use anyhow::{Result, bail};
-use pgp_core::burn::tensor::{Device, Distribution, Tensor};
+use pgp_core::burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use pgp_core::device::read_back;
 use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use pgp_core::models::unet_2d::{UNet2DConditionConfig, UNetConditioning};
+use pgp_core::precision::dtype_name;
 use pgp_core::presets::Arch;
 use pgp_core::weights::{VarBuilder, count_params};
 use serde_json::json;
@@ -16,6 +17,8 @@ use serde_json::json;
 /// What `bench unet` measures.
 pub struct UnetBench {
     pub arch: Arch,
+    /// The precision weights and activations are in.
+    pub dtype: FloatDType,
     /// `full` (the real sizes) or `tiny` (the test fixture's UNet).
     pub size: String,
     /// Latent tile in output pixels.
@@ -75,7 +78,12 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
         FaithDiffUNet::new(&vb, &cfg, &fd, peam.as_ref())
     })?;
     let t0 = Instant::now();
-    let model = FaithDiffUNet::new(&VarBuilder::random(device), &cfg, &fd, peam.as_ref())?;
+    let model = FaithDiffUNet::new(
+        &VarBuilder::random(device).with_dtype(b.dtype),
+        &cfg,
+        &fd,
+        peam.as_ref(),
+    )?;
     device.sync()?;
     let build_s = t0.elapsed().as_secs_f64();
     let l = b.tile / 8;
@@ -110,6 +118,7 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
             "{}",
             json!({
                 "arch": b.arch.name(), "size": b.size, "tile": b.tile, "latent": l,
+                "precision": dtype_name(b.dtype),
                 "params": params, "weights_bytes_f32": params * 4, "build_s": build_s,
                 "first_call_s": first, "mean_call_s": mean, "runs": b.runs,
                 "pool_peak_bytes": pools.map(|p| p.0),
@@ -119,10 +128,11 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
         );
     } else {
         println!(
-            "UNet {} ({}), tile {}² px (latent {l}²), batch 1",
+            "UNet {} ({}), tile {}² px (latent {l}²), batch 1, {}",
             b.arch.name(),
             b.size,
-            b.tile
+            b.tile,
+            dtype_name(b.dtype)
         );
         println!(
             "parameters      {params} ({:.1} MiB in f32)",

@@ -6,8 +6,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use pgp_core::Gpu;
+use pgp_core::burn::tensor::FloatDType;
 use pgp_core::conformance::{CaseFiles, CaseOutcome, run_case};
 use pgp_core::error::panic_message;
+use pgp_core::precision::dtype_name;
 use pgp_core::weights::WeightFile;
 
 /// Expands each argument into case folders: a folder with `case.json`, or the sorted
@@ -61,11 +63,11 @@ pub fn load_case(dir: &Path) -> Result<CaseFiles> {
 }
 
 /// Runs one case folder; any error or panic becomes `Err` with its reason.
-pub fn run_one(dir: &Path, gpu: &Gpu) -> Result<CaseOutcome> {
+pub fn run_one(dir: &Path, gpu: &Gpu, dtype: FloatDType) -> Result<CaseOutcome> {
     let files = load_case(dir)?;
     let device = gpu.device();
     match catch_unwind(AssertUnwindSafe(|| {
-        pollster::block_on(run_case(&files, device))
+        pollster::block_on(run_case(&files, device, dtype))
     })) {
         Ok(result) => Ok(result?),
         Err(panic) => {
@@ -75,7 +77,7 @@ pub fn run_one(dir: &Path, gpu: &Gpu) -> Result<CaseOutcome> {
 }
 
 /// Runs every case and prints a line each; true when all pass.
-pub fn run(dirs: &[PathBuf], gpu: &Gpu, verbose: bool) -> Result<bool> {
+pub fn run(dirs: &[PathBuf], gpu: &Gpu, dtype: FloatDType, verbose: bool) -> Result<bool> {
     let cases = find_cases(dirs)?;
     let mut failed = 0;
     for dir in &cases {
@@ -83,7 +85,7 @@ pub fn run(dirs: &[PathBuf], gpu: &Gpu, verbose: bool) -> Result<bool> {
             || dir.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        match run_one(dir, gpu) {
+        match run_one(dir, gpu, dtype) {
             Ok(o) => {
                 let verdict = if o.pass() { "PASS" } else { "FAIL" };
                 if !o.pass() {
@@ -112,11 +114,12 @@ pub fn run(dirs: &[PathBuf], gpu: &Gpu, verbose: bool) -> Result<bool> {
         }
     }
     println!(
-        "{} of {} cases passed on {} ({})",
+        "{} of {} cases passed on {} ({}) in {}",
         cases.len() - failed,
         cases.len(),
         gpu.info().name,
-        gpu.info().backend
+        gpu.info().backend,
+        dtype_name(dtype)
     );
     Ok(failed == 0)
 }

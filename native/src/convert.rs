@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use pgp_core::bundle::{
     Bundle, FORMAT, MANIFEST, Manifest, ShardInfo, ShardPacker, VERSION, convert_dtype,
 };
+use pgp_core::burn::tensor::FloatDType;
 use pgp_core::device::read_back;
 use pgp_core::models::clip::{ClipTextConfig, ClipTextModel};
 use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
@@ -387,7 +388,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     // The empty prompt through both text encoders, once.
     say(a.quiet, "encoding the empty prompt");
     let text_encoder = |i: usize| -> Result<(ClipTextModel, ClipTokenizer)> {
-        let m = load_checked(&te_files[i], &device, |vb| {
+        let m = load_checked(&te_files[i], &device, FloatDType::F32, |vb| {
             ClipTextModel::new(&vb, &te_cfg[i], i == 1, te_prefixed[i])
         })?;
         Ok((m, ClipTokenizer::new(&pads[i])?))

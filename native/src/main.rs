@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use pgp_core::info::arch_info;
 use pgp_core::presets::Arch;
 use pgp_core::tokenizer::ClipTokenizer;
-use pgp_core::{ColorFix, Gpu, Options, Start, TileSize};
+use pgp_core::{ColorFix, Gpu, Options, Precision, Start, TileSize};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +38,10 @@ enum Command {
         /// Also print the error of every expected tensor.
         #[arg(long, short)]
         verbose: bool,
+        /// Precision of the networks under test: f32 (the reference's) or f16 (judged by the
+        /// per-kind f16 tolerances).
+        #[arg(long, default_value = "f32")]
+        precision: String,
     },
     /// Convert downloaded weights (SDXL diffusers folder, VAE folder, FaithDiff.bin) into a
     /// model bundle: manifest.json + safetensors shards of at most 256 MiB.
@@ -140,6 +144,9 @@ enum Command {
         /// GPU adapter index, as `pgp-wgpu devices` lists them (default: the best one).
         #[arg(short, long)]
         gpu: Option<usize>,
+        /// Compute precision: auto (f16 where the adapter has shader-f16, else f32), f16 or f32.
+        #[arg(long, default_value = "auto")]
+        precision: String,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -218,6 +225,9 @@ enum BenchWhat {
         /// Backend: wgpu or cpu.
         #[arg(long, default_value = "wgpu")]
         device: String,
+        /// Compute precision: auto (f16 where the adapter has shader-f16, else f32), f16 or f32.
+        #[arg(long, default_value = "auto")]
+        precision: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -241,9 +251,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             dirs,
             device,
             verbose,
+            precision,
         } => {
             let gpu = pollster::block_on(Gpu::from_name(&device))?;
-            let ok = conformance::run(&dirs, &gpu, verbose)?;
+            let dtype = Precision::parse(&precision)?.resolve(gpu.device())?;
+            let ok = conformance::run(&dirs, &gpu, dtype, verbose)?;
             Ok(if ok {
                 ExitCode::SUCCESS
             } else {
@@ -297,9 +309,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             overwrite,
             device,
             gpu,
+            precision,
             quiet,
             dump_stages,
         } => {
+            let precision = Precision::parse(&precision)?;
             let name = match gpu {
                 Some(_) if device == "cpu" => {
                     anyhow::bail!("-g selects a GPU adapter; drop --device cpu")
@@ -334,6 +348,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 overwrite,
                 quiet,
                 gpu,
+                precision,
                 dump_stages,
             };
             let ok = upscale::run(args)?;
@@ -476,11 +491,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     tile,
                     runs,
                     device,
+                    precision,
                     json,
                 },
         } => {
             let gpu = pollster::block_on(Gpu::from_name(&device))?;
             let b = bench::UnetBench {
+                dtype: Precision::parse(&precision)?.resolve(gpu.device())?,
                 arch: Arch::parse(&arch)?,
                 size,
                 tile,

@@ -11,7 +11,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pgp_core::device::read_back;
 use pgp_core::safetensors::Dtype;
 use pgp_core::weights::WeightFile;
-use pgp_core::{DirSource, Gpu, ImageView, NoiseData, Options, PixelFormat, Stages, Upscaler};
+use pgp_core::{
+    DirSource, Gpu, ImageView, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages,
+    Upscaler,
+};
 
 /// What `upscale` was asked to do.
 pub struct UpscaleArgs {
@@ -25,6 +28,7 @@ pub struct UpscaleArgs {
     pub overwrite: bool,
     pub quiet: bool,
     pub gpu: Gpu,
+    pub precision: Precision,
     pub dump_stages: Option<PathBuf>,
 }
 
@@ -246,7 +250,9 @@ pub fn run(mut a: UpscaleArgs) -> Result<bool> {
     }
     output_format(&jobs[0].1, a.format.as_deref())?;
     let source = DirSource::new(&a.model);
-    let mut upscaler = pollster::block_on(Upscaler::load(&source, &a.gpu, &mut |_| {}))?;
+    let load = LoadOptions::default().with_precision(a.precision);
+    let mut upscaler =
+        pollster::block_on(Upscaler::load_with(&source, &a.gpu, &load, &mut |_| {}))?;
     if !a.options.prompt.is_empty() {
         pollster::block_on(upscaler.load_text_encoders(&source, &mut |_| {}))?;
     }

@@ -2,9 +2,9 @@
 //! cross-attention, the VAE's pixel attention, CLIP's causal attention, FaithDiff's alignment
 //! blocks) goes through [`attention`], so a fused kernel can take over in one place.
 
-use burn::tensor::Tensor;
 use burn::tensor::module;
 use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{FloatDType, Tensor};
 
 use crate::kernels;
 use crate::nn::Linear;
@@ -25,7 +25,13 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tens
 }
 
 /// The plain-burn attention (`module::attention`): the fallback and the kernel's reference.
+/// Half-precision inputs are attended in f32 (the softmax needs it) and the output cast back.
 pub fn reference_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let dtype = crate::nn::dtype_of(&q);
+    if dtype != FloatDType::F32 {
+        let f = |t: Tensor<4>| t.cast(FloatDType::F32);
+        return reference_attention(f(q), f(k), f(v), causal).cast(dtype);
+    }
     let options = AttentionModuleOptions {
         scale: None,
         softcap: None,

@@ -14,7 +14,7 @@
 //! for the default (empty) prompt. File access stays with the caller: this module takes the
 //! manifest's text and the shards' bytes, and produces shard bytes for a writer.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
@@ -109,6 +109,8 @@ pub struct Bundle {
     /// The parsed manifest.
     pub manifest: Manifest,
     store: Box<dyn TensorSource>,
+    /// The precision its networks are built in.
+    dtype: FloatDType,
 }
 
 impl Bundle {
@@ -137,6 +139,7 @@ impl Bundle {
         Ok(Self {
             store: Box::new(WeightStore::new(name, shards)?),
             manifest,
+            dtype: FloatDType::F32,
         })
     }
 
@@ -156,20 +159,22 @@ impl Bundle {
     }
 
     /// Reads a bundle through `source` shard by shard, uploading each shard's tensors whose keys
-    /// `keep` accepts to `device` before the next is read: only one shard is ever on the host
-    /// (the browser has 4 GiB at most).
+    /// `keep` accepts to `device` as `dtype` before the next is read: only one shard is ever on
+    /// the host (the browser has 4 GiB at most). Its networks compute in `dtype`.
     pub async fn stream(
         source: &impl ShardSource,
         device: &Device,
+        dtype: FloatDType,
         keep: &dyn Fn(&str) -> bool,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
-        let mut store = DeviceStore::new(source.describe(), device);
+        let mut store = DeviceStore::new(source.describe(), device, dtype);
         let (_, manifest) =
             Self::walk(source, on_progress, &mut |file| store.add(&file, keep)).await?;
         Ok(Self {
             manifest,
             store: Box::new(store),
+            dtype,
         })
     }
 
@@ -249,7 +254,7 @@ impl Bundle {
     /// FaithDiff's UNet with its fusion modules.
     pub fn unet(&self, device: &Device) -> Result<FaithDiffUNet> {
         let (cfg, fd) = (self.unet_config()?, &self.manifest.faithdiff);
-        load_prefixed(self.store.as_ref(), "unet.", device, |vb| {
+        load_prefixed(self.store.as_ref(), "unet.", device, self.dtype, |vb| {
             FaithDiffUNet::new(&vb.pp("unet"), &cfg, fd, self.manifest.peam.as_ref())
         })
     }
@@ -257,9 +262,13 @@ impl Bundle {
     /// FaithDiff's LQ encoder, with its tiling on (as FaithDiff's scripts run it).
     pub fn denoise_encoder(&self, device: &Device) -> Result<DenoiseEncoder> {
         let cfg = self.vae_config()?;
-        let mut m = load_prefixed(self.store.as_ref(), "denoise_encoder.", device, |vb| {
-            DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg)
-        })?;
+        let mut m = load_prefixed(
+            self.store.as_ref(),
+            "denoise_encoder.",
+            device,
+            self.dtype,
+            |vb| DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg),
+        )?;
         m.set_tiling(true);
         Ok(m)
     }
@@ -268,7 +277,7 @@ impl Bundle {
     /// bounded whatever the image size.
     pub fn vae(&self, device: &Device) -> Result<AutoencoderKL> {
         let cfg = self.vae_config()?;
-        let mut m = load_prefixed(self.store.as_ref(), "vae.", device, |vb| {
+        let mut m = load_prefixed(self.store.as_ref(), "vae.", device, self.dtype, |vb| {
             AutoencoderKL::new(&vb.pp("vae"), &cfg)
         })?;
         m.set_tiling(true);
@@ -283,20 +292,20 @@ impl Bundle {
         } else {
             "text_encoder"
         };
-        load_prefixed(self.store.as_ref(), &format!("{prefix}."), device, |vb| {
+        let prefix_dot = format!("{prefix}.");
+        load_prefixed(self.store.as_ref(), &prefix_dot, device, self.dtype, |vb| {
             ClipTextModel::new(&vb.pp(prefix), &cfg, second, true)
         })
     }
 
-    /// The cached embeddings of the empty prompt: `[1, 77, D]` and `[1, P]`.
+    /// The cached embeddings of the empty prompt: `[1, 77, D]` and `[1, P]`, in f32 (as every
+    /// network's output).
     pub fn empty_prompt(&self, device: &Device) -> Result<(Tensor<3>, Tensor<2>)> {
+        let src = self.store.as_ref();
+        let f32 = FloatDType::F32;
         Ok((
-            to_tensor(self.store.as_ref(), "empty_prompt.prompt_embeds", device)?,
-            to_tensor(
-                self.store.as_ref(),
-                "empty_prompt.pooled_prompt_embeds",
-                device,
-            )?,
+            to_tensor::<3>(src, "empty_prompt.prompt_embeds", device)?.cast(f32),
+            to_tensor::<2>(src, "empty_prompt.pooled_prompt_embeds", device)?.cast(f32),
         ))
     }
 

@@ -34,6 +34,7 @@ pub mod nn;
 pub mod phase;
 pub mod pipeline;
 pub mod pixels;
+pub mod precision;
 pub mod presets;
 pub mod rng;
 pub mod schedulers;
@@ -51,8 +52,9 @@ pub use gpu_io::GpuImage;
 pub use pipeline::color_fix::ColorFix;
 pub use pipeline::run::{Event, NoiseData, Options, Stages, Start, TileSize, Unit};
 pub use pixels::{Image, ImageView, PixelFormat};
+pub use precision::Precision;
 pub use safetensors;
 #[cfg(feature = "fs")]
 pub use source::DirSource;
 pub use source::{BytesSource, ShardSource};
-pub use upscaler::{CancelToken, Job, Upscaler};
+pub use upscaler::{CancelToken, Job, LoadOptions, Upscaler};

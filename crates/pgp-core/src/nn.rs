@@ -3,11 +3,17 @@
 
 use burn::tensor::module::{conv2d, linear};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Int, Tensor, TensorData, activation};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData, activation};
 
 use crate::weights::VarBuilder;
 
-/// `nn.Linear`: `y = x·Wᵀ + b`, weight stored `[out, in]` as in PyTorch.
+/// The float dtype of a tensor (f32 or f16 here).
+pub fn dtype_of<const D: usize>(t: &Tensor<D>) -> FloatDType {
+    FloatDType::from(t.dtype())
+}
+
+/// `nn.Linear`: `y = x·Wᵀ + b`, weight stored `[out, in]` as in PyTorch. Layers compute in
+/// their weights' dtype (inputs are cast to it), so a network's precision is its weights'.
 #[derive(Clone, Debug)]
 pub struct Linear {
     /// Weight transposed to `[in, out]`, burn's layout for `linear`.
@@ -33,6 +39,7 @@ impl Linear {
 
     /// Applies the layer over the last axis.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let x = x.cast(dtype_of(&self.weight));
         linear(x, self.weight.clone(), self.bias.clone())
     }
 }
@@ -82,7 +89,7 @@ impl Conv2d {
     /// Applies the convolution to `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         conv2d(
-            x,
+            x.cast(dtype_of(&self.weight)),
             self.weight.clone(),
             self.bias.clone(),
             self.options.clone(),
@@ -110,14 +117,22 @@ impl GroupNorm {
         }
     }
 
-    /// Normalises `[B, C, H, W]` over each group of channels and all pixels.
+    /// Normalises `[B, C, H, W]` over each group of channels and all pixels (in f32, whatever
+    /// the input's dtype, which the output keeps).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let g = x.reshape([b, self.groups, (c / self.groups) * h * w]);
+        let dtype = dtype_of(&x);
+        let g = x
+            .cast(FloatDType::F32)
+            .reshape([b, self.groups, (c / self.groups) * h * w]);
         let (var, mean) = g.clone().var_mean_bias(2);
         let g = (g - mean) / (var + self.eps).sqrt();
         let x = g.reshape([b, c, h, w]);
-        x * self.weight.clone().reshape([1, c, 1, 1]) + self.bias.clone().reshape([1, c, 1, 1])
+        let (weight, bias) = (
+            self.weight.clone().cast(FloatDType::F32),
+            self.bias.clone().cast(FloatDType::F32),
+        );
+        (x * weight.reshape([1, c, 1, 1]) + bias.reshape([1, c, 1, 1])).cast(dtype)
     }
 }
 
@@ -139,14 +154,21 @@ impl LayerNorm {
         }
     }
 
-    /// Normalises over the last axis.
+    /// Normalises over the last axis (in f32, whatever the input's dtype, which the output
+    /// keeps).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dtype = dtype_of(&x);
+        let x = x.cast(FloatDType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
         let x = (x - mean) / (var + self.eps).sqrt();
         let dim = self.weight.dims()[0];
         let mut shape = [1; D];
         shape[D - 1] = dim;
-        x * self.weight.clone().reshape(shape) + self.bias.clone().reshape(shape)
+        let (weight, bias) = (
+            self.weight.clone().cast(FloatDType::F32),
+            self.bias.clone().cast(FloatDType::F32),
+        );
+        (x * weight.reshape(shape) + bias.reshape(shape)).cast(dtype)
     }
 }
 

@@ -43,12 +43,18 @@ fn same_shape(lq: &Tensor<4>, unet: &Tensor<4>) -> Result<()> {
 /// Computes the phase exchange of `lq` (F, the phase donor) and `unet` (H, the amplitude
 /// donor), both `[B, C, h, w]`: the WGSL kernels on burn's wgpu runtime, the
 /// plain-burn composition elsewhere.
+/// Computed in f32 (amplitudes and angles need it); the output has `unet`'s dtype.
 pub fn phase_exchange(lq: Tensor<4>, unet: Tensor<4>) -> Result<Tensor<4>> {
     same_shape(&lq, &unet)?;
-    if crate::kernels::available(&unet.device()) {
-        return Ok(crate::kernels::phase_exchange(lq, unet));
-    }
-    reference_phase_exchange(lq, unet)
+    let dtype = crate::nn::dtype_of(&unet);
+    let f32 = burn::tensor::FloatDType::F32;
+    let (lq, unet) = (lq.cast(f32), unet.cast(f32));
+    let out = if crate::kernels::available(&unet.device()) {
+        crate::kernels::phase_exchange(lq, unet)
+    } else {
+        reference_phase_exchange(lq, unet)?
+    };
+    Ok(out.cast(dtype))
 }
 
 /// The plain-burn composition (DFT matrix products): the fallback and the kernel's reference.

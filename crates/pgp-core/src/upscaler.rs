@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{FloatDType, Tensor, TensorData};
 
 use crate::bundle::{Bundle, LoadProgress};
 use crate::device::Gpu;
@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::gpu_io::GpuImage;
 use crate::pipeline::run::{Event, Models, Options, Run, Stages, TextEncoders};
 use crate::pixels::{Alpha, Image, ImageView, PixelFormat, Split, assemble};
+use crate::precision::Precision;
 use crate::source::ShardSource;
 use crate::tokenizer::ClipTokenizer;
 
@@ -36,12 +37,29 @@ fn is_text_encoder(key: &str) -> bool {
     key.starts_with("text_encoder.") || key.starts_with("text_encoder_2.")
 }
 
+/// How an [`Upscaler`] loads its bundle.
+#[derive(Clone, Debug, Default)]
+#[non_exhaustive]
+pub struct LoadOptions {
+    /// The precision the networks compute in (`Auto`: f16 where the device has it).
+    pub precision: Precision,
+}
+
+impl LoadOptions {
+    /// Options with this precision.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+}
+
 /// A loaded model on one [`Gpu`]: run any number of jobs, one after the other.
 pub struct Upscaler {
     gpu: Gpu,
     models: Models,
     arch: String,
     one_step: bool,
+    dtype: FloatDType,
 }
 
 impl Upscaler {
@@ -53,8 +71,20 @@ impl Upscaler {
         gpu: &Gpu,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
+        Self::load_with(source, gpu, &LoadOptions::default(), on_progress).await
+    }
+
+    /// [`Upscaler::load`] with options (the precision).
+    pub async fn load_with(
+        source: &impl ShardSource,
+        gpu: &Gpu,
+        options: &LoadOptions,
+        on_progress: &mut dyn FnMut(LoadProgress),
+    ) -> Result<Self> {
         let device = gpu.device();
-        let bundle = Bundle::stream(source, device, &|k| !is_text_encoder(k), on_progress).await?;
+        let dtype = options.precision.resolve(device)?;
+        let keep = |k: &str| !is_text_encoder(k);
+        let bundle = Bundle::stream(source, device, dtype, &keep, on_progress).await?;
         let models = Models {
             unet: bundle.unet(device)?,
             denoise_encoder: bundle.denoise_encoder(device)?,
@@ -68,6 +98,7 @@ impl Upscaler {
             arch: bundle.manifest.arch.clone(),
             one_step: bundle.manifest.one_step,
             models,
+            dtype,
         })
     }
 
@@ -81,7 +112,8 @@ impl Upscaler {
             return Ok(());
         }
         let device = self.gpu.device();
-        let bundle = Bundle::stream(source, device, &is_text_encoder, on_progress).await?;
+        let bundle =
+            Bundle::stream(source, device, self.dtype, &is_text_encoder, on_progress).await?;
         let pads = &bundle.manifest.pad_tokens;
         self.models.text = Some(TextEncoders {
             first: (
@@ -104,6 +136,11 @@ impl Upscaler {
     /// The architecture the bundle was converted as (`faithdiff`, `pgp-coarse`, `pgp`).
     pub fn arch(&self) -> &str {
         &self.arch
+    }
+
+    /// The dtype the networks compute in (what [`Precision`] resolved to on this device).
+    pub fn dtype(&self) -> FloatDType {
+        self.dtype
     }
 
     /// Whether the bundle is a one-step (S1) model.

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{DType, Device, Distribution, FloatDType, Tensor, TensorData};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result, WeightsMismatch};
@@ -284,27 +284,31 @@ pub(crate) fn to_tensor<const D: usize>(
 }
 
 /// Tensors uploaded to a device as their files arrive, so that only one file is ever on the
-/// host: a bundle streamed shard by shard. Keeps each tensor's stored dtype and shape for the
-/// checked loader.
+/// host: a bundle streamed shard by shard. Every float tensor is kept at one dtype on the
+/// device; f16 data goes up as f16 (no f32 copy on the host) where the device has f16, and is
+/// cast there. Keeps each tensor's stored dtype and shape for the checked loader.
 pub struct DeviceStore {
     name: String,
     device: Device,
+    dtype: FloatDType,
     tensors: BTreeMap<String, (Dtype, Vec<usize>, Option<Tensor<1>>)>,
 }
 
 impl DeviceStore {
-    /// An empty store on `device`.
-    pub fn new(name: impl Into<String>, device: &Device) -> Self {
+    /// An empty store on `device` keeping float tensors as `dtype`.
+    pub fn new(name: impl Into<String>, device: &Device, dtype: FloatDType) -> Self {
         Self {
             name: name.into(),
             device: device.clone(),
+            dtype,
             tensors: BTreeMap::new(),
         }
     }
 
-    /// Uploads the tensors of `file` whose keys `keep` accepts (widened to f32); the file can be
-    /// dropped afterwards. A key already in the store is an error.
+    /// Uploads the tensors of `file` whose keys `keep` accepts; the file can be dropped
+    /// afterwards. A key already in the store is an error.
     pub fn add(&mut self, file: &WeightFile, keep: impl Fn(&str) -> bool) -> Result<()> {
+        let device_f16 = self.device.supports_dtype(DType::F16);
         for key in file.keys().filter(|k| keep(k)) {
             if self.tensors.contains_key(key) {
                 return Err(Error::BadSafetensors {
@@ -313,11 +317,23 @@ impl DeviceStore {
                 });
             }
             let (dtype, shape) = file.info(key).expect("listed key");
-            // Non-float tensors keep their header (the checked loader reports them) only.
-            let flat = file.f32_data(key).ok().map(|(values, _)| {
-                let n = values.len();
-                Tensor::from_data(TensorData::new(values, [n]), &self.device)
-            });
+            let n = shape.iter().product::<usize>();
+            let flat = if dtype == Dtype::F16 && device_f16 {
+                let raw = file.raw(key)?;
+                let halves: Vec<half::f16> = raw
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]))
+                    .collect();
+                let t: Tensor<1> =
+                    Tensor::from_data(TensorData::new(halves, [n]), (&self.device, DType::F16));
+                Some(t.cast(self.dtype))
+            } else {
+                // Non-float tensors keep their header (the checked loader reports them) only.
+                file.f32_data(key).ok().map(|(values, _)| {
+                    Tensor::<1>::from_data(TensorData::new(values, [n]), &self.device)
+                        .cast(self.dtype)
+                })
+            };
             self.tensors
                 .insert(key.to_string(), (dtype, shape.to_vec(), flat));
         }
@@ -369,6 +385,7 @@ pub struct VarBuilder<'a> {
     record: Rc<RefCell<Record>>,
     prefix: String,
     device: Device,
+    dtype: FloatDType,
 }
 
 impl<'a> VarBuilder<'a> {
@@ -378,7 +395,20 @@ impl<'a> VarBuilder<'a> {
             record: Rc::default(),
             prefix: String::new(),
             device: device.clone(),
+            dtype: FloatDType::F32,
         }
+    }
+
+    /// The same builder handing out tensors as `dtype` (f32 by default): the precision the
+    /// module computes in ([`crate::Precision`]).
+    pub fn with_dtype(mut self, dtype: FloatDType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+
+    /// The dtype tensors are handed out as.
+    pub fn dtype(&self) -> FloatDType {
+        self.dtype
     }
 
     /// A builder that records expected keys and shapes, returning placeholders.
@@ -425,14 +455,20 @@ impl<'a> VarBuilder<'a> {
             .insert(path.clone(), shape.to_vec());
         match &*self.mode {
             Mode::Shapes => Tensor::zeros([1; D], &self.device),
-            Mode::Load(src) => {
-                to_tensor::<D>(*src, &path, &self.device).expect("checked by the shape pass")
+            Mode::Load(src) => to_tensor::<D>(*src, &path, &self.device)
+                .expect("checked by the shape pass")
+                .cast(self.dtype),
+            Mode::Random if D == 1 && name == "weight" => {
+                Tensor::ones(shape, (&self.device, self.dtype.into()))
             }
-            Mode::Random if D == 1 && name == "weight" => Tensor::ones(shape, &self.device),
-            Mode::Random if D == 1 => Tensor::zeros(shape, &self.device),
+            Mode::Random if D == 1 => Tensor::zeros(shape, (&self.device, self.dtype.into())),
             Mode::Random => {
                 let a = 1.0 / (shape[1..].iter().product::<usize>().max(1) as f64).sqrt();
-                Tensor::random(shape, Distribution::Uniform(-a, a), &self.device)
+                Tensor::random(
+                    shape,
+                    Distribution::Uniform(-a, a),
+                    (&self.device, self.dtype.into()),
+                )
             }
         }
     }
@@ -533,24 +569,27 @@ pub fn check<M>(
 
 /// Builds a module from a source in two passes: check every key and shape, then load.
 /// `build` receives a builder at the root; `prefix` limits which unused keys count as
-/// unexpected (`""`: the whole source belongs to this module).
+/// unexpected (`""`: the whole source belongs to this module). Tensors are handed out as
+/// `dtype`, the precision the module computes in.
 pub fn load_prefixed<M>(
     src: &dyn TensorSource,
     prefix: &str,
     device: &Device,
+    dtype: FloatDType,
     build: impl Fn(VarBuilder<'_>) -> Result<M>,
 ) -> Result<M> {
     check(src, prefix, device, &build)?;
-    build(VarBuilder::new(Mode::Load(src), device))
+    build(VarBuilder::new(Mode::Load(src), device).with_dtype(dtype))
 }
 
 /// [`load_prefixed`] for a source that holds exactly one module.
 pub fn load_checked<M>(
     src: &dyn TensorSource,
     device: &Device,
+    dtype: FloatDType,
     build: impl Fn(VarBuilder<'_>) -> Result<M>,
 ) -> Result<M> {
-    load_prefixed(src, "", device, build)
+    load_prefixed(src, "", device, dtype, build)
 }
 
 /// Number of parameters a module built by `build` has, counted from the shapes it asks for.
@@ -607,7 +646,7 @@ mod tests {
             ("layer.bias", vec![3]),
             ("x.position_ids", vec![1]),
         ]);
-        let (w, b) = load_checked(&f, &Device::flex(), build).unwrap();
+        let (w, b) = load_checked(&f, &Device::flex(), FloatDType::F32, build).unwrap();
         assert_eq!(w.dims(), [3, 2]);
         assert_eq!(b.dims(), [3]);
     }
@@ -615,7 +654,8 @@ mod tests {
     #[test]
     fn every_problem_is_listed_at_once() {
         let f = file(&[("layer.weight", vec![2, 3]), ("extra", vec![1])]);
-        let Err(Error::Weights(m)) = load_checked(&f, &Device::flex(), build) else {
+        let Err(Error::Weights(m)) = load_checked(&f, &Device::flex(), FloatDType::F32, build)
+        else {
             panic!("expected a weights error");
         };
         assert_eq!(m.missing, vec!["layer.bias [3]".to_string()]);

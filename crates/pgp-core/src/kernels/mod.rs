@@ -59,7 +59,7 @@ pub fn available(device: &Device) -> bool {
     !off && is_wgpu(device)
 }
 
-fn is_wgpu(device: &Device) -> bool {
+pub(crate) fn is_wgpu(device: &Device) -> bool {
     matches!(
         device.as_dispatch(),
         DispatchDevice::Cube(burn_cubecl::CubeDevice::Wgpu(_))

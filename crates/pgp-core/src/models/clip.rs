@@ -3,7 +3,7 @@
 //! end-of-text token.
 
 use burn::tensor::module::embedding;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{FloatDType, Int, Tensor, TensorData};
 use serde::Deserialize;
 
 use crate::attention::{CLIP, MultiHeadAttention};
@@ -228,9 +228,12 @@ impl ClipTextModel {
             Some(p) => p.forward(pooled),
             None => pooled,
         };
+        // Outputs in f32 whatever the network's precision.
         Ok(ClipOutput {
-            penultimate: penultimate.expect("at least 2 layers"),
-            pooled,
+            penultimate: penultimate
+                .expect("at least 2 layers")
+                .cast(FloatDType::F32),
+            pooled: pooled.cast(FloatDType::F32),
         })
     }
 }

@@ -29,8 +29,10 @@ impl Timesteps {
         self.dim
     }
 
-    /// `[N]` timesteps → `[N, dim]` embeddings.
+    /// `[N]` timesteps → `[N, dim]` embeddings, in f32 whatever the model's precision (the
+    /// sines of timesteps up to 999 need it; the next linear layer casts).
     pub fn forward(&self, t: Tensor<1>) -> Tensor<2> {
+        let t = t.cast(burn::tensor::FloatDType::F32);
         let half = self.dim / 2;
         let device = t.device();
         let log_max = -(10000f32.ln());

@@ -1,7 +1,7 @@
 //! diffusers `UNet2DConditionModel` as SDXL uses it (`unet_2d_condition.py`), with the depth
 //! of every transformer read from the config so that pruned configs load by config alone.
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
@@ -489,10 +489,13 @@ impl UNet2DConditionModel {
         }
         let time = proj.forward(ids.clone().reshape([b * n_ids]));
         let time = time.reshape([b, n_ids * proj.dim()]);
-        Ok(t + emb.forward(Tensor::cat(vec![text.clone(), time], 1)))
+        // `time` is f32 (sinusoids); the add-embedding's first layer casts the concatenation.
+        let text = text.clone().cast(FloatDType::F32);
+        Ok(t + emb.forward(Tensor::cat(vec![text, time], 1)))
     }
 
-    /// One denoising call: `sample` `[B, in, h, w]` → `[B, out, h, w]`.
+    /// One denoising call: `sample` `[B, in, h, w]` → `[B, out, h, w]`. Inputs of any float
+    /// dtype; the network computes in its weights' dtype and returns f32.
     pub fn forward(&self, sample: Tensor<4>, cond: &UNetConditioning) -> Result<Tensor<4>> {
         self.forward_fused(sample, cond, |_, x| Ok(x))
     }
@@ -544,6 +547,7 @@ impl UNet2DConditionModel {
             });
             x = block.forward(x, &temb, context, &mut skips, up_size);
         }
-        Ok(self.conv_out.forward(silu(self.conv_norm_out.forward(x))))
+        let out = self.conv_out.forward(silu(self.conv_norm_out.forward(x)));
+        Ok(out.cast(FloatDType::F32))
     }
 }

@@ -1,7 +1,7 @@
 //! diffusers `AutoencoderKL` (`autoencoder_kl.py`, `vae.py`): the encoder (latent mean), the
 //! decoder, and FaithDiff's `denoise_encoder` (the encoder without its output head).
 
-use burn::tensor::Tensor;
+use burn::tensor::{FloatDType, Tensor};
 use serde::Deserialize;
 
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
@@ -315,8 +315,9 @@ fn blend(a: &Tensor<4>, b: Tensor<4>, extent: usize, dim: usize) -> Tensor<4> {
     let inv: Vec<f32> = (0..e).map(|y| (1.0 - y as f64 / e as f64) as f32).collect();
     let mut shape = [1, 1, 1, 1];
     shape[dim] = e;
-    let w = Tensor::<4>::from_data(burn::tensor::TensorData::new(w, shape), &device);
-    let inv = Tensor::<4>::from_data(burn::tensor::TensorData::new(inv, shape), &device);
+    let dtype = b.dtype();
+    let w = Tensor::<4>::from_data(burn::tensor::TensorData::new(w, shape), (&device, dtype));
+    let inv = Tensor::<4>::from_data(burn::tensor::TensorData::new(inv, shape), (&device, dtype));
     let n = a.dims()[dim];
     let tail = a.clone().narrow(dim, n - e, e);
     let head = b.clone().narrow(dim, 0, e);
@@ -481,15 +482,17 @@ impl AutoencoderKL {
         })
     }
 
-    /// The posterior's moments `[B, 2L, h, w]` (mean ‖ log-variance).
+    /// The posterior's moments `[B, 2L, h, w]` (mean ‖ log-variance), in f32 whatever the
+    /// network's precision (tiles are blended in f32).
     pub fn encode_moments(&self, image: Tensor<4>) -> Result<Tensor<4>> {
         self.encoder.check_input(&image)?;
         let encode = |x: Tensor<4>| {
             let m = self.encoder.forward(x);
-            match &self.quant_conv {
+            let m = match &self.quant_conv {
                 Some(q) => q.forward(m),
                 None => m,
-            }
+            };
+            m.cast(FloatDType::F32)
         };
         let [_, _, h, w] = image.dims();
         let run = match self.tiling {
@@ -528,7 +531,7 @@ impl AutoencoderKL {
         Ok(mean + (logvar * 0.5).exp() * eps)
     }
 
-    /// Unscaled latents → image in (roughly) [-1, 1].
+    /// Unscaled latents → image in (roughly) [-1, 1], f32 whatever the network's precision.
     pub fn decode(&self, z: Tensor<4>) -> Result<Tensor<4>> {
         let mut run = self.decode_steps(z)?;
         while run.step().is_some() {}
@@ -577,7 +580,7 @@ impl AutoencoderKL {
             Some(p) => p.forward(z),
             None => z,
         };
-        self.decoder.forward(z)
+        self.decoder.forward(z).cast(FloatDType::F32)
     }
 }
 
@@ -611,18 +614,18 @@ impl DenoiseEncoder {
         self.tiling = on.then_some(self.tile_sizes);
     }
 
-    /// `[B, 3, H, W]` in [-1, 1] → LQ features `[B, C, H/8, W/8]`.
+    /// `[B, 3, H, W]` in [-1, 1] → LQ features `[B, C, H/8, W/8]` (f32, tiles blended in f32).
     pub fn forward(&self, image: Tensor<4>) -> Result<Tensor<4>> {
         self.encoder.check_input(&image)?;
         let [_, _, h, w] = image.dims();
+        let encode = |t: Tensor<4>| self.encoder.forward(t).cast(FloatDType::F32);
         Ok(match self.tiling {
             Some((sample, latent)) if h > latent || w > latent => {
                 let stride = (sample as f64 * (1.0 - TILE_OVERLAP)) as usize;
                 let extent = (latent as f64 * TILE_OVERLAP) as usize;
-                TiledRun::new(image, sample, stride.max(1), extent, latent - extent)
-                    .run(|t| self.encoder.forward(t))
+                TiledRun::new(image, sample, stride.max(1), extent, latent - extent).run(encode)
             }
-            _ => self.encoder.forward(image),
+            _ => encode(image),
         })
     }
 }
