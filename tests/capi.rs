@@ -88,6 +88,9 @@ fn run_c(exe: &Path, args: &[&str], dir: &Path) -> Output {
         .arg(dir.join("out.pam"))
         .args(args)
         .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        // cargo's LD_LIBRARY_PATH lists target/debug first, whose copy of the library can be
+        // older than the one this test built (the example's rpath ranks below the variable).
+        .env("LD_LIBRARY_PATH", lib_dir())
         .output()
         .unwrap()
 }

@@ -4,9 +4,10 @@
 
 mod support;
 
+use pgp_core::burn::tensor::FloatDType;
 use pgp_core::{
-    BytesSource, CancelToken, Error, Event, Gpu, GpuOptions, Image, ImageView, Options,
-    PixelFormat, TileSize, Unit, Upscaler,
+    BytesSource, CancelToken, Error, Event, Gpu, GpuOptions, Image, ImageView, LoadOptions,
+    Options, PixelFormat, Precision, TileSize, Unit, Upscaler,
 };
 use support::{bundle, root};
 
@@ -22,9 +23,22 @@ fn bytes_source(dir: &std::path::Path) -> BytesSource {
 }
 
 fn load(gpu: &Gpu) -> Upscaler {
+    load_as(gpu, Precision::Auto)
+}
+
+fn load_as(gpu: &Gpu, precision: Precision) -> Upscaler {
+    load_bundle(gpu, "f32", precision)
+}
+
+/// Loads a test bundle (`kind` as [`bundle`] takes it) checking the progress reports.
+fn load_bundle(gpu: &Gpu, kind: &str, precision: Precision) -> Upscaler {
     let mut seen = Vec::new();
-    let src = bytes_source(&bundle("f32"));
-    let u = pollster::block_on(Upscaler::load(&src, gpu, &mut |p| seen.push(p))).unwrap();
+    let src = bytes_source(&bundle(kind));
+    let options = LoadOptions::default().with_precision(precision);
+    let u = pollster::block_on(Upscaler::load_with(&src, gpu, &options, &mut |p| {
+        seen.push(p)
+    }))
+    .unwrap();
     let last = seen.last().unwrap();
     assert_eq!((last.done, seen.len()), (last.total, last.total));
     u
@@ -145,9 +159,16 @@ fn cancel_stops_within_one_unit_and_the_upscaler_keeps_working() {
 fn one_seed_gives_one_image_on_cpu_and_lavapipe() {
     let img = input();
     let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
-    let (cpu, _) = run(&load(&Gpu::cpu()), view, options());
+    // In f32 on both (the precisions' difference is tests/cli.rs's f16 test).
+    let cpu_upscaler = load(&Gpu::cpu());
+    assert_eq!(
+        cpu_upscaler.dtype(),
+        FloatDType::F32,
+        "auto is f32 on the CPU"
+    );
+    let (cpu, _) = run(&cpu_upscaler, view, options());
     let gpu = pollster::block_on(Gpu::from_name("auto")).unwrap();
-    let (wgpu, _) = run(&load(&gpu), view, options());
+    let (wgpu, _) = run(&load_as(&gpu, Precision::F32), view, options());
     let diff: u64 = cpu
         .data
         .iter()
@@ -388,4 +409,37 @@ fn bundles_stream_shard_by_shard_and_shard_sizes_are_checked() {
         )),
         "{err}"
     );
+}
+
+#[test]
+fn f16_shards_compute_in_f16_where_the_adapter_can() {
+    let gpu = pollster::block_on(Gpu::from_name("auto")).unwrap();
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    // f16 shards go to the device as f16; auto picks f16 on an adapter with shader-f16
+    // (lavapipe has it).
+    let half = load_bundle(&gpu, "f16", Precision::Auto);
+    let expected = if gpu.info().shader_f16 {
+        FloatDType::F16
+    } else {
+        FloatDType::F32
+    };
+    assert_eq!(half.dtype(), expected);
+    let (a, _) = run(&half, view, options());
+    // The reference: f32 shards computed in f32.
+    let (b, _) = run(&load_as(&gpu, Precision::F32), view, options());
+    let diff: u64 = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| u64::from(x.abs_diff(*y)))
+        .sum();
+    let mean = diff as f64 / a.data.len() as f64;
+    assert!(mean <= 2.0, "mean |f16 − f32| = {mean}/255");
+    // f16 shards can also be computed in f32 (cast on the device).
+    assert_eq!(
+        load_bundle(&gpu, "f16", Precision::F32).dtype(),
+        FloatDType::F32
+    );
+    assert!(matches!(Precision::parse("f8"), Err(Error::Input(_))));
 }

@@ -72,6 +72,7 @@ pub fn bundle(kind: &str) -> PathBuf {
     let out = dir.join("bundle");
     let extra: &[&str] = match kind {
         "f32" => &["--dtype", "f32", "-q"],
+        "f16" => &["--dtype", "f16", "-q"],
         "one-step" => &["--dtype", "f32", "--one-step", "-q"],
         "sharded" => &["--dtype", "f32", "--max-shard-mib", "1", "-q"],
         other => panic!("no bundle kind {other}"),
