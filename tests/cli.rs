@@ -295,15 +295,57 @@ fn convert_writes_a_checked_sharded_bundle() {
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["format"], "pgp-wgpu-bundle");
     assert_eq!(manifest["pad_tokens"][1], "!");
+    assert_eq!(manifest["version"], 2);
     let shards = manifest["shards"].as_array().unwrap();
     assert!(shards.len() > 3, "{shards:?}");
+    let weight_map = manifest["weight_map"].as_object().unwrap();
     for s in shards {
-        let f = out.join(s["file"].as_str().unwrap());
-        let len = std::fs::metadata(&f).unwrap().len();
-        assert_eq!(len, s["bytes"].as_u64().unwrap());
+        let file = s["file"].as_str().unwrap();
+        let f = out.join(file);
+        let bytes = std::fs::read(&f).unwrap();
+        assert_eq!(bytes.len() as u64, s["bytes"].as_u64().unwrap());
         // 2 MiB of data per shard unless one tensor is larger, plus the header.
-        assert!(len < (2 << 20) + (64 << 10) || s["tensors"] == 1, "{len}");
+        assert!(
+            bytes.len() < (2 << 20) + (64 << 10) || s["tensors"] == 1,
+            "{}",
+            bytes.len()
+        );
+        // One component per shard, named after it; its checksum; its tensors in the map.
+        let component = s["component"].as_str().unwrap();
+        assert!(file.starts_with(&format!("{component}-")), "{file}");
+        assert_eq!(
+            s["sha256"].as_str().unwrap(),
+            pgp_core::bundle::sha256_hex(&bytes)
+        );
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (key, _) in st.tensors() {
+            assert!(key.starts_with(&format!("{component}.")), "{key} in {file}");
+            assert_eq!(weight_map[&key]["shard"], file);
+        }
+        assert_eq!(st.len(), s["tensors"].as_u64().unwrap() as usize);
     }
+    // `inspect` verifies the checksums: one flipped byte (same size) is found.
+    let o = bin().arg("inspect").arg(&out).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("every shard matches its SHA-256"),
+        "{}",
+        text(&o)
+    );
+    let damaged = dir.join("damaged");
+    copy_tree(&out, &damaged);
+    let vae = damaged.join("vae-00001.safetensors");
+    let mut bytes = std::fs::read(&vae).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&vae, bytes).unwrap();
+    let o = bin().arg("inspect").arg(&damaged).output().unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("vae-00001.safetensors: SHA-256"),
+        "{}",
+        text(&o)
+    );
     // The cached empty prompt equals transformers' text encoders on "".
     let reference = std::fs::read(hub().join("empty_prompt.safetensors")).unwrap();
     let reference = safetensors::SafeTensors::deserialize(&reference).unwrap();
@@ -809,7 +851,7 @@ fn sharded_text_encoders_with_an_index_convert_like_single_files() {
     assert!(o.status.success(), "{}", text(&o));
     let o = convert_with(&hub().join("sdxl"), &b);
     assert!(o.status.success(), "{}", text(&o));
-    let shard = |d: &Path| std::fs::read(d.join("shard-00001.safetensors")).unwrap();
+    let shard = |d: &Path| std::fs::read(d.join("text_encoder-00001.safetensors")).unwrap();
     assert_eq!(shard(&a), shard(&b), "the bundles differ");
 
     // A shard the index names but that is missing: a clear error, nothing written.

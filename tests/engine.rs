@@ -377,16 +377,31 @@ fn bundles_stream_shard_by_shard_and_shard_sizes_are_checked() {
     let dir = bundle("sharded");
     let mut src = bytes_source(&dir);
     let mut seen = Vec::new();
-    let u = pollster::block_on(Upscaler::load(&src, &gpu, &mut |p| seen.push(p))).unwrap();
-    let shards = std::fs::read_dir(&dir).unwrap().count() - 1;
-    assert!(shards >= 5, "{shards} shards");
-    assert_eq!(seen.len(), shards + 1);
+    let mut u = pollster::block_on(Upscaler::load(&src, &gpu, &mut |p| seen.push(p))).unwrap();
+    let files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f != "manifest.json")
+        .collect();
+    let text = files
+        .iter()
+        .filter(|f| f.starts_with("text_encoder"))
+        .count();
+    assert!(files.len() - text >= 5, "{files:?}");
+    // Only the image components' shards are read (version 2: each component has its own).
+    assert_eq!(seen.len(), files.len() - text + 1);
+    assert!(seen.iter().all(|p| !p.file.starts_with("text_encoder")));
     assert!(seen.windows(2).all(|w| w[0].bytes < w[1].bytes));
     let last = seen.last().unwrap();
     assert_eq!(
         (last.bytes, last.total_bytes),
         (last.total_bytes, last.total_bytes)
     );
+    // The text encoders come later, from their own shards only.
+    let mut seen_text = Vec::new();
+    pollster::block_on(u.load_text_encoders(&src, &mut |p| seen_text.push(p.file))).unwrap();
+    assert_eq!(seen_text.len(), text + 1);
+    assert!(seen_text[1..].iter().all(|f| f.starts_with("text_encoder")));
     // The same networks as the one-shard bundle: the same image.
     let img = input();
     let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
@@ -396,6 +411,7 @@ fn bundles_stream_shard_by_shard_and_shard_sizes_are_checked() {
     // A shard cut short is named, with both sizes.
     let name = seen[2].file.clone();
     let bytes = std::fs::read(dir.join(&name)).unwrap();
+    let u = &u;
     src.insert(name.clone(), bytes[..bytes.len() - 10].to_vec());
     let err = pollster::block_on(Upscaler::load(&src, &gpu, &mut |_| {}))
         .err()
@@ -442,4 +458,78 @@ fn f16_shards_compute_in_f16_where_the_adapter_can() {
         FloatDType::F32
     );
     assert!(matches!(Precision::parse("f8"), Err(Error::Input(_))));
+}
+
+/// The bundle's manifest, changed by `edit`, in a copy of its files.
+fn with_manifest(dir: &std::path::Path, edit: impl Fn(&mut serde_json::Value)) -> BytesSource {
+    let mut src = bytes_source(dir);
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap();
+    edit(&mut m);
+    src.insert("manifest.json", serde_json::to_vec(&m).unwrap());
+    src
+}
+
+fn load_error(src: &BytesSource) -> String {
+    match pollster::block_on(Upscaler::load(src, &Gpu::cpu(), &mut |_| {})) {
+        Ok(_) => panic!("the bundle loaded"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn version_1_bundles_load_and_manifests_are_checked() {
+    let gpu = Gpu::cpu();
+    let dir = bundle("f32");
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    // Version 1: no components, checksums or weight_map; every shard is read.
+    let v1 = with_manifest(&dir, |m| {
+        m["version"] = 1.into();
+        m.as_object_mut().unwrap().remove("weight_map");
+        for s in m["shards"].as_array_mut().unwrap() {
+            let s = s.as_object_mut().unwrap();
+            s.remove("component");
+            s.remove("sha256");
+        }
+    });
+    let mut seen = 0;
+    let old = pollster::block_on(Upscaler::load(&v1, &gpu, &mut |_| seen += 1)).unwrap();
+    assert_eq!(seen, std::fs::read_dir(&dir).unwrap().count());
+    assert_eq!(
+        run(&old, view, options()).0,
+        run(&load(&gpu), view, options()).0
+    );
+
+    // Shard paths stay inside the bundle.
+    for bad in [
+        "../unet-00001.safetensors",
+        "/etc/passwd",
+        "a/../../b",
+        "C:\\x",
+        "",
+    ] {
+        let src = with_manifest(&dir, |m| m["shards"][0]["file"] = bad.into());
+        let err = load_error(&src);
+        assert!(err.contains("shard paths must be relative"), "{bad}: {err}");
+    }
+    // The weight_map must agree with the shards' headers.
+    let src = with_manifest(&dir, |m| {
+        m["weight_map"]["unet.conv_in.weight"]["shape"] = serde_json::json!([1, 2, 3, 4]);
+    });
+    let err = load_error(&src);
+    assert!(
+        err.contains("`unet.conv_in.weight` is F32 [16, 4, 3, 3]"),
+        "{err}"
+    );
+    let src = with_manifest(&dir, |m| {
+        let w = m["weight_map"].as_object_mut().unwrap();
+        w.remove("unet.conv_in.weight");
+    });
+    let err = load_error(&src);
+    assert!(err.contains("the weight_map places"), "{err}");
+    let src = with_manifest(&dir, |m| m["shards"][0]["sha256"] = "xyz".into());
+    assert!(load_error(&src).contains("has no valid sha256"));
+    let src = with_manifest(&dir, |m| m["version"] = 3.into());
+    assert!(load_error(&src).contains("versions 1 to 2"));
 }

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use pgp_core::bundle::{
-    Bundle, FORMAT, MANIFEST, Manifest, ShardInfo, ShardPacker, VERSION, convert_dtype,
+    Bundle, Component, FORMAT, MANIFEST, Manifest, ShardInfo, ShardPacker, VERSION, WeightEntry,
+    convert_dtype, sha256_hex,
 };
 use pgp_core::burn::tensor::FloatDType;
 use pgp_core::device::read_back;
@@ -222,25 +223,61 @@ impl Drop for TempDir {
     }
 }
 
+/// Writes shards component by component (version 2: each component its own shards, named
+/// `{component}-{n}.safetensors`), recording checksums and the `weight_map`.
 struct Writer {
     dir: PathBuf,
     packer: ShardPacker,
     shards: Vec<ShardInfo>,
+    weight_map: BTreeMap<String, WeightEntry>,
+    component: Component,
     dtype: Dtype,
 }
 
 impl Writer {
+    /// Ends the current component's last shard; what is added next belongs to `component`.
+    fn begin(&mut self, component: Component) -> Result<()> {
+        let last = self.packer.flush()?;
+        self.emit(last)?;
+        self.component = component;
+        Ok(())
+    }
+
     fn emit(&mut self, shard: Option<(Vec<u8>, usize)>) -> Result<()> {
-        if let Some((bytes, tensors)) = shard {
-            let file = format!("shard-{:05}.safetensors", self.shards.len() + 1);
-            std::fs::write(self.dir.join(&file), &bytes)
-                .with_context(|| format!("writing {}", self.dir.join(&file).display()))?;
-            self.shards.push(ShardInfo {
-                file,
-                bytes: bytes.len() as u64,
-                tensors,
-            });
+        let Some((bytes, tensors)) = shard else {
+            return Ok(());
+        };
+        let c = self.component;
+        let n = self
+            .shards
+            .iter()
+            .filter(|s| s.component == Some(c))
+            .count();
+        let file = format!("{}-{:05}.safetensors", c.name(), n + 1);
+        let path = self.dir.join(&file);
+        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        let sha256 = sha256_hex(&bytes);
+        let size = bytes.len() as u64;
+        let parsed = WeightFile::from_bytes(file.clone(), bytes)?;
+        for key in parsed.keys() {
+            let (dtype, shape) = parsed.info(key).expect("listed key");
+            self.weight_map.insert(
+                key.to_string(),
+                WeightEntry {
+                    shard: file.clone(),
+                    offsets: parsed.byte_range(key).expect("listed key"),
+                    dtype,
+                    shape: shape.to_vec(),
+                },
+            );
         }
+        self.shards.push(ShardInfo {
+            file,
+            bytes: size,
+            tensors,
+            component: Some(c),
+            sha256: Some(sha256),
+        });
         Ok(())
     }
 
@@ -415,26 +452,40 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         dir: tmp.clone(),
         packer: ShardPacker::new(a.max_shard_bytes),
         shards: Vec::new(),
+        weight_map: BTreeMap::new(),
+        component: Component::Unet,
         dtype: target,
     };
     say(a.quiet, "writing the UNet and the LQ encoder");
-    for (name, ..) in &infos {
-        let (dtype, shape, data) = ckpt.read(name)?;
-        let key = if name.starts_with("denoise_encoder.") {
-            name.clone()
+    for denoise in [false, true] {
+        w.begin(if denoise {
+            Component::DenoiseEncoder
         } else {
-            format!("unet.{name}")
-        };
-        w.add(key, dtype, shape, &data)?;
+            Component::Unet
+        })?;
+        for (name, ..) in infos
+            .iter()
+            .filter(|(n, ..)| n.starts_with("denoise_encoder.") == denoise)
+        {
+            let (dtype, shape, data) = ckpt.read(name)?;
+            let key = if denoise {
+                name.clone()
+            } else {
+                format!("unet.{name}")
+            };
+            w.add(key, dtype, shape, &data)?;
+        }
     }
     say(a.quiet, "writing the VAE and the text encoders");
+    w.begin(Component::Vae)?;
     w.add_file(&vae_file, "vae.", str::to_string)?;
     for i in 0..2 {
-        let prefix = if i == 0 {
-            "text_encoder."
+        let (prefix, component) = if i == 0 {
+            ("text_encoder.", Component::TextEncoder)
         } else {
-            "text_encoder_2."
+            ("text_encoder_2.", Component::TextEncoder2)
         };
+        w.begin(component)?;
         let prefixed = te_prefixed[i];
         w.add_file(&te_files[i], prefix, |k| {
             if prefixed || k.starts_with("text_projection") {
@@ -447,6 +498,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     // Cached embeddings stay f32 whatever the weights' dtype.
     let keep = w.dtype;
+    w.begin(Component::EmptyPrompt)?;
     w.dtype = Dtype::F32;
     w.add(
         "empty_prompt.prompt_embeds".into(),
@@ -478,6 +530,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         pad_tokens: pads,
         scheduler: sched_json,
         shards: w.shards.clone(),
+        weight_map: std::mem::take(&mut w.weight_map),
         sources: [
             ("sdxl", &a.sdxl),
             ("vae", &a.vae),

@@ -412,9 +412,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             for s in &m.shards {
                 println!(
-                    "{:<24} {:>12} bytes {:>5} tensors",
+                    "{:<32} {:>12} bytes {:>5} tensors",
                     s.file, s.bytes, s.tensors
                 );
+            }
+            if m.version >= 2 {
+                println!(
+                    "format version {}: every shard matches its SHA-256 and the weight_map \
+                     (dtypes, shapes, byte ranges)",
+                    m.version
+                );
+            } else {
+                println!("format version 1: no checksums to verify (`convert` writes version 2)");
             }
             println!("all components match their configs");
             Ok(ExitCode::SUCCESS)

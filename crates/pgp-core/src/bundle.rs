@@ -13,10 +13,19 @@
 //! The empty prompt's embeddings are cached so that the text encoders need not be loaded at all
 //! for the default (empty) prompt. File access stays with the caller: this module takes the
 //! manifest's text and the shards' bytes, and produces shard bytes for a writer.
+//!
+//! Version 2 (what `convert` writes) gives every component its own shards, a SHA-256 per shard
+//! and a `weight_map` (tensor → shard, byte range, dtype, shape), so a loader reads only the
+//! components it needs, one shard at a time, and can check every header against the manifest.
+//! Version 1 bundles (one shard list, components mixed) still load: every shard is read and
+//! the tensors are picked by key.
+
+use std::collections::BTreeMap;
 
 use burn::tensor::{Device, FloatDType, Tensor};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
@@ -32,22 +41,104 @@ use crate::weights::{
 
 /// `format` of every manifest.
 pub const FORMAT: &str = "pgp-wgpu-bundle";
-/// The manifest version this library reads and writes.
-pub const VERSION: u32 = 1;
+/// The manifest version this library writes (it reads 1 and 2).
+pub const VERSION: u32 = 2;
 /// Largest shard the converter writes (WebGPU's default `maxBufferSize`).
 pub const MAX_SHARD_BYTES: usize = 256 << 20;
 /// The manifest's file name inside a bundle folder.
 pub const MANIFEST: &str = "manifest.json";
 
+/// A bundle's parts, each with its own shards (version 2) and key prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Component {
+    /// FaithDiff's UNet with its fusion modules (and PEAMs).
+    #[serde(rename = "unet")]
+    Unet,
+    /// FaithDiff's LQ encoder.
+    #[serde(rename = "denoise_encoder")]
+    DenoiseEncoder,
+    /// The VAE.
+    #[serde(rename = "vae")]
+    Vae,
+    /// CLIP ViT-L.
+    #[serde(rename = "text_encoder")]
+    TextEncoder,
+    /// OpenCLIP bigG with projection.
+    #[serde(rename = "text_encoder_2")]
+    TextEncoder2,
+    /// The empty prompt's cached embeddings.
+    #[serde(rename = "empty_prompt")]
+    EmptyPrompt,
+}
+
+impl Component {
+    /// Every component, in the order `convert` writes them.
+    pub const ALL: [Component; 6] = [
+        Component::Unet,
+        Component::DenoiseEncoder,
+        Component::Vae,
+        Component::TextEncoder,
+        Component::TextEncoder2,
+        Component::EmptyPrompt,
+    ];
+    /// What an upscaler needs for the empty prompt (no text encoders).
+    pub const IMAGE: [Component; 4] = [
+        Component::Unet,
+        Component::DenoiseEncoder,
+        Component::Vae,
+        Component::EmptyPrompt,
+    ];
+    /// The two text encoders.
+    pub const TEXT: [Component; 2] = [Component::TextEncoder, Component::TextEncoder2];
+
+    /// Its name in manifests and shard file names (`text_encoder_2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unet => "unet",
+            Self::DenoiseEncoder => "denoise_encoder",
+            Self::Vae => "vae",
+            Self::TextEncoder => "text_encoder",
+            Self::TextEncoder2 => "text_encoder_2",
+            Self::EmptyPrompt => "empty_prompt",
+        }
+    }
+
+    /// The component a tensor key belongs to (by its prefix `name.`).
+    pub fn of_key(key: &str) -> Option<Self> {
+        let (head, _) = key.split_once('.')?;
+        Self::ALL.into_iter().find(|c| c.name() == head)
+    }
+}
+
 /// One shard file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ShardInfo {
-    /// File name inside the bundle folder.
+    /// File name inside the bundle folder (relative: no absolute paths, no `..`).
     pub file: String,
     /// Its size in bytes.
     pub bytes: u64,
     /// How many tensors it holds.
     pub tensors: usize,
+    /// The component all its tensors belong to (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<Component>,
+    /// SHA-256 of the file, lowercase hex (version 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Where one tensor is (version 2's `weight_map`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct WeightEntry {
+    /// The shard file.
+    pub shard: String,
+    /// Byte range `[start, end)` of its data in the shard file (absolute, so a reader can fetch
+    /// one tensor with a range request).
+    pub offsets: [u64; 2],
+    /// Stored element type.
+    pub dtype: Dtype,
+    /// Shape.
+    pub shape: Vec<usize>,
 }
 
 /// `manifest.json`.
@@ -79,14 +170,158 @@ pub struct Manifest {
     pub pad_tokens: [String; 2],
     /// diffusers scheduler config.
     pub scheduler: serde_json::Value,
-    /// The shards, in order.
+    /// The shards, in order (grouped by component in version 2).
     pub shards: Vec<ShardInfo>,
+    /// Every tensor's shard, byte range, dtype and shape (version 2).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub weight_map: BTreeMap<String, WeightEntry>,
     /// Where each part came from (paths given to `convert`), for the record.
     #[serde(default)]
     pub sources: std::collections::BTreeMap<String, String>,
     /// A one-step (S1) model: callers' default options run the one-step recipe.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub one_step: bool,
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A shard's file name is a relative path inside the bundle folder: not empty, not absolute,
+/// no `..`, `.` or empty segments, no backslashes or drive letters.
+fn safe_relative_path(file: &str) -> bool {
+    !file.is_empty()
+        && !file.starts_with('/')
+        && !file.contains('\\')
+        && !file.contains(':')
+        && file
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+impl Manifest {
+    /// The manifest's own consistency: safe shard paths, and for version 2 a component and a
+    /// checksum per shard and a `weight_map` that agrees with the shards.
+    fn validate(&self) -> std::result::Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for s in &self.shards {
+            if !safe_relative_path(&s.file) {
+                return Err(format!(
+                    "shard `{}`: shard paths must be relative to the bundle folder (no absolute \
+                     paths, no `..`)",
+                    s.file
+                ));
+            }
+            if !seen.insert(s.file.as_str()) {
+                return Err(format!("shard `{}` is listed twice", s.file));
+            }
+        }
+        if self.version < 2 {
+            return Ok(());
+        }
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for s in &self.shards {
+            if s.component.is_none() {
+                return Err(format!("shard `{}` has no component", s.file));
+            }
+            let hex = s.sha256.as_deref().unwrap_or("");
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(format!("shard `{}` has no valid sha256", s.file));
+            }
+            counts.insert(&s.file, 0);
+        }
+        for (key, e) in &self.weight_map {
+            let shard = self
+                .shards
+                .iter()
+                .find(|s| s.file == e.shard)
+                .ok_or_else(|| {
+                    format!(
+                        "weight_map: `{key}` is in shard `{}`, which is not listed",
+                        e.shard
+                    )
+                })?;
+            if Component::of_key(key) != shard.component {
+                return Err(format!(
+                    "weight_map: `{key}` is in shard `{}` of another component",
+                    e.shard
+                ));
+            }
+            if e.offsets[0] > e.offsets[1] || e.offsets[1] > shard.bytes {
+                return Err(format!(
+                    "weight_map: `{key}` has byte range {:?} outside its shard",
+                    e.offsets
+                ));
+            }
+            *counts.get_mut(e.shard.as_str()).expect("listed") += 1;
+        }
+        for s in &self.shards {
+            if counts[s.file.as_str()] != s.tensors {
+                return Err(format!(
+                    "shard `{}` holds {} tensors, the weight_map places {} in it",
+                    s.file,
+                    s.tensors,
+                    counts[s.file.as_str()]
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A version 2 shard's header against the `weight_map`: the same tensors, dtypes, shapes
+    /// and byte ranges; every float in the bundle's dtype (the cached prompt: f32).
+    fn check_header(
+        &self,
+        shard: &ShardInfo,
+        file: &WeightFile,
+    ) -> std::result::Result<(), String> {
+        let stored = match self.dtype.as_str() {
+            "f16" => Dtype::F16,
+            "f32" => Dtype::F32,
+            other => return Err(format!("the manifest's dtype `{other}` is not f16 or f32")),
+        };
+        let mut n = 0;
+        for key in file.keys() {
+            n += 1;
+            let e = self
+                .weight_map
+                .get(key)
+                .filter(|e| e.shard == shard.file)
+                .ok_or_else(|| format!("`{key}` is not in the weight_map for this shard"))?;
+            let (dtype, shape) = file.info(key).expect("listed key");
+            let range = file.byte_range(key).expect("listed key");
+            if dtype != e.dtype || shape != e.shape.as_slice() || range != e.offsets {
+                return Err(format!(
+                    "`{key}` is {dtype:?} {shape:?} at {range:?}; the weight_map says {:?} {:?} \
+                     at {:?}",
+                    e.dtype, e.shape, e.offsets
+                ));
+            }
+            let expected = if shard.component == Some(Component::EmptyPrompt) {
+                Dtype::F32
+            } else {
+                stored
+            };
+            if dtype != expected {
+                return Err(format!(
+                    "`{key}` is {dtype:?}; this is a {} bundle",
+                    self.dtype
+                ));
+            }
+        }
+        if n != shard.tensors {
+            return Err(format!("{n} tensors, the manifest says {}", shard.tensors));
+        }
+        Ok(())
+    }
 }
 
 /// Progress of reading a bundle: after the manifest and after each shard.
@@ -118,12 +353,15 @@ impl Bundle {
     pub fn parse_manifest(name: &str, json: &str) -> Result<Manifest> {
         let m: Manifest = serde_json::from_str(json)
             .map_err(|e| Error::config(format!("{name}: not a pgp-wgpu bundle manifest: {e}")))?;
-        if m.format != FORMAT || m.version != VERSION {
+        if m.format != FORMAT || !(1..=VERSION).contains(&m.version) {
             return Err(Error::config(format!(
-                "{name}: bundle format `{}` version {}, this build reads `{FORMAT}` version {VERSION}",
+                "{name}: bundle format `{}` version {}, this build reads `{FORMAT}` versions 1 \
+                 to {VERSION}",
                 m.format, m.version
             )));
         }
+        m.validate()
+            .map_err(|reason| Error::config(format!("{name}: {reason}")))?;
         Ok(m)
     }
 
@@ -143,34 +381,39 @@ impl Bundle {
         })
     }
 
-    /// Reads a bundle through `source`: the manifest, then each shard it lists, all kept on the
-    /// host (for inspecting and checking a bundle).
+    /// Reads a whole bundle through `source`, kept on the host, verifying every shard's SHA-256
+    /// (version 2): for inspecting and checking a bundle.
     pub async fn read(
         source: &impl ShardSource,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         let mut shards = Vec::new();
-        let (name, manifest) = Self::walk(source, on_progress, &mut |file| {
-            shards.push(file);
+        let (name, manifest) = Self::walk(source, &Component::ALL, true, on_progress, &mut |f| {
+            shards.push(f);
             Ok(())
         })
         .await?;
         Self::new(&name, manifest, shards)
     }
 
-    /// Reads a bundle through `source` shard by shard, uploading each shard's tensors whose keys
-    /// `keep` accepts to `device` as `dtype` before the next is read: only one shard is ever on
-    /// the host (the browser has 4 GiB at most). Its networks compute in `dtype`.
+    /// Reads the `components` of a bundle through `source` shard by shard, uploading each
+    /// shard's tensors to `device` as `dtype` before the next is read: only one shard is ever on
+    /// the host (the browser has 4 GiB at most). A version 2 bundle's other components are not
+    /// read at all; each shard's size and header are checked against the manifest (the
+    /// checksums only by [`Bundle::read`]). Its networks compute in `dtype`.
     pub async fn stream(
         source: &impl ShardSource,
         device: &Device,
         dtype: FloatDType,
-        keep: &dyn Fn(&str) -> bool,
+        components: &[Component],
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         let mut store = DeviceStore::new(source.describe(), device, dtype);
-        let (_, manifest) =
-            Self::walk(source, on_progress, &mut |file| store.add(&file, keep)).await?;
+        let keep = |key: &str| Component::of_key(key).is_some_and(|c| components.contains(&c));
+        let (_, manifest) = Self::walk(source, components, false, on_progress, &mut |file| {
+            store.add(&file, keep)
+        })
+        .await?;
         Ok(Self {
             manifest,
             store: Box::new(store),
@@ -178,9 +421,13 @@ impl Bundle {
         })
     }
 
-    /// The manifest, then each shard (its size checked against the manifest) handed to `take`.
+    /// The manifest, then each shard holding `components` (every shard of a version 1 bundle),
+    /// its size, header and (with `verify`) checksum checked against the manifest, handed to
+    /// `take`.
     async fn walk(
         source: &impl ShardSource,
+        components: &[Component],
+        verify: bool,
         on_progress: &mut dyn FnMut(LoadProgress),
         take: &mut dyn FnMut(WeightFile) -> Result<()>,
     ) -> Result<(String, Manifest)> {
@@ -195,9 +442,14 @@ impl Bundle {
         let text = String::from_utf8(text)
             .map_err(|_| Error::config(format!("{name}/{MANIFEST}: not UTF-8 text")))?;
         let manifest = Self::parse_manifest(&format!("{name}/{MANIFEST}"), &text)?;
-        let total = manifest.shards.len() + 1;
+        let wanted: Vec<&ShardInfo> = manifest
+            .shards
+            .iter()
+            .filter(|s| s.component.is_none_or(|c| components.contains(&c)))
+            .collect();
+        let total = wanted.len() + 1;
         let mut bytes = text.len() as u64;
-        let total_bytes = bytes + manifest.shards.iter().map(|s| s.bytes).sum::<u64>();
+        let total_bytes = bytes + wanted.iter().map(|s| s.bytes).sum::<u64>();
         on_progress(LoadProgress {
             file: MANIFEST.into(),
             done: 1,
@@ -205,21 +457,36 @@ impl Bundle {
             bytes,
             total_bytes,
         });
-        for (i, s) in manifest.shards.iter().enumerate() {
+        for (i, s) in wanted.into_iter().enumerate() {
             let data = source.read(&s.file).await?;
+            let path = format!("{name}/{}", s.file);
+            let bad = |reason: String| Error::Source {
+                file: path.clone(),
+                reason,
+            };
             if data.len() as u64 != s.bytes {
-                return Err(Error::Source {
-                    file: format!("{name}/{}", s.file),
-                    reason: format!(
-                        "{} bytes, the manifest says {} (a partial download or another bundle's \
-                         shard)",
-                        data.len(),
-                        s.bytes
-                    ),
-                });
+                return Err(bad(format!(
+                    "{} bytes, the manifest says {} (a partial download or another bundle's \
+                     shard)",
+                    data.len(),
+                    s.bytes
+                )));
+            }
+            if let (true, Some(expected)) = (verify, &s.sha256) {
+                let got = sha256_hex(&data);
+                if &got != expected {
+                    return Err(bad(format!(
+                        "SHA-256 {got}, the manifest says {expected} (the file is damaged or \
+                         from another bundle)"
+                    )));
+                }
             }
             bytes += data.len() as u64;
-            take(WeightFile::from_bytes(format!("{name}/{}", s.file), data)?)?;
+            let file = WeightFile::from_bytes(path.clone(), data)?;
+            if manifest.version >= 2 {
+                manifest.check_header(s, &file).map_err(bad)?;
+            }
+            take(file)?;
             on_progress(LoadProgress {
                 file: s.file.clone(),
                 done: i + 2,

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::{FloatDType, Tensor, TensorData};
 
-use crate::bundle::{Bundle, LoadProgress};
+use crate::bundle::{Bundle, Component, LoadProgress};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::gpu_io::GpuImage;
@@ -31,11 +31,6 @@ use crate::pixels::{Alpha, Image, ImageView, PixelFormat, Split, assemble};
 use crate::precision::Precision;
 use crate::source::ShardSource;
 use crate::tokenizer::ClipTokenizer;
-
-/// Keys of the two CLIP text encoders (loaded only when a prompt needs them).
-fn is_text_encoder(key: &str) -> bool {
-    key.starts_with("text_encoder.") || key.starts_with("text_encoder_2.")
-}
 
 /// How an [`Upscaler`] loads its bundle.
 #[derive(Clone, Debug, Default)]
@@ -83,8 +78,7 @@ impl Upscaler {
     ) -> Result<Self> {
         let device = gpu.device();
         let dtype = options.precision.resolve(device)?;
-        let keep = |k: &str| !is_text_encoder(k);
-        let bundle = Bundle::stream(source, device, dtype, &keep, on_progress).await?;
+        let bundle = Bundle::stream(source, device, dtype, &Component::IMAGE, on_progress).await?;
         let models = Models {
             unet: bundle.unet(device)?,
             denoise_encoder: bundle.denoise_encoder(device)?,
@@ -113,7 +107,7 @@ impl Upscaler {
         }
         let device = self.gpu.device();
         let bundle =
-            Bundle::stream(source, device, self.dtype, &is_text_encoder, on_progress).await?;
+            Bundle::stream(source, device, self.dtype, &Component::TEXT, on_progress).await?;
         let pads = &bundle.manifest.pad_tokens;
         self.models.text = Some(TextEncoders {
             first: (

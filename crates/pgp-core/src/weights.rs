@@ -119,6 +119,16 @@ impl WeightFile {
         self.entries.get(key).map(|e| e.shape.as_slice())
     }
 
+    /// Byte range `[start, end)` of one tensor's data in the file.
+    pub fn byte_range(&self, key: &str) -> Option<[u64; 2]> {
+        self.entries.get(key).map(|e| {
+            [
+                (self.data_start + e.start) as u64,
+                (self.data_start + e.end) as u64,
+            ]
+        })
+    }
+
     /// One tensor's stored bytes (little-endian, its own dtype).
     pub fn raw(&self, key: &str) -> Result<&[u8]> {
         let e = self
