@@ -879,3 +879,32 @@ fn tile_zero_takes_the_largest_tile_the_adapter_allows() {
     assert_eq!(whole, run("48"), "-t 0 differs from one whole-image tile");
     assert_ne!(whole, run("16"), "a 16-px tile grid gave the same image");
 }
+
+#[test]
+fn a_device_that_cannot_allocate_gives_one_clear_error() {
+    // Every buffer capped at 4 MiB: burn's 8 MiB pool pages cannot be made. The run fails with
+    // a device-memory error and a short report, no panic backtraces, and writes nothing.
+    let dir = scratch("oom");
+    let out = dir.join("out.png");
+    let o = bin()
+        .args([
+            "upscale", "-q", "--device", "wgpu", "--steps", "1", "-t", "32",
+        ])
+        .args(["--max-buffer-mib", "4", "-i"])
+        .arg(root().join("tests/pipeline/input.png"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--model")
+        .arg(support::bundle("f32"))
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("device memory:"), "{t}");
+    assert!(
+        !t.contains("panicked") && !t.contains("stack backtrace"),
+        "{t}"
+    );
+    assert!(t.lines().count() <= 4, "{t}");
+    assert!(!out.exists());
+}

@@ -411,7 +411,6 @@ fn bundles_stream_shard_by_shard_and_shard_sizes_are_checked() {
     // A shard cut short is named, with both sizes.
     let name = seen[2].file.clone();
     let bytes = std::fs::read(dir.join(&name)).unwrap();
-    let u = &u;
     src.insert(name.clone(), bytes[..bytes.len() - 10].to_vec());
     let err = pollster::block_on(Upscaler::load(&src, &gpu, &mut |_| {}))
         .err()
@@ -532,4 +531,99 @@ fn version_1_bundles_load_and_manifests_are_checked() {
     assert!(load_error(&src).contains("has no valid sha256"));
     let src = with_manifest(&dir, |m| m["version"] = 3.into());
     assert!(load_error(&src).contains("versions 1 to 2"));
+}
+
+#[test]
+fn a_tile_out_of_device_memory_is_retried_at_half_the_size() {
+    let gpu = Gpu::cpu();
+    let u = load(&gpu);
+    // 128² in, 256² out: one 256-pixel tile, or nine of 128 pixels.
+    let img = image::RgbImage::from_fn(128, 128, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 2) as u8, ((x + y) % 256) as u8])
+    });
+    let view = ImageView::packed(img.as_raw(), 128, 128, PixelFormat::Rgb8).unwrap();
+    let opts = |tile: usize| Options {
+        steps: 2,
+        tile: TileSize::Pixels(tile),
+        ..options()
+    };
+    let mut job = u.start(view, opts(256)).unwrap();
+    job.fail_tiles_over(128);
+    let mut events = Vec::new();
+    let image =
+        pollster::block_on(job.finish(&mut |e| events.push(e), &CancelToken::new())).unwrap();
+    let retries: Vec<&Event> = events
+        .iter()
+        .filter(|e| matches!(e.unit, Unit::Retry { .. }))
+        .collect();
+    assert_eq!(retries.len(), 1, "{events:?}");
+    assert_eq!(
+        retries[0].unit,
+        Unit::Retry {
+            tile_px: 128,
+            reason: "out of device memory"
+        }
+    );
+    assert!(
+        retries[0]
+            .unit
+            .to_string()
+            .contains("retrying with 128-pixel tiles")
+    );
+    // Every step then ran nine tiles, and the count stayed true.
+    let denoise = events
+        .iter()
+        .filter(|e| matches!(e.unit, Unit::Denoise { tiles: 9, .. }))
+        .count();
+    assert_eq!(denoise, 2 * 9);
+    let last = events.last().unwrap();
+    assert_eq!((last.done, last.total), (last.total, events.len() as u32));
+    // The same image as asking for 128-pixel tiles in the first place.
+    let (direct, _) = run(&u, view, opts(128));
+    assert_eq!(image, direct);
+    // Below the smallest retry tile the run ends with a clear error.
+    let mut job = u.start(view, opts(128)).unwrap();
+    job.fail_tiles_over(32);
+    let err = pollster::block_on(job.finish(&mut |_| {}, &CancelToken::new())).unwrap_err();
+    assert!(matches!(err, Error::DeviceMemory(_)), "{err}");
+    assert!(
+        err.to_string().contains("even with 64-pixel tiles"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_memory_budget_bounds_the_automatic_tile() {
+    let gpu = Gpu::cpu();
+    let u = load(&gpu);
+    assert!(u.weights_bytes() > 1 << 20 && u.weights_bytes() < 64 << 20);
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let budget = |bytes: u64| Options {
+        tile: TileSize::Auto,
+        max_memory: Some(bytes),
+        ..options()
+    };
+    // The weights and the smallest tile's estimate (≥ 128 MiB of pool overhead) do not fit.
+    let err = u.start(view, budget(100 << 20)).err().unwrap();
+    assert!(
+        err.to_string().contains("memory budget of 100 MiB"),
+        "{err}"
+    );
+    // A roomy budget: the whole image in one tile, as without one.
+    let (a, events) = run(&u, view, budget(4 << 30));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e.unit, Unit::Denoise { tiles: 1, .. }))
+    );
+    let (b, _) = run(
+        &u,
+        view,
+        Options {
+            tile: TileSize::Auto,
+            ..options()
+        },
+    );
+    assert_eq!(a, b);
 }

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use pgp_core::info::arch_info;
 use pgp_core::presets::Arch;
 use pgp_core::tokenizer::ClipTokenizer;
-use pgp_core::{ColorFix, Gpu, Options, Precision, Start, TileSize};
+use pgp_core::{ColorFix, Gpu, GpuOptions, Options, Precision, Start, TileSize};
 
 #[derive(Parser)]
 #[command(
@@ -144,6 +144,14 @@ enum Command {
         /// GPU adapter index, as `pgp-wgpu devices` lists them (default: the best one).
         #[arg(short, long)]
         gpu: Option<usize>,
+        /// Device memory budget for -t 0 (e.g. 6G, 8000M): the weights plus one tile's
+        /// activations stay within it. Default: none (wgpu does not report device memory); a
+        /// tile that runs out of device memory is retried at half the size either way.
+        #[arg(long)]
+        max_memory: Option<String>,
+        /// Cap every buffer of the device at this many MiB (simulates a smaller GPU).
+        #[arg(long, hide = true)]
+        max_buffer_mib: Option<u64>,
         /// Compute precision: auto (f16 where the adapter has shader-f16, else f32), f16 or f32.
         #[arg(long, default_value = "auto")]
         precision: String,
@@ -234,7 +242,30 @@ enum BenchWhat {
     },
 }
 
+/// cubecl reports a wgpu error (an allocation the device refuses) by panicking on its own
+/// device thread, where the panic is caught and the work fails — which this program then
+/// reports as an error. Print such panics once each, in one line, instead of a backtrace per
+/// buffer; panics of the main thread keep the default report.
+fn quiet_device_thread_panics() {
+    let default = std::panic::take_hook();
+    let seen = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
+    std::panic::set_hook(Box::new(move |info| {
+        let thread = std::thread::current();
+        if thread.name() == Some("main") {
+            return default(info);
+        }
+        let msg = pgp_core::error::panic_message(info.payload())
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if seen.lock().is_ok_and(|mut s| s.insert(msg.clone())) {
+            eprintln!("device error: {msg}");
+        }
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_device_thread_panics();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -309,11 +340,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             overwrite,
             device,
             gpu,
+            max_memory,
+            max_buffer_mib,
             precision,
             quiet,
             dump_stages,
         } => {
             let precision = Precision::parse(&precision)?;
+            let max_memory = max_memory.as_deref().map(parse_bytes).transpose()?;
             let name = match gpu {
                 Some(_) if device == "cpu" => {
                     anyhow::bail!("-g selects a GPU adapter; drop --device cpu")
@@ -321,7 +355,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(i) => format!("gpu:{i}"),
                 None => device,
             };
-            let gpu = pollster::block_on(Gpu::from_name(&name))?;
+            let gpu = match max_buffer_mib {
+                Some(mib) => {
+                    let options = GpuOptions {
+                        adapter: gpu,
+                        max_buffer_bytes: Some(mib << 20),
+                        ..GpuOptions::default()
+                    };
+                    pollster::block_on(Gpu::new(&options))?
+                }
+                None => pollster::block_on(Gpu::from_name(&name))?,
+            };
             let args = upscale::UpscaleArgs {
                 input,
                 output,
@@ -343,6 +387,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     seed,
                     one_step,
                     noise: None,
+                    max_memory,
                 },
                 noise,
                 overwrite,
@@ -532,6 +577,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `6G`, `8000M`, `512K` or a plain byte count (binary units).
+fn parse_bytes(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let (digits, shift) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('K') => (&t[..t.len() - 1], 10),
+        _ => (t, 0),
+    };
+    let n: u64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--max-memory `{text}`: a size like 6G, 8000M or bytes"))?;
+    n.checked_mul(1 << shift)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| anyhow::anyhow!("--max-memory `{text}`: out of range"))
 }
 
 /// `2567463684` → `2,567,463,684`.

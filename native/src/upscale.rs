@@ -13,7 +13,7 @@ use pgp_core::safetensors::Dtype;
 use pgp_core::weights::WeightFile;
 use pgp_core::{
     DirSource, Gpu, ImageView, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages,
-    Upscaler,
+    Unit, Upscaler,
 };
 
 /// What `upscale` was asked to do.
@@ -210,6 +210,11 @@ fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Res
     bar.set_length(u64::from(job.total()));
     while let Some(event) = pollster::block_on(job.next()) {
         let event = event?;
+        if matches!(event.unit, Unit::Retry { .. }) {
+            // Shown even with -q: the run continues, slower, with smaller tiles.
+            bar.suspend(|| eprintln!("{}: {}", input.display(), event.unit));
+            bar.set_length(u64::from(event.total));
+        }
         bar.set_position(u64::from(event.done));
         bar.set_message(event.unit.to_string());
     }

@@ -65,6 +65,10 @@ pub struct PgpOptions {
     pub color_fix: u32,
     /// Where sampling starts: 0 the encoded input (default), 1 pure noise.
     pub start: u32,
+    /// A device memory budget in MiB for `tile` 0 (the weights plus one tile's activations
+    /// stay within it); 0: none (default). A tile that runs out of device memory is retried at
+    /// half the size either way.
+    pub max_memory_mib: u32,
 }
 
 /// A loaded model on one device.
@@ -93,7 +97,7 @@ fn set_error(msg: &str) {
 fn status_of(e: &Error) -> PgpStatus {
     match e {
         Error::Cancelled => PgpStatus::PGP_CANCELLED,
-        Error::Device(_) => PgpStatus::PGP_ERR_DEVICE,
+        Error::Device(_) | Error::DeviceMemory(_) => PgpStatus::PGP_ERR_DEVICE,
         Error::Input(_) => PgpStatus::PGP_ERR_INPUT,
         _ => PgpStatus::PGP_ERR_MODEL,
     }
@@ -159,6 +163,7 @@ pub extern "C" fn pgp_options_default() -> PgpOptions {
         one_step: 0,
         color_fix: 0,
         start: 0,
+        max_memory_mib: 0,
     }
 }
 
@@ -198,11 +203,18 @@ pub unsafe extern "C" fn pgp_upscaler_new(
 fn options_of(u: &mut PgpUpscaler, o: &PgpOptions) -> Result<Options, (PgpStatus, String)> {
     // SAFETY: the header's contract for `prompt`.
     let prompt = unsafe { c_str(o.prompt, "prompt") }?.unwrap_or("");
-    if !prompt.is_empty() {
+    let defaults = u.upscaler.default_options();
+    let one_step = match o.one_step {
+        0 => defaults.one_step,
+        1 => true,
+        2 => false,
+        other => return Err(input_err(&format!("one_step {other}: 0, 1 or 2"))),
+    };
+    // The one-step recipe uses no prompt: its text encoders are not loaded.
+    if !prompt.is_empty() && !one_step {
         pollster::block_on(u.upscaler.load_text_encoders(&u.source, &mut |_| {}))
             .map_err(core_err)?;
     }
-    let defaults = u.upscaler.default_options();
     Ok(Options {
         scale: o.scale as usize,
         steps: o.steps as usize,
@@ -224,13 +236,9 @@ fn options_of(u: &mut PgpUpscaler, o: &PgpOptions) -> Result<Options, (PgpStatus
             other => return Err(input_err(&format!("start {other}: 0 or 1"))),
         },
         seed: o.seed,
-        one_step: match o.one_step {
-            0 => defaults.one_step,
-            1 => true,
-            2 => false,
-            other => return Err(input_err(&format!("one_step {other}: 0, 1 or 2"))),
-        },
+        one_step,
         noise: None,
+        max_memory: (o.max_memory_mib > 0).then(|| u64::from(o.max_memory_mib) << 20),
     })
 }
 

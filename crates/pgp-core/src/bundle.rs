@@ -498,6 +498,16 @@ impl Bundle {
         Ok((name, manifest))
     }
 
+    /// How many values its (loaded) tensors hold.
+    pub fn values(&self) -> u64 {
+        let src = self.store.as_ref();
+        src.all_keys()
+            .into_iter()
+            .filter_map(|k| src.info(k))
+            .map(|(_, shape)| shape.iter().product::<usize>() as u64)
+            .sum()
+    }
+
     /// The tensors, for inspection.
     pub fn source(&self) -> &dyn TensorSource {
         self.store.as_ref()

@@ -97,6 +97,9 @@ pub struct GpuOptions {
     /// Compute tasks batched into one GPU submission (burn's default: 32). Fewer keeps a
     /// browser or a renderer sharing the GPU more responsive.
     pub tasks_max: Option<usize>,
+    /// Requests the device with every buffer capped at this many bytes (below the adapter's
+    /// own limits): a smaller GPU simulated, for tests of the out-of-memory retry.
+    pub max_buffer_bytes: Option<u64>,
 }
 
 impl GpuOptions {
@@ -117,6 +120,9 @@ impl Gpu {
     /// Acquires a wgpu device (native and browser). The first `Gpu` on an adapter creates its
     /// runtime; later ones share it.
     pub async fn new(options: &GpuOptions) -> Result<Self> {
+        if let Some(cap) = options.max_buffer_bytes {
+            return Self::with_buffer_cap(options, cap).await;
+        }
         let listed = adapters().await;
         let (kind, listed_info) = match options.adapter {
             Some(i) => {
@@ -171,6 +177,47 @@ impl Gpu {
             }),
             Err(e) => Err(Error::device(e.to_string())),
         }
+    }
+
+    /// A device of its own with every buffer capped at `cap` bytes.
+    async fn with_buffer_cap(options: &GpuOptions, cap: u64) -> Result<Self> {
+        let instance = wgpu::Instance::default();
+        let adapter = match options.adapter {
+            Some(i) => instance
+                .enumerate_adapters(wgpu::Backends::PRIMARY)
+                .await
+                .into_iter()
+                .nth(i)
+                .ok_or_else(|| Error::device(format!("there is no adapter {i}")))?,
+            None => instance
+                .request_adapter(&Default::default())
+                .await
+                .map_err(|e| Error::device(e.to_string()))?,
+        };
+        let mut limits = adapter.limits();
+        limits.max_buffer_size = limits.max_buffer_size.min(cap);
+        limits.max_storage_buffer_binding_size = limits.max_storage_buffer_binding_size.min(cap);
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("pgp-wgpu"),
+                required_features: adapter
+                    .features()
+                    .difference(wgpu::Features::MAPPABLE_PRIMARY_BUFFERS),
+                required_limits: limits,
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::MemoryUsage,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::device(e.to_string()))?;
+        let backend = adapter.get_info().backend;
+        Self::from_wgpu(WgpuSetup {
+            instance,
+            adapter,
+            device,
+            queue,
+            backend,
+        })
     }
 
     /// Runs on a wgpu device the host application already owns (the `wgpu` types are burn's
@@ -251,7 +298,19 @@ pub async fn settle<const D: usize>(t: &Tensor<D>) -> Result<()> {
         .into_data_async()
         .await
         .map(drop)
-        .map_err(|e| Error::device(format!("waiting for the device failed: {e:?}")))
+        .map_err(|e| execution_error("waiting for the device", e.is_device_poisoned(), &e))
+}
+
+/// A failed execution as an error: a poisoned (lost) device is [`Error::Device`]; anything
+/// else — a buffer the device could not allocate, which leaves the device usable — is
+/// [`Error::DeviceMemory`].
+fn execution_error(what: &str, poisoned: bool, e: &dyn std::fmt::Display) -> Error {
+    let reason = e.to_string().replace('\n', " ");
+    if poisoned {
+        Error::device(format!("{what} failed, the device is lost: {reason}"))
+    } else {
+        Error::DeviceMemory(format!("{what} failed: {reason}"))
+    }
 }
 
 /// Reads a tensor back to the host as f32 values and its shape (awaits the device, so it also
@@ -261,7 +320,7 @@ pub async fn read_back<const D: usize>(t: Tensor<D>) -> Result<(Vec<f32>, Vec<us
     let data = t
         .into_data_async()
         .await
-        .map_err(|e| Error::device(format!("reading a result back failed: {e:?}")))?;
+        .map_err(|e| execution_error("reading a result back", e.is_device_poisoned(), &e))?;
     let values = data
         .convert::<f32>()
         .try_to_vec::<f32>()

@@ -34,6 +34,12 @@ pub enum Error {
     #[error("device: {0}")]
     Device(String),
 
+    /// The device could not allocate or run a unit of work (out of memory, or a buffer larger
+    /// than it allows) but is otherwise fine: smaller work may fit. A UNet tile that fails so
+    /// is retried at half the size ([`crate::Unit::Retry`]).
+    #[error("device memory: {0}")]
+    DeviceMemory(String),
+
     /// A run was cancelled (a `CancelToken` was tripped or a progress callback asked to stop).
     #[error("cancelled")]
     Cancelled,

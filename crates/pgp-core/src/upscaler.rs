@@ -27,10 +27,19 @@ use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::gpu_io::GpuImage;
 use crate::pipeline::run::{Event, Models, Options, Run, Stages, TextEncoders};
+use crate::pipeline::tiling::TileLimits;
 use crate::pixels::{Alpha, Image, ImageView, PixelFormat, Split, assemble};
 use crate::precision::Precision;
 use crate::source::ShardSource;
 use crate::tokenizer::ClipTokenizer;
+
+fn elem_bytes(dtype: FloatDType) -> u64 {
+    match dtype {
+        FloatDType::F16 | FloatDType::BF16 => 2,
+        FloatDType::F64 => 8,
+        _ => 4,
+    }
+}
 
 /// How an [`Upscaler`] loads its bundle.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +64,8 @@ pub struct Upscaler {
     arch: String,
     one_step: bool,
     dtype: FloatDType,
+    /// Bytes of weights on the device.
+    weights_bytes: u64,
 }
 
 impl Upscaler {
@@ -91,6 +102,7 @@ impl Upscaler {
             gpu: gpu.clone(),
             arch: bundle.manifest.arch.clone(),
             one_step: bundle.manifest.one_step,
+            weights_bytes: bundle.values() * elem_bytes(dtype),
             models,
             dtype,
         })
@@ -109,6 +121,7 @@ impl Upscaler {
         let bundle =
             Bundle::stream(source, device, self.dtype, &Component::TEXT, on_progress).await?;
         let pads = &bundle.manifest.pad_tokens;
+        self.weights_bytes += bundle.values() * elem_bytes(self.dtype);
         self.models.text = Some(TextEncoders {
             first: (
                 bundle.text_encoder(device, false)?,
@@ -135,6 +148,11 @@ impl Upscaler {
     /// The dtype the networks compute in (what [`Precision`] resolved to on this device).
     pub fn dtype(&self) -> FloatDType {
         self.dtype
+    }
+
+    /// Bytes of weights this upscaler holds on the device.
+    pub fn weights_bytes(&self) -> u64 {
+        self.weights_bytes
     }
 
     /// Whether the bundle is a one-step (S1) model.
@@ -166,7 +184,12 @@ impl Upscaler {
             self.gpu.device(),
             &split.rgb,
             &options,
-            self.gpu.info().max_buffer_bytes,
+            TileLimits {
+                buffer_bytes: self.gpu.info().max_buffer_bytes,
+                budget_bytes: None,
+                weights_bytes: self.weights_bytes,
+                elem_bytes: elem_bytes(self.dtype),
+            },
             keep_unit,
         )?;
         let to = (
@@ -280,6 +303,13 @@ impl Job<'_> {
     /// called before).
     pub fn take_gpu_image(&mut self) -> Option<GpuImage> {
         self.gpu_output.take()
+    }
+
+    /// Testing the out-of-memory retry: UNet tiles larger than `px` fail as on a device that
+    /// cannot allocate them.
+    #[doc(hidden)]
+    pub fn fail_tiles_over(&mut self, px: usize) {
+        self.run.fail_tiles_over(px);
     }
 
     /// Keeps the pipeline's intermediate tensors (for parity checks and debugging).

@@ -10,7 +10,7 @@ use super::image::{
     RgbImage, crop, from_signed, from_unit, pad_to_multiple, resize_lanczos, to_signed_tensor,
     to_unit_tensor,
 };
-use super::tiling::{Tile, gaussian_weights, largest_tile_px, tile_grid};
+use super::tiling::{Tile, TileLimits, gaussian_weights, largest_tile_px, tile_grid};
 use crate::device::{read_back, settle};
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
@@ -44,10 +44,15 @@ impl Start {
     }
 }
 
+/// The smallest tile a UNet tile that ran out of device memory is retried at.
+pub const MIN_RETRY_TILE_PX: usize = 64;
+
 /// The latent tile size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileSize {
-    /// The largest tile whose buffers fit the device's limit (the whole image when it fits).
+    /// The largest tile whose buffers fit the device's limit and, with
+    /// [`Options::max_memory`], whose activations fit beside the weights (the whole image
+    /// when it fits).
     Auto,
     /// Tiles of this many output pixels (a positive multiple of 8); tiles overlap by half.
     Pixels(usize),
@@ -80,6 +85,11 @@ pub struct Options {
     pub one_step: bool,
     /// Explicit noise instead of the seeded generator (to reproduce a reference run).
     pub noise: Option<NoiseData>,
+    /// A device memory budget in bytes for [`TileSize::Auto`]: the weights plus one tile's
+    /// estimated activations stay within it. `None`: only the buffer limit counts (wgpu does
+    /// not report a device's memory). Whatever the tile, one that runs out of device memory is
+    /// retried at half the size, down to [`MIN_RETRY_TILE_PX`].
+    pub max_memory: Option<u64>,
 }
 
 impl Default for Options {
@@ -95,6 +105,7 @@ impl Default for Options {
             seed: 0,
             one_step: false,
             noise: None,
+            max_memory: None,
         }
     }
 }
@@ -199,6 +210,12 @@ pub enum Unit {
         tile: usize,
         tiles: usize,
     },
+    /// A UNet tile ran out of device memory: the step restarts with tiles of `tile_px`
+    /// (half the size), and the run's total grows accordingly.
+    Retry {
+        tile_px: usize,
+        reason: &'static str,
+    },
     /// One VAE decode tile (1-based).
     Decode { tile: usize, tiles: usize },
     /// The colour correction.
@@ -218,6 +235,9 @@ impl std::fmt::Display for Unit {
                 tile,
                 tiles,
             } => write!(f, "step {step}/{steps}, tile {tile}/{tiles}"),
+            Unit::Retry { tile_px, reason } => {
+                write!(f, "{reason}: retrying with {tile_px}-pixel tiles")
+            }
             Unit::Decode { tile, tiles } => write!(f, "decode tile {tile}/{tiles}"),
             Unit::ColorFix => write!(f, "colour fix"),
         }
@@ -301,18 +321,20 @@ pub struct Run<'a> {
     total: u32,
     stages: Option<Stages>,
     output: Option<Output>,
+    /// Testing: UNet tiles larger than this fail as an out-of-memory device would.
+    fail_tiles_over: Option<usize>,
 }
 
 impl<'a> Run<'a> {
     /// Prepares a run on the host (pre-upscale, padding, tile grid); no GPU work is issued
-    /// until [`Run::next`]. `buffer_limit` decides [`TileSize::Auto`]; `keep_unit` keeps the
-    /// final float values (for 16-bit outputs).
+    /// until [`Run::next`]. `limits` (with the options' budget) decide [`TileSize::Auto`];
+    /// `keep_unit` keeps the final float values (for 16-bit outputs).
     pub fn new(
         models: &'a Models,
         device: &Device,
         image: &RgbImage,
         options: &Options,
-        buffer_limit: u64,
+        limits: TileLimits,
         keep_unit: bool,
     ) -> Result<Self> {
         options.validate()?;
@@ -346,7 +368,21 @@ impl<'a> Run<'a> {
         let steps = if options.one_step { 1 } else { options.steps };
         let sched = schedule(&models.scheduler, options.steps)?;
         let tile_px = match options.tile {
-            TileSize::Auto => largest_tile_px(models.unet.unet.layout(), buffer_limit, hp.max(wp)),
+            TileSize::Auto => {
+                let limits = TileLimits {
+                    budget_bytes: options.max_memory,
+                    ..limits
+                };
+                let layout = models.unet.unet.layout();
+                largest_tile_px(layout, &limits, hp.max(wp)).ok_or_else(|| {
+                    Error::input(format!(
+                        "the weights ({} MiB) and the smallest tile do not fit in the memory \
+                         budget of {} MiB",
+                        limits.weights_bytes >> 20,
+                        options.max_memory.unwrap_or(0) >> 20
+                    ))
+                })?
+            }
             TileSize::Pixels(t) => t,
         };
         let tile = tile_px / 8;
@@ -376,7 +412,15 @@ impl<'a> Run<'a> {
             total: u32::try_from(total).map_err(|_| Error::input("too many tiles"))?,
             stages: None,
             output: None,
+            fail_tiles_over: None,
         })
+    }
+
+    /// Testing the out-of-memory path: from now on, UNet tiles larger than `px` fail the way a
+    /// device that cannot allocate them does ([`Error::DeviceMemory`]).
+    #[doc(hidden)]
+    pub fn fail_tiles_over(&mut self, px: usize) {
+        self.fail_tiles_over = Some(px);
     }
 
     /// Keeps the result on the device too ([`Output::tensor`]).
@@ -489,8 +533,18 @@ impl<'a> Run<'a> {
                 Ok(Unit::StartLatent)
             }
             Phase::Denoise { step, tile, acc } => {
+                if self.fail_tiles_over.is_some_and(|px| self.tile_px > px) {
+                    let e = Error::DeviceMemory(format!(
+                        "a {}-pixel tile does not fit (simulated)",
+                        self.tile_px
+                    ));
+                    return self.shrink_tiles(step, e);
+                }
                 let acc = self.denoise_tile(step, tile, acc)?;
-                settle(&acc).await?;
+                if let Err(e) = settle(&acc).await {
+                    drop(acc);
+                    return self.shrink_tiles(step, e);
+                }
                 let tiles = self.grid.len();
                 let steps = if self.options.one_step {
                     1
@@ -592,6 +646,42 @@ impl<'a> Run<'a> {
             }
             Phase::Done => unreachable!("checked by next"),
         }
+    }
+
+    /// After a UNet tile failed for want of device memory: tiles of half the size, and the step
+    /// starts over (its accumulator went with the failure; the latent is untouched). Other
+    /// errors, and a failure at the smallest tile, end the run.
+    fn shrink_tiles(&mut self, step: usize, err: Error) -> Result<Unit> {
+        let Error::DeviceMemory(reason) = err else {
+            return Err(err);
+        };
+        let next = self.tile_px / 2 / 8 * 8;
+        if next < MIN_RETRY_TILE_PX {
+            return Err(Error::DeviceMemory(format!(
+                "{reason} (even with {}-pixel tiles)",
+                self.tile_px
+            )));
+        }
+        let (wp, hp) = self.padded;
+        let tile = next / 8;
+        self.tile_px = next;
+        self.grid = tile_grid(hp / 8, wp / 8, tile, (tile / 2).max(1));
+        self.prepare_tiles();
+        let steps = if self.options.one_step {
+            1
+        } else {
+            self.options.steps
+        };
+        let decode = self.models.vae.decode_tiles(hp / 8, wp / 8);
+        let fix = usize::from(self.options.color_fix != ColorFix::None);
+        let remaining = (steps - step) * self.grid.len() + decode + fix;
+        self.total = u32::try_from(self.done as usize + 1 + remaining)
+            .map_err(|_| Error::input("too many tiles"))?;
+        self.phase = self.denoise_phase(step);
+        Ok(Unit::Retry {
+            tile_px: next,
+            reason: "out of device memory",
+        })
     }
 
     /// The Gaussian weights of every tile and their sum over the latent.

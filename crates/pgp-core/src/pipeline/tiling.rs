@@ -36,15 +36,62 @@ pub fn unet_largest_buffer(layout: &UNetLayout, latent: usize, context: usize) -
     largest
 }
 
+/// What one batch-1 UNet call on a `latent × latent` tile is expected to hold at its peak,
+/// with activations of `elem_bytes` each: the feature maps the encoder keeps for the decoder's
+/// skips, the largest working buffer ([`unet_largest_buffer`], f32) four times over (its input,
+/// its output and two temporaries), and 128 MiB for the pools' page granularity and kernels'
+/// scratch (measured: 114 MiB above the weights for a 16² latent of the full networks,
+/// docs/PERFORMANCE.md). An estimate for choosing tiles, not a bound.
+pub fn unet_activation_bytes(layout: &UNetLayout, latent: usize, elem_bytes: u64) -> u64 {
+    let mut skips = 0u64;
+    let mut side = latent as u64;
+    for (i, &c) in layout.channels.iter().enumerate() {
+        let per_level = layout.layers.get(i).copied().unwrap_or(2) as u64 + 1;
+        skips += per_level * c as u64 * side * side;
+        if i + 1 < layout.channels.len() {
+            side = side.div_ceil(2);
+        }
+    }
+    skips * elem_bytes + 4 * unet_largest_buffer(layout, latent, 77) + (128 << 20)
+}
+
+/// What decides the automatic tile (`-t 0`): the device's largest buffer and, when known, a
+/// memory budget for the weights (already on the device) plus one tile's activations.
+#[derive(Clone, Copy, Debug)]
+pub struct TileLimits {
+    /// The largest buffer the device allows.
+    pub buffer_bytes: u64,
+    /// The whole budget, when the caller gives one.
+    pub budget_bytes: Option<u64>,
+    /// The weights' bytes on the device.
+    pub weights_bytes: u64,
+    /// Bytes per activation value (2 in f16, 4 in f32).
+    pub elem_bytes: u64,
+}
+
 /// The largest latent tile, in output pixels (a multiple of 8, at most `max_side_px` rounded up
-/// to 8), whose UNet call needs no buffer over `limit_bytes` — `-t 0`. At least 8.
-pub fn largest_tile_px(layout: &UNetLayout, limit_bytes: u64, max_side_px: usize) -> usize {
+/// to 8), whose UNet call needs no buffer over the buffer limit and, with a budget, whose
+/// estimated activations fit beside the weights — `-t 0`. `None` when not even an 8-pixel tile
+/// fits the budget.
+pub fn largest_tile_px(
+    layout: &UNetLayout,
+    limits: &TileLimits,
+    max_side_px: usize,
+) -> Option<usize> {
     let top = max_side_px.div_ceil(8).max(1);
-    (1..=top)
-        .rev()
-        .find(|&l| unet_largest_buffer(layout, l, 77) <= limit_bytes)
-        .unwrap_or(1)
-        * 8
+    let fits = |l: usize| {
+        unet_largest_buffer(layout, l, 77) <= limits.buffer_bytes
+            && limits.budget_bytes.is_none_or(|b| {
+                limits.weights_bytes + unet_activation_bytes(layout, l, limits.elem_bytes) <= b
+            })
+    };
+    let l = (1..=top).rev().find(|&l| fits(l));
+    match (l, limits.budget_bytes) {
+        (Some(l), _) => Some(l * 8),
+        // Nothing fits the buffer limit alone: the smallest tile, as before.
+        (None, None) => Some(8),
+        (None, Some(_)) => None,
+    }
 }
 
 /// Start offsets of tiles of `tile` along an axis of `len`, `stride` apart, the last one
@@ -122,12 +169,34 @@ mod tests {
             .unwrap();
         // Level-1 self-attention of a 1024² tile: 10 heads × 4096² scores in f32 (pipeline.md).
         assert_eq!(unet_largest_buffer(&layout, 128, 77), 10 * 4096 * 4096 * 4);
+        let limits = |buffer_bytes: u64, budget_bytes: Option<u64>| TileLimits {
+            buffer_bytes,
+            budget_bytes,
+            weights_bytes: 5 << 30,
+            elem_bytes: 2,
+        };
         // WebGPU's default 128 MiB: level-1 side 42 (1764 tokens) fits, 43 does not.
-        assert_eq!(largest_tile_px(&layout, 128 << 20, 4000), 672);
+        assert_eq!(
+            largest_tile_px(&layout, &limits(128 << 20, None), 4000),
+            Some(672)
+        );
         // No limit: the whole (padded) image, rounded up to the latent grid.
-        assert_eq!(largest_tile_px(&layout, u64::MAX, 1500), 1504);
+        assert_eq!(
+            largest_tile_px(&layout, &limits(u64::MAX, None), 1500),
+            Some(1504)
+        );
         // A limit nothing fits still gives the smallest tile.
-        assert_eq!(largest_tile_px(&layout, 1, 512), 8);
+        assert_eq!(largest_tile_px(&layout, &limits(1, None), 512), Some(8));
+        // A budget: the weights plus the tile's estimate fit, one latent row more does not.
+        let t = largest_tile_px(&layout, &limits(u64::MAX, Some(6 << 30)), 4000).unwrap();
+        let need = |px: usize| (5 << 30) + unet_activation_bytes(&layout, px / 8, 2);
+        assert!(need(t) <= 6 << 30 && need(t + 8) > 6 << 30, "{t}");
+        assert!(t < 1024, "{t}");
+        // A budget smaller than the weights: nothing fits.
+        assert_eq!(
+            largest_tile_px(&layout, &limits(u64::MAX, Some(4 << 30)), 512),
+            None
+        );
     }
 
     #[test]
