@@ -263,3 +263,229 @@ pub async fn phase(shape: [usize; 4], runs: usize, device: &Device) -> Result<()
     report("DFT matmuls", &timed(device, runs, &reference).await);
     Ok(())
 }
+
+/// CLIP ViT-L (`text_encoder`) and OpenCLIP bigG (`text_encoder_2`) as SDXL ships them.
+fn sdxl_text_encoder_json(second: bool) -> serde_json::Value {
+    let (hidden, layers, heads, act) = if second {
+        (1280, 32, 20, "gelu")
+    } else {
+        (768, 12, 12, "quick_gelu")
+    };
+    json!({
+        "vocab_size": 49408, "hidden_size": hidden, "intermediate_size": 4 * hidden,
+        "projection_dim": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "max_position_embeddings": 77, "hidden_act": act, "layer_norm_eps": 1e-5,
+        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1
+    })
+}
+
+/// Little-endian f16 bytes of `n` made-up values in ±`scale` (a fixed xorshift, so bundles are
+/// reproducible).
+fn made_up_f16(n: usize, scale: f32, state: &mut u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 * n);
+    for _ in 0..n {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let u = (*state >> 40) as f32 / (1u64 << 24) as f32;
+        out.extend_from_slice(&half::f16::from_f32((2.0 * u - 1.0) * scale).to_le_bytes());
+    }
+    out
+}
+
+/// `bench bundle`: a full-size bundle of `arch` with made-up f16 weights (every component,
+/// the real configs), written by the same writer as `convert`, for `bench load`.
+pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) -> Result<()> {
+    use pgp_core::bundle::{Component, FORMAT, MANIFEST, Manifest, VERSION};
+    use pgp_core::models::clip::{ClipTextConfig, ClipTextModel};
+    use pgp_core::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+    use pgp_core::safetensors::Dtype;
+    use pgp_core::weights::wanted_shapes;
+    if out.exists() {
+        bail!("{}: already exists", out.display());
+    }
+    std::fs::create_dir_all(out)?;
+    let device = pgp_core::Gpu::cpu().device().clone();
+    let (unet_json, vae_json) = (arch.unet_json(), pgp_core::presets::sdxl_vae_json());
+    let te_json = [sdxl_text_encoder_json(false), sdxl_text_encoder_json(true)];
+    let (unet, fd, peam) = (
+        UNet2DConditionConfig::from_json(&unet_json)?,
+        arch.faithdiff_config(),
+        arch.peam_config(),
+    );
+    let vae = AutoencoderKLConfig::from_json(&vae_json)?;
+    let te = [
+        ClipTextConfig::from_json(&te_json[0])?,
+        ClipTextConfig::from_json(&te_json[1])?,
+    ];
+    let shapes = [
+        (
+            Component::Unet,
+            wanted_shapes(&device, |vb| {
+                FaithDiffUNet::new(&vb.pp("unet"), &unet, &fd, peam.as_ref())
+            })?,
+        ),
+        (
+            Component::DenoiseEncoder,
+            wanted_shapes(&device, |vb| {
+                DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae)
+            })?,
+        ),
+        (
+            Component::Vae,
+            wanted_shapes(&device, |vb| AutoencoderKL::new(&vb.pp("vae"), &vae))?,
+        ),
+        (
+            Component::TextEncoder,
+            wanted_shapes(&device, |vb| {
+                ClipTextModel::new(&vb.pp("text_encoder"), &te[0], false, true)
+            })?,
+        ),
+        (
+            Component::TextEncoder2,
+            wanted_shapes(&device, |vb| {
+                ClipTextModel::new(&vb.pp("text_encoder_2"), &te[1], true, true)
+            })?,
+        ),
+    ];
+    let mut w = crate::convert::Writer::new(out, max_shard_bytes, Dtype::F16);
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for (component, wanted) in &shapes {
+        w.begin(*component)?;
+        for (key, shape) in wanted {
+            let n: usize = shape.iter().product();
+            let fan_in = shape[1..].iter().product::<usize>().max(1);
+            let scale = if shape.len() == 1 {
+                0.02
+            } else {
+                1.0 / (fan_in as f32).sqrt()
+            };
+            let data = made_up_f16(n, scale, &mut state);
+            w.add(key.clone(), Dtype::F16, shape.clone(), &data)?;
+        }
+    }
+    w.begin(Component::EmptyPrompt)?;
+    w.dtype = Dtype::F32;
+    for (key, shape) in [
+        ("empty_prompt.prompt_embeds", vec![1, 77, 2048]),
+        ("empty_prompt.pooled_prompt_embeds", vec![1, 1280]),
+    ] {
+        let n: usize = shape.iter().product();
+        let data: Vec<u8> = (0..n)
+            .flat_map(|i| ((i % 7) as f32 * 0.1).to_le_bytes())
+            .collect();
+        w.add(key.into(), Dtype::F32, shape, &data)?;
+    }
+    w.finish()?;
+    let manifest = Manifest {
+        format: FORMAT.into(),
+        version: VERSION,
+        dtype: "f16".into(),
+        arch: arch.name().into(),
+        unet: unet_json,
+        faithdiff: fd,
+        peam,
+        vae: vae_json,
+        text_encoder: te_json[0].clone(),
+        text_encoder_2: te_json[1].clone(),
+        pad_tokens: ["<|endoftext|>".into(), "!".into()],
+        scheduler: json!({
+            "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+            "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+            "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 1,
+            "interpolation_type": "linear", "use_karras_sigmas": false
+        }),
+        shards: w.shards.clone(),
+        weight_map: std::mem::take(&mut w.weight_map),
+        sources: [("made-up".to_string(), "pgp-wgpu bench bundle".to_string())].into(),
+        one_step: false,
+    };
+    std::fs::write(out.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
+    let total: u64 = w.shards.iter().map(|s| s.bytes).sum();
+    eprintln!(
+        "wrote {} ({} shards, {:.2} GiB, made-up f16 weights)",
+        out.display(),
+        w.shards.len(),
+        total as f64 / (1u64 << 30) as f64
+    );
+    Ok(())
+}
+
+/// The process's resident set now and at its peak (Linux `/proc/self/status`), in bytes.
+fn rss() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        let kb: u64 = line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb << 10)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// `bench load`: loads a bundle's image components as `upscale` does, and reports the load
+/// time, the host's resident set (before, peak while loading, after) and the device pool.
+/// Where the device is the CPU (lavapipe, burn's CPU backend), device memory is host memory
+/// too: the pool is then subtracted to give the host's own overhead.
+pub async fn load(
+    model: &std::path::Path,
+    gpu: &pgp_core::Gpu,
+    precision: pgp_core::Precision,
+    json_out: bool,
+) -> Result<()> {
+    use pgp_core::{DirSource, LoadOptions, Upscaler};
+    let device = gpu.device();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(model.join("manifest.json"))?)?;
+    let largest_shard = manifest["shards"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["bytes"].as_u64())
+        .max()
+        .unwrap_or(0);
+    // Reset the peak (Linux: writing 5 to clear_refs resets VmHWM).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = rss();
+    let pool_before = pool_bytes(device).map(|p| p.1);
+    let t = Instant::now();
+    let options = LoadOptions::default().with_precision(precision);
+    let upscaler = Upscaler::load_with(&DirSource::new(model), gpu, &options, &mut |_| {}).await?;
+    device.sync()?;
+    let load_s = t.elapsed().as_secs_f64();
+    let after = rss();
+    let pool_after = pool_bytes(device);
+    let (rss_before, rss_peak, rss_after) = match (before, after) {
+        (Some(b), Some(a)) => (Some(b.0), Some(a.1), Some(a.0)),
+        _ => (None, None, None),
+    };
+    let device_growth = pool_after
+        .map(|p| p.1)
+        .zip(pool_before)
+        .map(|(a, b)| a.saturating_sub(b));
+    // Host memory the load itself needed beyond what it left on the device.
+    let host_overhead = rss_peak.zip(rss_before).map(|(p, b)| {
+        p.saturating_sub(b)
+            .saturating_sub(device_growth.unwrap_or(0))
+    });
+    let v = json!({
+        "model": model.display().to_string(), "arch": manifest["arch"],
+        "precision": dtype_name(upscaler.dtype()), "device": gpu.info().name,
+        "load_s": load_s, "largest_shard_bytes": largest_shard,
+        "weights_bytes": upscaler.weights_bytes(),
+        "rss_before_bytes": rss_before, "rss_peak_bytes": rss_peak, "rss_after_bytes": rss_after,
+        "pool_peak_bytes": pool_after.map(|p| p.0), "pool_reserved_bytes": pool_after.map(|p| p.1),
+        "host_overhead_bytes": host_overhead,
+        "target_bytes": largest_shard + (512 << 20),
+    });
+    if json_out {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}

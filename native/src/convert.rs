@@ -225,18 +225,36 @@ impl Drop for TempDir {
 
 /// Writes shards component by component (version 2: each component its own shards, named
 /// `{component}-{n}.safetensors`), recording checksums and the `weight_map`.
-struct Writer {
+pub(crate) struct Writer {
     dir: PathBuf,
     packer: ShardPacker,
-    shards: Vec<ShardInfo>,
-    weight_map: BTreeMap<String, WeightEntry>,
+    pub(crate) shards: Vec<ShardInfo>,
+    pub(crate) weight_map: BTreeMap<String, WeightEntry>,
     component: Component,
-    dtype: Dtype,
+    pub(crate) dtype: Dtype,
 }
 
 impl Writer {
+    /// A writer of shards of at most `max_shard_bytes` into `dir`, floats stored as `dtype`.
+    pub(crate) fn new(dir: &Path, max_shard_bytes: usize, dtype: Dtype) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            packer: ShardPacker::new(max_shard_bytes),
+            shards: Vec::new(),
+            weight_map: BTreeMap::new(),
+            component: Component::Unet,
+            dtype,
+        }
+    }
+
+    /// Writes the last shard.
+    pub(crate) fn finish(&mut self) -> Result<()> {
+        let last = self.packer.flush()?;
+        self.emit(last)
+    }
+
     /// Ends the current component's last shard; what is added next belongs to `component`.
-    fn begin(&mut self, component: Component) -> Result<()> {
+    pub(crate) fn begin(&mut self, component: Component) -> Result<()> {
         let last = self.packer.flush()?;
         self.emit(last)?;
         self.component = component;
@@ -282,7 +300,13 @@ impl Writer {
     }
 
     /// Adds one float tensor, converted to the bundle's dtype.
-    fn add(&mut self, key: String, from: Dtype, shape: Vec<usize>, data: &[u8]) -> Result<()> {
+    pub(crate) fn add(
+        &mut self,
+        key: String,
+        from: Dtype,
+        shape: Vec<usize>,
+        data: &[u8],
+    ) -> Result<()> {
         let data = convert_dtype(&key, from, data, self.dtype)?;
         let full = self.packer.push(key, self.dtype, shape, data)?;
         self.emit(full)
@@ -448,14 +472,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     ));
     std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let mut guard = TempDir(Some(tmp.clone()));
-    let mut w = Writer {
-        dir: tmp.clone(),
-        packer: ShardPacker::new(a.max_shard_bytes),
-        shards: Vec::new(),
-        weight_map: BTreeMap::new(),
-        component: Component::Unet,
-        dtype: target,
-    };
+    let mut w = Writer::new(&tmp, a.max_shard_bytes, target);
     say(a.quiet, "writing the UNet and the LQ encoder");
     for denoise in [false, true] {
         w.begin(if denoise {
@@ -513,8 +530,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         &f32_bytes(&pooled),
     )?;
     w.dtype = keep;
-    let last = w.packer.flush()?;
-    w.emit(last)?;
+    w.finish()?;
 
     let manifest = Manifest {
         format: FORMAT.into(),

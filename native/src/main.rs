@@ -195,6 +195,35 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchWhat {
+    /// Write a full-size bundle with made-up f16 weights (every component, the real configs),
+    /// for `bench load`.
+    Bundle {
+        /// `faithdiff`, `pgp-coarse` or `pgp`.
+        #[arg(long, default_value = "pgp")]
+        arch: String,
+        /// The bundle folder to create.
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// Largest shard in MiB.
+        #[arg(long, default_value_t = 256)]
+        max_shard_mib: usize,
+    },
+    /// Load a bundle's image components as `upscale` does: load time, host resident set
+    /// (peak while loading) and device pool.
+    Load {
+        /// The bundle folder.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// Backend: wgpu or cpu.
+        #[arg(long, default_value = "wgpu")]
+        device: String,
+        /// Compute precision: auto, f16 or f32.
+        #[arg(long, default_value = "auto")]
+        precision: String,
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// The WGSL phase exchange against the plain-burn composition.
     Phase {
         /// B, C, h, w.
@@ -508,6 +537,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{} of 75 content tokens used, not truncated", content.len());
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Bundle {
+                    arch,
+                    output,
+                    max_shard_mib,
+                },
+        } => {
+            bench::make_bundle(Arch::parse(&arch)?, &output, max_shard_mib.max(1) << 20)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchWhat::Load {
+                    model,
+                    device,
+                    precision,
+                    json,
+                },
+        } => {
+            let gpu = pollster::block_on(Gpu::from_name(&device))?;
+            let precision = Precision::parse(&precision)?;
+            pollster::block_on(bench::load(&model, &gpu, precision, json))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
