@@ -117,7 +117,7 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
         println!(
             "{}",
             json!({
-                "arch": b.arch.name(), "size": b.size, "tile": b.tile, "latent": l,
+                "bench": "unet", "arch": b.arch.name(), "size": b.size, "tile": b.tile, "latent": l,
                 "precision": dtype_name(b.dtype),
                 "params": params, "weights_bytes_f32": params * 4, "build_s": build_s,
                 "first_call_s": first, "mean_call_s": mean, "runs": b.runs,
@@ -163,14 +163,29 @@ pub struct AttentionBench {
     pub tokens: usize,
     pub dim: usize,
     pub runs: usize,
+    pub json: bool,
 }
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-/// One result line of a comparison: time and pool growth, or why the path failed.
-fn report(label: &str, result: &Result<(f64, Option<u64>)>) {
+/// One result line of a comparison: time and pool growth, or why the path failed; with
+/// `json`, one JSON line (`json`'s fields plus the result's).
+fn report(label: &str, result: &Result<(f64, Option<u64>)>, json: Option<&serde_json::Value>) {
+    if let Some(base) = json {
+        let mut v = base.clone();
+        v["path"] = label.into();
+        match result {
+            Ok((t, grew)) => {
+                v["mean_call_s"] = (*t).into();
+                v["pool_growth_bytes"] = (*grew).into();
+            }
+            Err(e) => v["error"] = e.to_string().lines().next().unwrap_or("").into(),
+        }
+        println!("{v}");
+        return;
+    }
     match result {
         Ok((t, grew)) => println!(
             "  {label:<16} {:.1} ms, pool peak grew {}",
@@ -218,24 +233,39 @@ pub async fn attention(b: &AttentionBench, device: &Device) -> Result<()> {
     );
     let io_bytes = 4 * 4 * (b.heads * b.tokens * b.dim) as u64;
     let scores = 4 * (b.heads * b.tokens * b.tokens) as u64;
-    println!(
-        "attention 1 × {} heads × {} tokens × {} (inputs + output {:.1} MiB; a materialised score matrix {:.1} MiB)",
-        b.heads,
-        b.tokens,
-        b.dim,
-        mib(io_bytes),
-        mib(scores)
-    );
+    let base = json!({
+        "bench": "attention", "heads": b.heads, "tokens": b.tokens, "dim": b.dim,
+        "runs": b.runs, "precision": "f32",
+    });
+    let base = b.json.then_some(&base);
+    if base.is_none() {
+        println!(
+            "attention 1 × {} heads × {} tokens × {} (inputs + output {:.1} MiB; a materialised score matrix {:.1} MiB)",
+            b.heads,
+            b.tokens,
+            b.dim,
+            mib(io_bytes),
+            mib(scores)
+        );
+    }
     // The kernel first: the pool's peak then only grows if the reference needs more.
     let kernel = || kernels::flash_attention(q.clone(), k.clone(), v.clone(), false);
-    report("flash kernel", &Ok(timed(device, b.runs, &kernel).await?));
+    report(
+        "flash kernel",
+        &Ok(timed(device, b.runs, &kernel).await?),
+        base,
+    );
     let reference = || reference_attention(q.clone(), k.clone(), v.clone(), false);
-    report("burn attention", &timed(device, b.runs, &reference).await);
+    report(
+        "burn attention",
+        &timed(device, b.runs, &reference).await,
+        base,
+    );
     Ok(())
 }
 
 /// The WGSL phase exchange (FFT or DFT path) against the plain-burn DFT-matrix composition.
-pub async fn phase(shape: [usize; 4], runs: usize, device: &Device) -> Result<()> {
+pub async fn phase(shape: [usize; 4], runs: usize, json_out: bool, device: &Device) -> Result<()> {
     use pgp_core::kernels;
     use pgp_core::phase::reference_phase_exchange;
     if !kernels::available(device) {
@@ -248,19 +278,23 @@ pub async fn phase(shape: [usize; 4], runs: usize, device: &Device) -> Result<()
     );
     let [_, _, hh, ww] = shape;
     let planes = shape.iter().product::<usize>() / (hh * ww);
-    println!(
-        "phase exchange {shape:?} ({planes} planes; spectra {:.1} MiB each)",
-        mib((planes * hh * (ww / 2 + 1) * 8) as u64)
-    );
+    let base = json!({"bench": "phase", "shape": shape, "runs": runs, "precision": "f32"});
+    let base = json_out.then_some(&base);
+    if base.is_none() {
+        println!(
+            "phase exchange {shape:?} ({planes} planes; spectra {:.1} MiB each)",
+            mib((planes * hh * (ww / 2 + 1) * 8) as u64)
+        );
+    }
     let kernel = || kernels::phase_exchange(f.clone(), h.clone());
     let path = if kernels::phase::fft_size(hh) && kernels::phase::fft_size(ww) {
         "kernel (FFT)"
     } else {
         "kernel (DFT)"
     };
-    report(path, &Ok(timed(device, runs, &kernel).await?));
+    report(path, &Ok(timed(device, runs, &kernel).await?), base);
     let reference = || reference_phase_exchange(f.clone(), h.clone()).expect("equal shapes");
-    report("DFT matmuls", &timed(device, runs, &reference).await);
+    report("DFT matmuls", &timed(device, runs, &reference).await, base);
     Ok(())
 }
 

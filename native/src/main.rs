@@ -232,6 +232,9 @@ enum BenchWhat {
         /// Timed calls after a warm-up call.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Print one JSON line per path.
+        #[arg(long)]
+        json: bool,
     },
     /// The WGSL flash-attention kernel against burn's attention: time and pool growth.
     Attention {
@@ -244,6 +247,9 @@ enum BenchWhat {
         /// Timed calls after a warm-up call.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Print one JSON line per path.
+        #[arg(long)]
+        json: bool,
     },
     /// One FaithDiff / PGP-DiffSR UNet call on one latent tile: time and peak device memory.
     Unet {
@@ -565,11 +571,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
-            what: BenchWhat::Phase { shape, runs },
+            what: BenchWhat::Phase { shape, runs, json },
         } => {
             let shape: [usize; 4] = shape.try_into().expect("clap takes four values");
             let gpu = pollster::block_on(Gpu::from_name("wgpu"))?;
-            pollster::block_on(bench::phase(shape, runs.max(1), gpu.device()))?;
+            pollster::block_on(bench::phase(shape, runs.max(1), json, gpu.device()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
@@ -579,6 +585,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     tokens,
                     dim,
                     runs,
+                    json,
                 },
         } => {
             let b = bench::AttentionBench {
@@ -586,6 +593,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tokens,
                 dim,
                 runs: runs.max(1),
+                json,
             };
             let gpu = pollster::block_on(Gpu::from_name("wgpu"))?;
             pollster::block_on(bench::attention(&b, gpu.device()))?;
