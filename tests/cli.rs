@@ -908,3 +908,131 @@ fn a_device_that_cannot_allocate_gives_one_clear_error() {
     assert!(t.lines().count() <= 4, "{t}");
     assert!(!out.exists());
 }
+
+/// `pgp-wgpu` with the Hub at `endpoint`, the Hub cache and the bundle cache under `dir`, and no
+/// proxy or token from the environment.
+fn hub_command(dir: &Path, endpoint: &str) -> std::process::Command {
+    let mut c = bin();
+    c.env("HF_HOME", dir.join("hf"))
+        .env("HF_ENDPOINT", endpoint)
+        .env("PGP_WGPU_CACHE", dir.join("cache"));
+    for v in [
+        "HF_TOKEN",
+        "HF_HUB_OFFLINE",
+        "ALL_PROXY",
+        "all_proxy",
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
+#[test]
+fn download_resumes_and_upscale_finds_the_model() {
+    use support::hub_server::HubServer;
+    let dir = scratch("download");
+    let server = HubServer::start(vec![
+        ("/SG161222/RealVisXL_V4.0/resolve/main/", hub().join("sdxl")),
+        (
+            "/madebyollin/sdxl-vae-fp16-fix/resolve/main/",
+            hub().join("vae"),
+        ),
+        ("/jychen9811/FaithDiff/resolve/main/", hub()),
+    ]);
+    let input = root().join("tests/pipeline/input.png");
+    let out = dir.join("out.png");
+    let upscale = |dir: &Path| {
+        hub_command(dir, &server.endpoint)
+            .args([
+                "upscale", "--device", "cpu", "--steps", "1", "-t", "32", "-q", "-i",
+            ])
+            .arg(&input)
+            .arg("-o")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    // Nothing downloaded yet: upscale without --model names the one command that fixes it.
+    let o = upscale(&dir);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("run `pgp-wgpu download faithdiff`"),
+        "{}",
+        text(&o)
+    );
+
+    // The connection drops 1 MiB into FaithDiff.bin (the last file): an error that says so.
+    server.cut_once("FaithDiff.bin", 1 << 20);
+    let o = hub_command(&dir, &server.endpoint)
+        .args(["download", "faithdiff", "-q"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("jychen9811/FaithDiff/FaithDiff.bin"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("rerun to resume"), "{}", text(&o));
+    let first = server.requests();
+    assert!(
+        first
+            .iter()
+            .any(|(p, _)| p.ends_with("text_encoder_2/model.fp16.safetensors")),
+        "{first:?}"
+    );
+    // Only the files convert reads: RealVisXL's UNet weights are never fetched.
+    assert!(
+        !first
+            .iter()
+            .any(|(p, _)| p.contains("diffusion_pytorch_model.fp16"))
+    );
+
+    // The rerun asks for nothing it has, and resumes the cut file where it stopped.
+    server.clear();
+    let o = hub_command(&dir, &server.endpoint)
+        .args(["download", "faithdiff", "-q"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let bundle = dir.join("cache/faithdiff.bundle");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        bundle.display().to_string()
+    );
+    let again = server.requests();
+    assert!(
+        again.iter().all(|(p, _)| p.ends_with("/FaithDiff.bin")),
+        "{again:?}"
+    );
+    let ranges: Vec<&str> = again.iter().map(|(_, r)| r.as_str()).collect();
+    assert_eq!(ranges, ["bytes=0-0", "bytes=1048576-"]);
+
+    // The bundle is what convert makes from the same files.
+    let direct = dir.join("direct");
+    let o = convert(&direct, &hub().join("FaithDiff.bin"), &["-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let shards = |b: &Path| {
+        let m: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(b.join("manifest.json")).unwrap()).unwrap();
+        m["shards"].clone()
+    };
+    assert_eq!(shards(&bundle), shards(&direct));
+
+    // upscale without --model uses it; a third download fetches nothing.
+    let o = upscale(&dir);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(out.exists());
+    server.clear();
+    let o = hub_command(&dir, &server.endpoint)
+        .args(["download", "faithdiff"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("is already there"), "{}", text(&o));
+    assert!(server.requests().is_empty());
+}

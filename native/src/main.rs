@@ -3,6 +3,8 @@
 mod bench;
 mod conformance;
 mod convert;
+#[cfg(feature = "download")]
+mod download;
 mod upscale;
 
 use std::process::ExitCode;
@@ -106,9 +108,10 @@ enum Command {
         /// Output format: png, jpg or webp (default: the output's extension, else png).
         #[arg(short, long)]
         format: Option<String>,
-        /// The model bundle made by `convert`.
+        /// The model bundle made by `convert` (default: the one `pgp-wgpu download faithdiff`
+        /// made).
         #[arg(long)]
-        model: std::path::PathBuf,
+        model: Option<std::path::PathBuf>,
         /// Euler steps.
         #[arg(long, default_value_t = 20)]
         steps: usize,
@@ -161,6 +164,20 @@ enum Command {
         /// Write the pipeline's intermediate tensors here (for parity checks).
         #[arg(long, hide = true)]
         dump_stages: Option<std::path::PathBuf>,
+    },
+    /// Download a model's files from the Hugging Face Hub (resuming unfinished ones) and
+    /// convert them into the bundle `upscale` uses by default.
+    #[cfg(feature = "download")]
+    Download {
+        /// The model: `faithdiff` (RealVisXL_V4.0's configs and f16 text encoders,
+        /// sdxl-vae-fp16-fix, FaithDiff.bin; about 13 GB).
+        model: String,
+        /// Where the bundle goes (default: $PGP_WGPU_CACHE, else the system cache folder).
+        #[arg(short, long)]
+        output: Option<std::path::PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
     },
     /// List the GPU adapters (`-g` picks one by its index).
     Devices,
@@ -381,6 +398,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             quiet,
             dump_stages,
         } => {
+            let model = match model {
+                Some(m) => m,
+                None => upscale::default_model()?,
+            };
             let precision = Precision::parse(&precision)?;
             let max_memory = max_memory.as_deref().map(parse_bytes).transpose()?;
             let name = match gpu {
@@ -437,6 +458,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        #[cfg(feature = "download")]
+        Command::Download {
+            model,
+            output,
+            quiet,
+        } => {
+            let bundle = download::run(&model, output, quiet)?;
+            println!("{}", bundle.display());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Devices => {
             let adapters = pollster::block_on(pgp_core::device::adapters());

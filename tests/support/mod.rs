@@ -82,3 +82,5 @@ pub fn bundle(kind: &str) -> PathBuf {
     made.insert(kind.into(), out.clone());
     out
 }
+
+pub mod hub_server;
