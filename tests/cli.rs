@@ -1036,3 +1036,164 @@ fn download_resumes_and_upscale_finds_the_model() {
     assert!(text(&o).contains("is already there"), "{}", text(&o));
     assert!(server.requests().is_empty());
 }
+
+/// Every tensor of a bundle's component as f32 values with its shape, by key.
+fn bundle_tensors(bundle: &Path, component: &str) -> HashMap<String, (Vec<usize>, Vec<f64>)> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    let mut out = HashMap::new();
+    for s in m["shards"].as_array().unwrap() {
+        if s["component"] != component {
+            continue;
+        }
+        let bytes = std::fs::read(bundle.join(s["file"].as_str().unwrap())).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        for (key, _) in st.tensors() {
+            out.insert(key.clone(), f32s(&st, &key));
+        }
+    }
+    out
+}
+
+#[test]
+fn convert_merges_a_lora_and_marks_the_bundle_one_step() {
+    let dir = scratch("lora");
+    let base_bundle = support::bundle("f32");
+    let base = bundle_tensors(&base_bundle, "unet");
+    // Made-up LoRA pairs: a linear layer (PEFT names, alpha from the file's scalar), a 3×3
+    // convolution (PEFT), a 1×1 projection (diffusers' older down/up names, alpha = rank).
+    let value = |i: usize, k: f32| ((i * 37 % 17) as f32 - 8.0) * k;
+    let modules = [
+        (
+            "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q",
+            2usize,
+            Some(4.0f32),
+            "peft",
+        ),
+        ("conv_in", 3, None, "peft"),
+        ("down_blocks.1.attentions.0.proj_in", 1, None, "old"),
+    ];
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut pairs = Vec::new();
+    for (module, rank, alpha, layout) in modules {
+        let (shape, _) = &base[&format!("unet.{module}.weight")];
+        let inner: usize = shape[1..].iter().product();
+        let mut a_shape = vec![rank];
+        a_shape.extend_from_slice(&shape[1..]);
+        let mut b_shape = vec![shape[0], rank];
+        b_shape.extend(std::iter::repeat_n(1, shape.len() - 2));
+        let a: Vec<f32> = (0..rank * inner).map(|i| value(i, 0.01)).collect();
+        let b: Vec<f32> = (0..shape[0] * rank).map(|i| value(i + 5, 0.02)).collect();
+        let (ka, kb) = match layout {
+            "peft" => (
+                format!("unet.{module}.lora_A.weight"),
+                format!("unet.{module}.lora_B.weight"),
+            ),
+            _ => (
+                format!("{module}.lora.down.weight"),
+                format!("{module}.lora.up.weight"),
+            ),
+        };
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        tensors.push((ka, a_shape, bytes(&a)));
+        tensors.push((kb, b_shape, bytes(&b)));
+        if let Some(al) = alpha {
+            tensors.push((format!("unet.{module}.alpha"), vec![], bytes(&[al])));
+        }
+        pairs.push((
+            module,
+            rank,
+            alpha.unwrap_or(rank as f32),
+            a,
+            b,
+            shape.clone(),
+        ));
+    }
+    let write = |name: &str, tensors: &[(String, Vec<usize>, Vec<u8>)]| {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .map(|(k, s, b)| {
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+                (k.clone(), v.unwrap())
+            })
+            .collect();
+        let path = dir.join(name);
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        path
+    };
+    let lora = write("lora.safetensors", &tensors);
+    let merged = dir.join("merged");
+    let args = ["--dtype", "f32", "--lora-scale", "0.5", "-q", "--lora"];
+    let o = convert(
+        &merged,
+        &hub().join("FaithDiff.bin"),
+        &[&args[..], &[lora.to_str().unwrap()]].concat(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let got = bundle_tensors(&merged, "unet");
+    // W + 0.5·(alpha/r)·B·A, by the plain formula, on the adapted weights; the rest unchanged.
+    for (module, rank, alpha, a, b, shape) in &pairs {
+        let key = format!("unet.{module}.weight");
+        let (out, inner) = (shape[0], shape[1..].iter().product::<usize>());
+        let w0 = &base[&key].1;
+        let w = &got[&key].1;
+        let mut worst = 0f64;
+        for o in 0..out {
+            for j in 0..inner {
+                let delta: f64 = (0..*rank)
+                    .map(|r| f64::from(b[o * rank + r]) * f64::from(a[r * inner + j]))
+                    .sum();
+                let expected = w0[o * inner + j] + 0.5 * f64::from(*alpha) / *rank as f64 * delta;
+                worst = worst.max((w[o * inner + j] - expected).abs());
+            }
+        }
+        assert!(worst < 1e-6, "{module}: {worst}");
+        assert_ne!(w, w0, "{module} unchanged");
+    }
+    let adapted: Vec<String> = pairs
+        .iter()
+        .map(|p| format!("unet.{}.weight", p.0))
+        .collect();
+    for (key, (_, v)) in &base {
+        if !adapted.contains(key) {
+            assert_eq!(&got[key].1, v, "{key} changed");
+        }
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(merged.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["one_step"], true);
+    assert_eq!(manifest["sources"]["lora"], lora.display().to_string());
+
+    // A LoRA for another network, kohya's names: clear errors, nothing written.
+    let mut foreign = tensors.clone();
+    foreign[0].0 = "unet.no_such_block.to_q.lora_A.weight".into();
+    foreign[1].0 = "unet.no_such_block.to_q.lora_B.weight".into();
+    foreign[2].0 = "unet.no_such_block.to_q.alpha".into();
+    for (name, t, message) in [
+        (
+            "foreign.safetensors",
+            foreign,
+            "match no UNet weight (first: `no_such_block.to_q`)",
+        ),
+        (
+            "kohya.safetensors",
+            vec![(
+                "lora_unet_input_blocks_4_1_proj_in.lora_down.weight".to_string(),
+                vec![1, 2],
+                vec![0; 8],
+            )],
+            "kohya's layout is not read",
+        ),
+    ] {
+        let path = write(name, &t);
+        let out = dir.join(format!("{name}.bundle"));
+        let o = convert(
+            &out,
+            &hub().join("FaithDiff.bin"),
+            &["-q", "--lora", path.to_str().unwrap()],
+        );
+        assert!(!o.status.success());
+        assert!(text(&o).contains(message), "{}", text(&o));
+        assert!(!out.exists());
+    }
+}

@@ -25,7 +25,7 @@ use pgp_core::safetensors::Dtype;
 use pgp_core::schedulers::euler::EulerConfig;
 use pgp_core::tokenizer::ClipTokenizer;
 use pgp_core::torch_pickle::TorchCheckpoint;
-use pgp_core::weights::{TensorSource, WeightFile, check, load_checked};
+use pgp_core::weights::{TensorSource, WeightFile, check, decode_f32, load_checked};
 use pgp_core::{DirSource, Gpu};
 
 /// What `convert` was asked to do.
@@ -42,6 +42,8 @@ pub struct ConvertArgs {
     pub quiet: bool,
     /// Marks the bundle as a one-step (S1) model: callers' default options run one step.
     pub one_step: bool,
+    /// A UNet LoRA to merge (file, scale, alpha override); the bundle is then one-step.
+    pub lora: Option<(PathBuf, f32, Option<f32>)>,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value> {
@@ -404,6 +406,10 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
 
     // Weights, checked against the configs before anything is written.
     let device = Gpu::cpu().device().clone();
+    let mut lora = match &a.lora {
+        Some((path, scale, alpha)) => Some(crate::lora::Lora::read(path, *scale, *alpha)?),
+        None => None,
+    };
     say(a.quiet, &format!("reading {}", a.faithdiff.display()));
     let mut ckpt = Checkpoint::open(&a.faithdiff)?;
     let infos = ckpt.tensors();
@@ -490,8 +496,24 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
             } else {
                 format!("unet.{name}")
             };
+            if let (Some(l), false) = (lora.as_mut(), denoise) {
+                let mut values = decode_f32(dtype, &data)
+                    .with_context(|| format!("`{name}`: {dtype:?} is not a float dtype"))?;
+                if l.merge(name, &shape, &mut values)? {
+                    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    w.add(key, Dtype::F32, shape, &bytes)?;
+                    continue;
+                }
+            }
             w.add(key, dtype, shape, &data)?;
         }
+    }
+    if let Some(l) = &lora {
+        l.check_all_merged()?;
+        say(
+            a.quiet,
+            &format!("merged the LoRA's {} modules into the UNet", l.modules()),
+        );
     }
     say(a.quiet, "writing the VAE and the text encoders");
     w.begin(Component::Vae)?;
@@ -553,9 +575,10 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
             ("faithdiff", &a.faithdiff),
         ]
         .into_iter()
+        .chain(a.lora.iter().map(|(p, ..)| ("lora", p)))
         .map(|(k, p)| (k.to_string(), p.display().to_string()))
         .collect(),
-        one_step: a.one_step,
+        one_step: a.one_step || a.lora.is_some(),
     };
     std::fs::write(tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)
         .context("writing the manifest")?;

@@ -157,6 +157,7 @@ pub fn run(model: &str, out: Option<PathBuf>, quiet: bool) -> Result<PathBuf> {
         max_shard_bytes: pgp_core::bundle::MAX_SHARD_BYTES,
         quiet,
         one_step: false,
+        lora: None,
     })?;
     Ok(out)
 }

@@ -5,6 +5,7 @@ mod conformance;
 mod convert;
 #[cfg(feature = "download")]
 mod download;
+mod lora;
 mod upscale;
 
 use std::process::ExitCode;
@@ -77,6 +78,17 @@ enum Command {
         /// options then run the one-step recipe.
         #[arg(long)]
         one_step: bool,
+        /// A UNet LoRA (diffusers / PEFT layout, safetensors) to merge: W += scale·(alpha/r)·B·A.
+        /// The bundle is then one-step (the S1 recipe).
+        #[arg(long)]
+        lora: Option<std::path::PathBuf>,
+        /// Multiplies the LoRA's update.
+        #[arg(long, default_value_t = 1.0, requires = "lora")]
+        lora_scale: f32,
+        /// The LoRA's alpha, for files that do not record it (default: the file's `.alpha`
+        /// tensors, else adapter_config.json's lora_alpha, else the rank).
+        #[arg(long, requires = "lora")]
+        lora_alpha: Option<f32>,
         /// The bundle folder to create (must not exist).
         #[arg(short, long)]
         output: std::path::PathBuf,
@@ -354,6 +366,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             peam_config,
             dtype,
             one_step,
+            lora,
+            lora_scale,
+            lora_alpha,
             output,
             max_shard_mib,
             quiet,
@@ -370,6 +385,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_shard_bytes: max_shard_mib.max(1) << 20,
                 quiet,
                 one_step,
+                lora: lora.map(|p| (p, lora_scale, lora_alpha)),
             })?;
             Ok(ExitCode::SUCCESS)
         }
