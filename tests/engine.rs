@@ -627,3 +627,39 @@ fn a_memory_budget_bounds_the_automatic_tile() {
     );
     assert_eq!(a, b);
 }
+
+#[test]
+fn a_prepared_prompt_releases_the_text_encoders() {
+    let gpu = Gpu::cpu();
+    let src = bytes_source(&bundle("f32"));
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let prompted = Options {
+        prompt: "a red brick wall".into(),
+        ..options()
+    };
+    // Encoded once, encoders dropped: the weights are the image networks' again.
+    let mut u = load(&gpu);
+    let image_only = u.weights_bytes();
+    let mut read = Vec::new();
+    pollster::block_on(u.prepare_prompt(&src, "a red brick wall", &mut |p| read.push(p.file)))
+        .unwrap();
+    assert!(
+        read[1..].iter().all(|f| f.starts_with("text_encoder")),
+        "{read:?}"
+    );
+    assert!(!u.has_text_encoders());
+    assert_eq!(u.weights_bytes(), image_only);
+    let (a, _) = run(&u, view, prompted.clone());
+    // Another prompt still needs the encoders: a clear error, not a wrong image.
+    let other = Options {
+        prompt: "grass".into(),
+        ..options()
+    };
+    assert!(u.start(view, other).is_err());
+    // The same image as with the encoders kept.
+    let mut kept = load(&gpu);
+    pollster::block_on(kept.load_text_encoders(&src, &mut |_| {})).unwrap();
+    let (b, _) = run(&kept, view, prompted);
+    assert_eq!(a, b);
+}

@@ -284,10 +284,12 @@ pub fn run(mut a: UpscaleArgs) -> Result<bool> {
     let load = LoadOptions::default().with_precision(a.precision);
     let mut upscaler =
         pollster::block_on(Upscaler::load_with(&source, &a.gpu, &load, &mut |_| {}))?;
-    if !a.options.prompt.is_empty() {
-        pollster::block_on(upscaler.load_text_encoders(&source, &mut |_| {}))?;
-    }
     a.options.one_step |= upscaler.is_one_step();
+    // One prompt for the whole batch: encoded once, the text encoders released after.
+    if !a.options.prompt.is_empty() && !a.options.one_step {
+        let prompt = a.options.prompt.clone();
+        pollster::block_on(upscaler.prepare_prompt(&source, &prompt, &mut |_| {}))?;
+    }
     if let Some(path) = &a.noise {
         a.options.noise = Some(load_noise(path)?);
     }

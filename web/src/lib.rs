@@ -155,13 +155,16 @@ pub struct Upscaler {
     busy: Rc<Cell<bool>>,
     info: pgp_core::GpuInfo,
     one_step: bool,
+    precision: &'static str,
 }
 
 #[wasm_bindgen]
 impl Upscaler {
     /// Loads the bundle whose `manifest.json` is at `manifest_url` (its shards next to it),
     /// reading shards from the Cache API when they are there. `options.onProgress(loadedBytes,
-    /// totalBytes)` is called after the manifest and after each shard.
+    /// totalBytes)` is called after the manifest and after each shard; `options.precision`
+    /// (`auto`, the default: f16 where the adapter has `shader-f16`; `f16`; `f32`) picks the
+    /// compute precision.
     pub async fn load(manifest_url: String, options: JsValue) -> Result<Upscaler, JsValue> {
         Self::load_from(Source::Fetch(FetchSource::new(&manifest_url)), &options).await
     }
@@ -176,6 +179,12 @@ impl Upscaler {
 
     async fn load_from(source: Source, options: &JsValue) -> Result<Upscaler, JsValue> {
         let on_progress = callback(options, "onProgress")?;
+        let precision = get(options, "precision");
+        let precision = match precision.as_string() {
+            Some(name) => pgp_core::Precision::parse(&name).map_err(to_js)?,
+            None if precision.is_undefined() || precision.is_null() => pgp_core::Precision::Auto,
+            None => return Err(js_error("option `precision` must be a string")),
+        };
         check_webgpu().await?;
         let gpu = Gpu::new(&GpuOptions::default()).await.map_err(to_js)?;
         let source = Rc::new(source);
@@ -188,12 +197,14 @@ impl Upscaler {
                 );
             }
         };
-        let inner = pgp_core::Upscaler::load(source.as_ref(), &gpu, &mut report)
+        let load = pgp_core::LoadOptions::default().with_precision(precision);
+        let inner = pgp_core::Upscaler::load_with(source.as_ref(), &gpu, &load, &mut report)
             .await
             .map_err(to_js)?;
         Ok(Upscaler {
             info: inner.gpu().info().clone(),
             one_step: inner.is_one_step(),
+            precision: pgp_core::precision::dtype_name(inner.dtype()),
             inner: Rc::new(RefCell::new(inner)),
             source,
             busy: Rc::new(Cell::new(false)),
@@ -206,10 +217,16 @@ impl Upscaler {
         self.info.name.clone()
     }
 
-    /// Whether the adapter can run f16 shaders (the engine computes in f32 either way).
+    /// Whether the adapter can run f16 shaders.
     #[wasm_bindgen(getter, js_name = shaderF16)]
     pub fn shader_f16(&self) -> bool {
         self.info.shader_f16
+    }
+
+    /// The precision the networks compute in: `f16` or `f32`.
+    #[wasm_bindgen(getter)]
+    pub fn precision(&self) -> String {
+        self.precision.to_string()
     }
 
     /// Whether the bundle is a one-step (S1) model.

@@ -37,7 +37,7 @@ async function loadModel(files) {
     upscaler = files
       ? await Upscaler.loadFiles(files, options)
       : await Upscaler.load(new URL(ui.model.value, location.href).href, options);
-    ui.gpu.textContent = `GPU: ${upscaler.adapterName} — computing in f32` +
+    ui.gpu.textContent = `GPU: ${upscaler.adapterName} — computing in ${upscaler.precision}` +
       (upscaler.shaderF16 ? ' (the adapter has shader-f16)' : ' (no shader-f16 on this adapter)') +
       (upscaler.oneStep ? '; one-step model' : '');
     ui.status.textContent = 'Model loaded.';

@@ -170,6 +170,8 @@ pub struct Models {
     pub empty_prompt: (Tensor<3>, Tensor<2>),
     /// Text encoders and tokenizers, needed only for a non-empty prompt.
     pub text: Option<TextEncoders>,
+    /// Embeddings of prompts encoded ahead (`Upscaler::prepare_prompt`), by prompt.
+    pub prompts: Vec<(String, (Tensor<3>, Tensor<2>))>,
     /// The scheduler config.
     pub scheduler: EulerConfig,
 }
@@ -345,7 +347,8 @@ impl<'a> Run<'a> {
         let (Some(w), Some(h)) = (w, h) else {
             return Err(Error::input("the output size overflows"));
         };
-        if !options.one_step && !options.prompt.is_empty() && models.text.is_none() {
+        let cached = models.prompts.iter().any(|(p, _)| *p == options.prompt);
+        if !options.one_step && !options.prompt.is_empty() && models.text.is_none() && !cached {
             return Err(Error::input(
                 "a prompt needs the text encoders, which this upscaler has not loaded",
             ));
@@ -491,13 +494,18 @@ impl<'a> Run<'a> {
             }
             Phase::Prompt => {
                 // The one-step recipe runs without CFG: a prompt is not used.
-                if let Some(text) = &models.text
-                    && !self.options.prompt.is_empty()
-                    && !self.options.one_step
-                {
-                    let cond = text.encode(&self.options.prompt)?;
-                    settle(&cond.1).await?;
-                    self.cond = Some(cond);
+                let prompt = &self.options.prompt;
+                if !prompt.is_empty() && !self.options.one_step {
+                    let cached = models.prompts.iter().find(|(p, _)| p == prompt);
+                    self.cond = match (cached, &models.text) {
+                        (Some((_, cond)), _) => Some(cond.clone()),
+                        (None, Some(text)) => {
+                            let cond = text.encode(prompt)?;
+                            settle(&cond.1).await?;
+                            Some(cond)
+                        }
+                        (None, None) => unreachable!("checked by Run::new"),
+                    };
                 }
                 self.phase = Phase::Start;
                 Ok(Unit::Prompt)
