@@ -169,7 +169,7 @@ await test('(d) a wrong bundle URL is an error naming it', async () => {
 
 await test('(e) after a reload the shards come from the cache', async () => {
   await openPage();
-  const shardsBefore = requests.filter((p) => p.startsWith('/models/shard')).length;
+  const shardsBefore = requests.filter((p) => p.startsWith('/models/') && p.endsWith('.safetensors')).length;
   const progress = await page.evaluate(async () => {
     const seen = [];
     const up = await window.pgp.Upscaler.load('/models/manifest.json', {
@@ -177,7 +177,7 @@ await test('(e) after a reload the shards come from the cache', async () => {
     up.free();
     return seen;
   });
-  const shardsAfter = requests.filter((p) => p.startsWith('/models/shard')).length;
+  const shardsAfter = requests.filter((p) => p.startsWith('/models/') && p.endsWith('.safetensors')).length;
   assert(shardsBefore > 0, 'no shard was ever fetched');
   assert(shardsAfter === shardsBefore, `${shardsAfter - shardsBefore} shard requests after the reload`);
   const last = progress[progress.length - 1];

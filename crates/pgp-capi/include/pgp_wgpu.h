@@ -72,7 +72,7 @@ typedef struct PgpOptions {
   uint32_t steps;
   /**
    * Latent tile size in output pixels, a multiple of 8; 0 = the largest the device allows
-   * (default 1024).
+   * (default 0).
    */
   uint32_t tile;
   /**
@@ -101,6 +101,12 @@ typedef struct PgpOptions {
    * Where sampling starts: 0 the encoded input (default), 1 pure noise.
    */
   uint32_t start;
+  /**
+   * A device memory budget in MiB for `tile` 0 (the weights plus one tile's activations
+   * stay within it); 0: none (default). A tile that runs out of device memory is retried at
+   * half the size either way.
+   */
+  uint32_t max_memory_mib;
 } PgpOptions;
 
 /**
@@ -113,7 +119,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The default options: scale 2, 20 steps, tiles of 1024, seed 0, guidance 5, no prompt, the
+ * The default options: scale 2, 20 steps, automatic tiles, seed 0, guidance 5, no prompt, the
  * bundle's own step mode, AdaIN colour fix, start from the encoded input.
  */
 struct PgpOptions pgp_options_default(void);

@@ -49,7 +49,7 @@ pub struct PgpOptions {
     /// Euler steps, 1 to 1000 (default 20).
     pub steps: u32,
     /// Latent tile size in output pixels, a multiple of 8; 0 = the largest the device allows
-    /// (default 1024).
+    /// (default 0).
     pub tile: u32,
     /// Seed of the noise (default 0): the same seed gives the same image on every device.
     pub seed: u64,
@@ -145,7 +145,7 @@ unsafe fn c_str<'a>(p: *const c_char, what: &str) -> Result<Option<&'a str>, (Pg
         .map_err(|_| input_err(&format!("{what} is not UTF-8")))
 }
 
-/// The default options: scale 2, 20 steps, tiles of 1024, seed 0, guidance 5, no prompt, the
+/// The default options: scale 2, 20 steps, automatic tiles, seed 0, guidance 5, no prompt, the
 /// bundle's own step mode, AdaIN colour fix, start from the encoded input.
 #[unsafe(no_mangle)]
 pub extern "C" fn pgp_options_default() -> PgpOptions {

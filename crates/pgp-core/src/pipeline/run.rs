@@ -58,7 +58,8 @@ pub enum TileSize {
     Pixels(usize),
 }
 
-/// What a caller chooses for one run. `Default` is FaithDiff's recipe; a one-step (S1) bundle's
+/// What a caller chooses for one run. `Default` is FaithDiff's recipe with automatic tiles (the
+/// largest that fit the device; the CLI's default is FaithDiff's 1024); a one-step (S1) bundle's
 /// [`crate::Upscaler::default_options`] turn `one_step` on.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -99,7 +100,7 @@ impl Default for Options {
             steps: 20,
             guidance: 5.0,
             prompt: String::new(),
-            tile: TileSize::Pixels(1024),
+            tile: TileSize::Auto,
             color_fix: ColorFix::Adain,
             start: Start::Lr,
             seed: 0,
