@@ -686,6 +686,32 @@ fn upscale_batch_reports_bad_files_keeps_alpha_and_never_overwrites() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("/proc/nope"), "{}", text(&o));
+    // A malformed budget or precision is named before anything loads.
+    for (flag, value, message) in [
+        (
+            "--max-memory",
+            "lots",
+            "--max-memory `lots`: a size like 6G",
+        ),
+        ("--precision", "f8", "unknown precision `f8`"),
+    ] {
+        let o = bin()
+            .args([
+                "upscale",
+                "-i",
+                "x.png",
+                "-o",
+                "y.png",
+                "--model",
+                "/nonexistent",
+                flag,
+                value,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(message), "{}", text(&o));
+    }
     let o = bin()
         .args(["upscale", "-i"])
         .arg(input.join("a.png"))
