@@ -16,6 +16,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use pgp_core::weights::{TensorSource, WeightFile};
 
+/// Values and shape of one tensor.
+type Tensor = (Vec<f32>, Vec<usize>);
+
 /// One adapted module.
 struct Module {
     /// `[r, in·kh·kw]`, row-major.
@@ -83,7 +86,7 @@ impl Lora {
         }
         let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
         let file = WeightFile::from_bytes(name.clone(), bytes)?;
-        let mut parts: BTreeMap<String, BTreeMap<&str, (Vec<f32>, Vec<usize>)>> = BTreeMap::new();
+        let mut parts: BTreeMap<String, BTreeMap<&str, Tensor>> = BTreeMap::new();
         let mut ignored = Vec::new();
         for key in file.all_keys() {
             match split_key(key).with_context(|| name.clone())? {

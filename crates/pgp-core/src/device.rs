@@ -294,7 +294,7 @@ pub async fn settle<const D: usize>(t: &Tensor<D>) -> Result<()> {
     }
     t.clone()
         .reshape([n])
-        .slice([0..1])
+        .narrow(0, 0, 1)
         .into_data_async()
         .await
         .map(drop)

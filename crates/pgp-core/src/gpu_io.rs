@@ -55,7 +55,7 @@ impl GpuImage {
         dst_offset: u64,
     ) -> Result<()> {
         let bytes = self.byte_len();
-        if dst_offset % 4 != 0 || dst_offset + bytes > dst.size() {
+        if !dst_offset.is_multiple_of(4) || dst_offset + bytes > dst.size() {
             return Err(Error::input(format!(
                 "the image needs {bytes} bytes at a 4-aligned offset; the buffer has {} from {dst_offset}",
                 dst.size()
