@@ -1223,3 +1223,73 @@ fn convert_merges_a_lora_and_marks_the_bundle_one_step() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn non_finite_weights_and_broken_configs_are_refused_by_convert() {
+    let dir = scratch("non_finite");
+    let convert_from = |sdxl: &Path, vae: &Path, out: &Path| {
+        bin()
+            .arg("convert")
+            .arg("--sdxl")
+            .arg(sdxl)
+            .arg("--vae")
+            .arg(vae)
+            .arg("--faithdiff")
+            .arg(hub().join("FaithDiff.bin"))
+            .args(["-q", "-o"])
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let edit_json = |path: &Path, key: &str, value: serde_json::Value| {
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        v[key] = value;
+        std::fs::write(path, serde_json::to_vec(&v).unwrap()).unwrap();
+    };
+    // A scheduler with beta_end 5, a VAE scaling_factor of 1e308.
+    let sdxl = dir.join("sdxl");
+    copy_tree(&hub().join("sdxl"), &sdxl);
+    edit_json(
+        &sdxl.join("scheduler/scheduler_config.json"),
+        "beta_end",
+        5.0.into(),
+    );
+    let out = dir.join("a");
+    let o = convert_from(&sdxl, &hub().join("vae"), &out);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("beta_end 5 must lie in (0, 1)"),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+    let vae = dir.join("vae");
+    copy_tree(&hub().join("vae"), &vae);
+    edit_json(&vae.join("config.json"), "scaling_factor", 1e308.into());
+    let o = convert_from(&hub().join("sdxl"), &vae, &out);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("scaling_factor 1e308"), "{}", text(&o));
+    // A NaN in the VAE's weights: named, nothing written.
+    copy_tree(&hub().join("vae"), &vae);
+    let path = vae.join("diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (name, view) = st
+        .tensors()
+        .into_iter()
+        .find(|(k, v)| k.ends_with("conv_in.weight") && v.dtype() == safetensors::Dtype::F32)
+        .unwrap();
+    let offset = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
+    let mut damaged = bytes.clone();
+    damaged[offset + 4..offset + 8].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(&path, damaged).unwrap();
+    let o = convert_from(&hub().join("sdxl"), &vae, &out);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains(&format!("`vae.{name}` holds a non-finite value")),
+        "{}",
+        text(&o)
+    );
+    assert!(!out.exists());
+}

@@ -663,3 +663,46 @@ fn a_prepared_prompt_releases_the_text_encoders() {
     let (b, _) = run(&kept, view, prompted);
     assert_eq!(a, b);
 }
+
+#[test]
+fn non_finite_weights_and_results_are_errors_not_flat_images() {
+    let gpu = Gpu::cpu();
+    let dir = bundle("f32");
+    // A NaN written into a shard (same size, valid header): refused at load, named.
+    let mut src = bytes_source(&dir);
+    let vae = std::fs::read(dir.join("vae-00001.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&vae).unwrap();
+    let (key, view) = st.tensors().into_iter().next().unwrap();
+    let offset = view.data().as_ptr() as usize - vae.as_ptr() as usize;
+    let mut damaged = vae.clone();
+    damaged[offset..offset + 4].copy_from_slice(&f32::INFINITY.to_le_bytes());
+    src.insert("vae-00001.safetensors", damaged);
+    let err = load_error(&src);
+    assert!(
+        err.contains(&format!("tensor `{key}` holds a non-finite value")),
+        "{err}"
+    );
+    // Guidance beyond f32 (∞ in the tensors): an error before decoding, not a flat image.
+    let u = load(&gpu);
+    let mut u = u;
+    let text = bytes_source(&dir);
+    pollster::block_on(u.load_text_encoders(&text, &mut |_| {})).unwrap();
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let job = u
+        .start(
+            view,
+            Options {
+                prompt: "a wall".into(),
+                guidance: 1e300,
+                ..options()
+            },
+        )
+        .unwrap();
+    let err = pollster::block_on(job.finish(&mut |_| {}, &CancelToken::new())).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("sampling produced non-finite values"),
+        "{err}"
+    );
+}

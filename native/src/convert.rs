@@ -25,7 +25,9 @@ use pgp_core::safetensors::Dtype;
 use pgp_core::schedulers::euler::EulerConfig;
 use pgp_core::tokenizer::ClipTokenizer;
 use pgp_core::torch_pickle::TorchCheckpoint;
-use pgp_core::weights::{TensorSource, WeightFile, check, decode_f32, load_checked};
+use pgp_core::weights::{
+    TensorSource, WeightFile, check, decode_f32, first_non_finite, load_checked,
+};
 use pgp_core::{DirSource, Gpu};
 
 /// What `convert` was asked to do.
@@ -309,6 +311,11 @@ impl Writer {
         shape: Vec<usize>,
         data: &[u8],
     ) -> Result<()> {
+        if let Some(i) = first_non_finite(from, data) {
+            bail!(
+                "`{key}` holds a non-finite value (NaN or infinity) at index {i}: the weights are damaged"
+            );
+        }
         let data = convert_dtype(&key, from, data, self.dtype)?;
         let full = self.packer.push(key, self.dtype, shape, data)?;
         self.emit(full)

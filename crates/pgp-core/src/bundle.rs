@@ -486,6 +486,7 @@ impl Bundle {
             if manifest.version >= 2 {
                 manifest.check_header(s, &file).map_err(bad)?;
             }
+            file.check_finite()?;
             take(file)?;
             on_progress(LoadProgress {
                 file: s.file.clone(),

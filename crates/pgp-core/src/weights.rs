@@ -58,6 +58,28 @@ pub fn decode_f32(dtype: Dtype, raw: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
+/// The index of the first non-finite value (NaN or ±∞) in little-endian float bytes, by bit
+/// tests (no conversion, so it is cheap enough to run on every tensor as it passes); `None`
+/// when all are finite or the dtype is not a float.
+pub fn first_non_finite(dtype: Dtype, raw: &[u8]) -> Option<usize> {
+    match dtype {
+        Dtype::F16 => raw
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7c00 == 0x7c00),
+        Dtype::BF16 => raw
+            .chunks_exact(2)
+            .position(|c| u16::from_le_bytes([c[0], c[1]]) & 0x7f80 == 0x7f80),
+        Dtype::F32 => raw.chunks_exact(4).position(|c| {
+            u32::from_le_bytes([c[0], c[1], c[2], c[3]]) & 0x7f80_0000 == 0x7f80_0000
+        }),
+        Dtype::F64 => raw.chunks_exact(8).position(|c| {
+            u64::from_le_bytes(c.try_into().expect("8 bytes")) & 0x7ff0_0000_0000_0000
+                == 0x7ff0_0000_0000_0000
+        }),
+        _ => None,
+    }
+}
+
 /// A safetensors file held in memory, with its header parsed and checked.
 pub struct WeightFile {
     name: String,
@@ -117,6 +139,24 @@ impl WeightFile {
     /// Shape of one tensor, if present.
     pub fn shape(&self, key: &str) -> Option<&[usize]> {
         self.entries.get(key).map(|e| e.shape.as_slice())
+    }
+
+    /// Fails, naming the tensor, when a float tensor holds NaN or ±∞ (damaged weights would
+    /// otherwise give a one-colour image).
+    pub fn check_finite(&self) -> Result<()> {
+        for (key, e) in &self.entries {
+            let raw = &self.bytes[self.data_start + e.start..self.data_start + e.end];
+            if let Some(i) = first_non_finite(e.dtype, raw) {
+                return Err(Error::BadSafetensors {
+                    source_name: self.name.clone(),
+                    reason: format!(
+                        "tensor `{key}` holds a non-finite value (NaN or infinity) at index {i}: \
+                         the weights are damaged"
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Byte range `[start, end)` of one tensor's data in the file.
@@ -691,6 +731,43 @@ mod tests {
                 .starts_with("m.safetensors: not a valid safetensors file")
         );
         assert!(WeightFile::from_bytes("z", b"not a file".to_vec()).is_err());
+    }
+
+    #[test]
+    fn non_finite_values_are_found_by_their_bits() {
+        let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let f16s = |v: &[f32]| {
+            v.iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let bf16s = |v: &[f32]| {
+            v.iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let fine = [0.0, -1.5, 65504.0, 1e-7];
+        for (dtype, enc) in [
+            (Dtype::F32, &f32s as &dyn Fn(&[f32]) -> Vec<u8>),
+            (Dtype::F16, &f16s),
+            (Dtype::BF16, &bf16s),
+        ] {
+            assert_eq!(first_non_finite(dtype, &enc(&fine)), None, "{dtype:?}");
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let v = [1.0, 2.0, bad, 3.0];
+                assert_eq!(
+                    first_non_finite(dtype, &enc(&v)),
+                    Some(2),
+                    "{dtype:?} {bad}"
+                );
+            }
+        }
+        let f64s: Vec<u8> = [1.0f64, f64::NAN]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        assert_eq!(first_non_finite(Dtype::F64, &f64s), Some(1));
+        assert_eq!(first_non_finite(Dtype::I64, &[0xff; 16]), None);
     }
 
     #[test]

@@ -239,7 +239,18 @@ impl UNet2DConditionConfig {
         if self.conv_in_kernel.is_multiple_of(2) || self.conv_out_kernel.is_multiple_of(2) {
             return unsupported("even conv_in_kernel / conv_out_kernel");
         }
+        if self.norm_num_groups == 0 || !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(Error::config(format!(
+                "norm_num_groups ({}) and norm_eps ({}) must be positive",
+                self.norm_num_groups, self.norm_eps
+            )));
+        }
         let layout = self.layout()?;
+        if let Some(i) = layout.heads.iter().position(|&h| h == 0) {
+            return Err(Error::config(format!(
+                "level {i} has 0 attention heads (attention_head_dim / num_attention_heads)"
+            )));
+        }
         for (i, &c) in layout.channels.iter().enumerate() {
             if c % self.norm_num_groups != 0 {
                 return Err(Error::config(format!(

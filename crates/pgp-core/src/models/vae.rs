@@ -94,6 +94,20 @@ impl AutoencoderKLConfig {
                 "VAE block types and block_out_channels must have the same, non-zero length",
             ));
         }
+        if self.norm_num_groups == 0 {
+            return Err(Error::config("VAE norm_num_groups must be positive"));
+        }
+        // Latents are divided by it before decoding: a factor far from 1 (or 0, or not a
+        // number) flattens the image.
+        if !(self.scaling_factor.is_finite()
+            && self.scaling_factor > 1e-3
+            && self.scaling_factor < 1e3)
+        {
+            return Err(Error::config(format!(
+                "VAE scaling_factor {:?} must be a positive number between 0.001 and 1000",
+                self.scaling_factor
+            )));
+        }
         if let Some(c) = self
             .block_out_channels
             .iter()

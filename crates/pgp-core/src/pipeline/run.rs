@@ -573,6 +573,15 @@ impl<'a> Run<'a> {
                     } else {
                         let latent = self.latent.clone().expect("sampling ran");
                         self.stage(|s| s.latent_final = Some(latent.clone()));
+                        // NaN and ∞ survive a sum: never decode them into a flat image.
+                        let (sum, _) = read_back(latent.clone().sum()).await?;
+                        if !sum[0].is_finite() {
+                            return Err(Error::input(
+                                "sampling produced non-finite values (NaN or infinity): the \
+                                 weights or the settings are broken, or f16 overflowed (try \
+                                 precision f32)",
+                            ));
+                        }
                         Phase::Decode(
                             models
                                 .vae

@@ -89,6 +89,13 @@ impl EulerConfig {
         if cfg.num_train_timesteps < 2 {
             return Err(Error::config("num_train_timesteps must be at least 2"));
         }
+        let beta_ok = |b: f64| b.is_finite() && b > 0.0 && b < 1.0;
+        if !beta_ok(cfg.beta_start) || !beta_ok(cfg.beta_end) || cfg.beta_start > cfg.beta_end {
+            return Err(Error::config(format!(
+                "beta_start {} and beta_end {} must lie in (0, 1), beta_start ≤ beta_end",
+                cfg.beta_start, cfg.beta_end
+            )));
+        }
         Ok(cfg)
     }
 
