@@ -169,13 +169,7 @@ fn one_seed_gives_one_image_on_cpu_and_lavapipe() {
     let (cpu, _) = run(&cpu_upscaler, view, options());
     let gpu = pollster::block_on(Gpu::from_name("auto")).unwrap();
     let (wgpu, _) = run(&load_as(&gpu, Precision::F32), view, options());
-    let diff: u64 = cpu
-        .data
-        .iter()
-        .zip(&wgpu.data)
-        .map(|(a, b)| u64::from(a.abs_diff(*b)))
-        .sum();
-    let mean = diff as f64 / cpu.data.len() as f64;
+    let mean = support::mean_abs_diff(&cpu.data, &wgpu.data);
     assert!(
         mean <= 0.5,
         "mean |Δ| = {mean}/255 between cpu and {}",
@@ -443,13 +437,7 @@ fn f16_shards_compute_in_f16_where_the_adapter_can() {
     let (a, _) = run(&half, view, options());
     // The reference: f32 shards computed in f32.
     let (b, _) = run(&load_as(&gpu, Precision::F32), view, options());
-    let diff: u64 = a
-        .data
-        .iter()
-        .zip(&b.data)
-        .map(|(x, y)| u64::from(x.abs_diff(*y)))
-        .sum();
-    let mean = diff as f64 / a.data.len() as f64;
+    let mean = support::mean_abs_diff(&a.data, &b.data);
     assert!(mean <= 2.0, "mean |f16 − f32| = {mean}/255");
     // f16 shards can also be computed in f32 (cast on the device).
     assert_eq!(

@@ -298,21 +298,6 @@ pub async fn phase(shape: [usize; 4], runs: usize, json_out: bool, device: &Devi
     Ok(())
 }
 
-/// CLIP ViT-L (`text_encoder`) and OpenCLIP bigG (`text_encoder_2`) as SDXL ships them.
-fn sdxl_text_encoder_json(second: bool) -> serde_json::Value {
-    let (hidden, layers, heads, act) = if second {
-        (1280, 32, 20, "gelu")
-    } else {
-        (768, 12, 12, "quick_gelu")
-    };
-    json!({
-        "vocab_size": 49408, "hidden_size": hidden, "intermediate_size": 4 * hidden,
-        "projection_dim": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "max_position_embeddings": 77, "hidden_act": act, "layer_norm_eps": 1e-5,
-        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1
-    })
-}
-
 /// Little-endian f16 bytes of `n` made-up values in ±`scale` (a fixed xorshift, so bundles are
 /// reproducible).
 fn made_up_f16(n: usize, scale: f32, state: &mut u64) -> Vec<u8> {
@@ -333,6 +318,7 @@ pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) ->
     use pgp_core::bundle::{Component, FORMAT, MANIFEST, Manifest, VERSION};
     use pgp_core::models::clip::{ClipTextConfig, ClipTextModel};
     use pgp_core::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+    use pgp_core::presets;
     use pgp_core::safetensors::Dtype;
     use pgp_core::weights::wanted_shapes;
     if out.exists() {
@@ -340,8 +326,11 @@ pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) ->
     }
     std::fs::create_dir_all(out)?;
     let device = pgp_core::Gpu::cpu().device().clone();
-    let (unet_json, vae_json) = (arch.unet_json(), pgp_core::presets::sdxl_vae_json());
-    let te_json = [sdxl_text_encoder_json(false), sdxl_text_encoder_json(true)];
+    let (unet_json, vae_json) = (arch.unet_json(), presets::sdxl_vae_json());
+    let te_json = [
+        presets::sdxl_text_encoder_json(false),
+        presets::sdxl_text_encoder_json(true),
+    ];
     let (unet, fd, peam) = (
         UNet2DConditionConfig::from_json(&unet_json)?,
         arch.faithdiff_config(),
@@ -423,12 +412,7 @@ pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) ->
         text_encoder: te_json[0].clone(),
         text_encoder_2: te_json[1].clone(),
         pad_tokens: ["<|endoftext|>".into(), "!".into()],
-        scheduler: json!({
-            "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
-            "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-            "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 1,
-            "interpolation_type": "linear", "use_karras_sigmas": false
-        }),
+        scheduler: presets::sdxl_scheduler_json(),
         shards: w.shards.clone(),
         weight_map: std::mem::take(&mut w.weight_map),
         sources: [("made-up".to_string(), "pgp-wgpu bench bundle".to_string())].into(),

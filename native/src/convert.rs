@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use pgp_core::bundle::{
     Bundle, Component, FORMAT, MANIFEST, Manifest, ShardInfo, ShardPacker, VERSION, WeightEntry,
-    convert_dtype, sha256_hex,
+    convert_dtype, sha256_hex, storage_dtype,
 };
 use pgp_core::burn::tensor::FloatDType;
 use pgp_core::device::read_back;
@@ -346,10 +346,8 @@ fn say(quiet: bool, msg: &str) {
 
 /// Runs the conversion.
 pub fn run(a: &ConvertArgs) -> Result<()> {
-    let target = match a.dtype.as_str() {
-        "f16" => Dtype::F16,
-        "f32" => Dtype::F32,
-        other => bail!("--dtype must be f16 or f32, not `{other}`"),
+    let Some(target) = storage_dtype(&a.dtype) else {
+        bail!("--dtype must be f16 or f32, not `{}`", a.dtype);
     };
     if a.output.exists() {
         bail!(

@@ -183,6 +183,15 @@ pub struct Manifest {
     pub one_step: bool,
 }
 
+/// The element type a manifest's `dtype` (and `convert --dtype`) names: `f16` or `f32`.
+pub fn storage_dtype(name: &str) -> Option<Dtype> {
+    match name {
+        "f16" => Some(Dtype::F16),
+        "f32" => Some(Dtype::F32),
+        _ => None,
+    }
+}
+
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
@@ -283,11 +292,8 @@ impl Manifest {
         shard: &ShardInfo,
         file: &WeightFile,
     ) -> std::result::Result<(), String> {
-        let stored = match self.dtype.as_str() {
-            "f16" => Dtype::F16,
-            "f32" => Dtype::F32,
-            other => return Err(format!("the manifest's dtype `{other}` is not f16 or f32")),
-        };
+        let stored = storage_dtype(&self.dtype)
+            .ok_or_else(|| format!("the manifest's dtype `{}` is not f16 or f32", self.dtype))?;
         let mut n = 0;
         for key in file.keys() {
             n += 1;

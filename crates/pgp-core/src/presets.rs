@@ -36,6 +36,32 @@ pub fn sdxl_vae_json() -> Value {
     })
 }
 
+/// SDXL's text encoders' `config.json`: CLIP ViT-L (`text_encoder`) or, with `second`,
+/// OpenCLIP bigG with projection (`text_encoder_2`).
+pub fn sdxl_text_encoder_json(second: bool) -> Value {
+    let (hidden, layers, heads, act) = if second {
+        (1280, 32, 20, "gelu")
+    } else {
+        (768, 12, 12, "quick_gelu")
+    };
+    json!({
+        "vocab_size": 49408, "hidden_size": hidden, "intermediate_size": 4 * hidden,
+        "projection_dim": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+        "max_position_embeddings": 77, "hidden_act": act, "layer_norm_eps": 1e-5,
+        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1
+    })
+}
+
+/// SDXL's `scheduler_config.json` (EulerDiscreteScheduler).
+pub fn sdxl_scheduler_json() -> Value {
+    json!({
+        "_class_name": "EulerDiscreteScheduler", "beta_start": 0.00085, "beta_end": 0.012,
+        "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+        "prediction_type": "epsilon", "timestep_spacing": "leading", "steps_offset": 1,
+        "interpolation_type": "linear", "use_karras_sigmas": false
+    })
+}
+
 /// An architecture preset.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {

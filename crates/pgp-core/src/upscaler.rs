@@ -20,7 +20,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use burn::tensor::{FloatDType, Tensor, TensorData};
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
 use crate::bundle::{Bundle, Component, LoadProgress};
 use crate::device::Gpu;
@@ -33,12 +33,9 @@ use crate::precision::Precision;
 use crate::source::ShardSource;
 use crate::tokenizer::ClipTokenizer;
 
+/// Bytes of one value of `dtype`.
 fn elem_bytes(dtype: FloatDType) -> u64 {
-    match dtype {
-        FloatDType::F16 | FloatDType::BF16 => 2,
-        FloatDType::F64 => 8,
-        _ => 4,
-    }
+    DType::from(dtype).size() as u64
 }
 
 /// How an [`Upscaler`] loads its bundle.
@@ -64,10 +61,10 @@ pub struct Upscaler {
     arch: String,
     one_step: bool,
     dtype: FloatDType,
-    /// Bytes of weights on the device.
-    weights_bytes: u64,
-    /// Values of the text encoders, while loaded.
-    text_values: u64,
+    /// Bytes on the device of the image networks' weights, and of the text encoders' while
+    /// they are loaded.
+    image_bytes: u64,
+    text_bytes: u64,
 }
 
 impl Upscaler {
@@ -105,8 +102,8 @@ impl Upscaler {
             gpu: gpu.clone(),
             arch: bundle.manifest.arch.clone(),
             one_step: bundle.manifest.one_step,
-            weights_bytes: bundle.values() * elem_bytes(dtype),
-            text_values: 0,
+            image_bytes: bundle.values() * elem_bytes(dtype),
+            text_bytes: 0,
             models,
             dtype,
         })
@@ -125,8 +122,7 @@ impl Upscaler {
         let bundle =
             Bundle::stream(source, device, self.dtype, &Component::TEXT, on_progress).await?;
         let pads = &bundle.manifest.pad_tokens;
-        self.text_values = bundle.values();
-        self.weights_bytes += self.text_values * elem_bytes(self.dtype);
+        self.text_bytes = bundle.values() * elem_bytes(self.dtype);
         self.models.text = Some(TextEncoders {
             first: (
                 bundle.text_encoder(device, false)?,
@@ -158,17 +154,16 @@ impl Upscaler {
             self.load_text_encoders(source, on_progress).await?;
         }
         let text = self.models.text.as_ref().expect("loaded above");
-        let encoded = text.encode(prompt);
-        let encoded = match encoded {
-            Ok((embeds, pooled)) => crate::device::settle(&pooled)
-                .await
-                .map(|()| (embeds, pooled)),
-            Err(e) => Err(e),
-        };
+        // Encoded and awaited before the encoders go, whether it succeeds or not.
+        let encoded: Result<_> = async {
+            let (embeds, pooled) = text.encode(prompt)?;
+            crate::device::settle(&pooled).await?;
+            Ok((embeds, pooled))
+        }
+        .await;
         if !kept {
             self.models.text = None;
-            self.weights_bytes -= self.text_values * elem_bytes(self.dtype);
-            self.text_values = 0;
+            self.text_bytes = 0;
         }
         let (embeds, pooled) = encoded?;
         self.models
@@ -194,7 +189,7 @@ impl Upscaler {
 
     /// Bytes of weights this upscaler holds on the device.
     pub fn weights_bytes(&self) -> u64 {
-        self.weights_bytes
+        self.image_bytes + self.text_bytes
     }
 
     /// Whether the bundle is a one-step (S1) model.
@@ -228,8 +223,8 @@ impl Upscaler {
             &options,
             TileLimits {
                 buffer_bytes: self.gpu.info().max_buffer_bytes,
-                budget_bytes: None,
-                weights_bytes: self.weights_bytes,
+                budget_bytes: options.max_memory,
+                weights_bytes: self.weights_bytes(),
                 elem_bytes: elem_bytes(self.dtype),
             },
             keep_unit,

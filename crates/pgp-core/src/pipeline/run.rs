@@ -112,6 +112,25 @@ impl Default for Options {
 }
 
 impl Options {
+    /// UNet steps the run takes: one in the one-step mode, else `steps`.
+    pub fn sampling_steps(&self) -> usize {
+        if self.one_step { 1 } else { self.steps }
+    }
+
+    /// Units of work from the start of sampling step `step` to the end: the UNet tiles of the
+    /// remaining steps, the VAE decode tiles of an `lh × lw` latent, the colour fix.
+    fn units_from(
+        &self,
+        step: usize,
+        tiles: usize,
+        vae: &AutoencoderKL,
+        lh: usize,
+        lw: usize,
+    ) -> usize {
+        let fix = usize::from(self.color_fix != ColorFix::None);
+        (self.sampling_steps() - step) * tiles + vae.decode_tiles(lh, lw) + fix
+    }
+
     /// Checks the values that do not depend on the image.
     pub fn validate(&self) -> Result<()> {
         if self.scale == 0 || self.scale > 16 {
@@ -330,7 +349,7 @@ pub struct Run<'a> {
 
 impl<'a> Run<'a> {
     /// Prepares a run on the host (pre-upscale, padding, tile grid); no GPU work is issued
-    /// until [`Run::next`]. `limits` (with the options' budget) decide [`TileSize::Auto`];
+    /// until [`Run::next`]. `limits` decide [`TileSize::Auto`];
     /// `keep_unit` keeps the final float values (for 16-bit outputs).
     pub fn new(
         models: &'a Models,
@@ -369,21 +388,16 @@ impl<'a> Run<'a> {
                 4 * lh * lw
             )));
         }
-        let steps = if options.one_step { 1 } else { options.steps };
         let sched = schedule(&models.scheduler, options.steps)?;
         let tile_px = match options.tile {
             TileSize::Auto => {
-                let limits = TileLimits {
-                    budget_bytes: options.max_memory,
-                    ..limits
-                };
                 let layout = models.unet.unet.layout();
                 largest_tile_px(layout, &limits, hp.max(wp)).ok_or_else(|| {
                     Error::input(format!(
                         "the weights ({} MiB) and the smallest tile do not fit in the memory \
                          budget of {} MiB",
                         limits.weights_bytes >> 20,
-                        options.max_memory.unwrap_or(0) >> 20
+                        limits.budget_bytes.unwrap_or(0) >> 20
                     ))
                 })?
             }
@@ -391,9 +405,7 @@ impl<'a> Run<'a> {
         };
         let tile = tile_px / 8;
         let grid = tile_grid(lh, lw, tile, (tile / 2).max(1));
-        let decode_tiles = models.vae.decode_tiles(lh, lw);
-        let fix = u32::from(options.color_fix != ColorFix::None);
-        let total = 3 + steps * grid.len() + decode_tiles + fix as usize;
+        let total = 3 + options.units_from(0, grid.len(), &models.vae, lh, lw);
         Ok(Self {
             models,
             device: device.clone(),
@@ -555,11 +567,7 @@ impl<'a> Run<'a> {
                     return self.shrink_tiles(step, e);
                 }
                 let tiles = self.grid.len();
-                let steps = if self.options.one_step {
-                    1
-                } else {
-                    self.options.steps
-                };
+                let steps = self.options.sampling_steps();
                 if tile + 1 < tiles {
                     self.phase = Phase::Denoise {
                         step,
@@ -685,14 +693,10 @@ impl<'a> Run<'a> {
         self.tile_px = next;
         self.grid = tile_grid(hp / 8, wp / 8, tile, (tile / 2).max(1));
         self.prepare_tiles();
-        let steps = if self.options.one_step {
-            1
-        } else {
-            self.options.steps
-        };
-        let decode = self.models.vae.decode_tiles(hp / 8, wp / 8);
-        let fix = usize::from(self.options.color_fix != ColorFix::None);
-        let remaining = (steps - step) * self.grid.len() + decode + fix;
+        let tiles = self.grid.len();
+        let remaining = self
+            .options
+            .units_from(step, tiles, &self.models.vae, hp / 8, wp / 8);
         self.total = u32::try_from(self.done as usize + 1 + remaining)
             .map_err(|_| Error::input("too many tiles"))?;
         self.phase = self.denoise_phase(step);
