@@ -1,6 +1,7 @@
 //! `pgp-wgpu convert`: the files users download → a model bundle (see `pgp_core::bundle`).
 //! Everything is checked before anything is written; the bundle is assembled in a temporary
-//! folder beside the output and renamed into place only when complete.
+//! folder beside the output (removed on failure or Ctrl-C, [`output::Partial`]), every file
+//! flushed to the disk, and published under its name only when complete and re-checked.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,6 +30,7 @@ use pgp_core::weights::{
     TensorSource, WeightFile, check, decode_f32, first_non_finite, load_checked,
 };
 use pgp_core::{DirSource, Gpu};
+use pgp_wgpu_cli::output;
 
 /// What `convert` was asked to do.
 pub struct ConvertArgs {
@@ -216,17 +218,6 @@ impl Checkpoint {
     }
 }
 
-/// Removes the temporary folder unless the conversion finished.
-struct TempDir(Option<PathBuf>);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
 /// Writes shards component by component (version 2: each component its own shards, named
 /// `{component}-{n}.safetensors`), recording checksums and the `weight_map`.
 pub(crate) struct Writer {
@@ -277,7 +268,7 @@ impl Writer {
             .count();
         let file = format!("{}-{:05}.safetensors", c.name(), n + 1);
         let path = self.dir.join(&file);
-        std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+        output::write_new(&path, &bytes)?;
         let sha256 = sha256_hex(&bytes);
         let size = bytes.len() as u64;
         let parsed = WeightFile::from_bytes(file.clone(), bytes)?;
@@ -355,16 +346,14 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
             a.output.display()
         );
     }
-    let parent = match a.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = output::parent_dir(&a.output);
     if !parent.is_dir() {
         bail!(
             "{}: the output's parent folder does not exist",
             parent.display()
         );
     }
+    output::check_writable(&parent)?;
     for (what, dir) in [("--sdxl", &a.sdxl), ("--vae", &a.vae)] {
         if !dir.is_dir() {
             bail!("{what} {}: not a folder", dir.display());
@@ -474,15 +463,9 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     let (pooled, pooled_shape) = pollster::block_on(read_back(pooled))?;
 
     // Write.
-    let tmp = parent.join(format!(
-        ".{}.partial-{}",
-        a.output
-            .file_name()
-            .map_or("bundle".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
+    let partial = output::Partial::beside(&a.output);
+    let tmp = partial.path().to_path_buf();
     std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut guard = TempDir(Some(tmp.clone()));
     let mut w = Writer::new(&tmp, a.max_shard_bytes, target);
     say(a.quiet, "writing the UNet and the LQ encoder");
     for denoise in [false, true] {
@@ -585,13 +568,14 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         .collect(),
         one_step: a.one_step || a.lora.is_some(),
     };
-    std::fs::write(tmp.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)
-        .context("writing the manifest")?;
+    output::write_new(
+        &tmp.join(MANIFEST),
+        serde_json::to_string_pretty(&manifest)?.as_bytes(),
+    )
+    .context("writing the manifest")?;
     // Read the result back and check every component before publishing it.
     load_bundle(&tmp)?.check(&device)?;
-    std::fs::rename(&tmp, &a.output)
-        .with_context(|| format!("moving the bundle to {}", a.output.display()))?;
-    guard.0 = None;
+    output::publish_dir(partial, &a.output)?;
     let total: u64 = w.shards.iter().map(|s| s.bytes).sum();
     say(
         a.quiet,

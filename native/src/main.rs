@@ -170,6 +170,10 @@ enum Command {
         /// Compute precision: auto (f16 where the adapter has shader-f16, else f32), f16 or f32.
         #[arg(long, default_value = "auto")]
         precision: String,
+        /// Largest output in megapixels (a 4K image ×4 is 133); bigger outputs are refused
+        /// before any work.
+        #[arg(long, default_value_t = 256.0)]
+        max_megapixels: f64,
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
@@ -330,6 +334,7 @@ fn quiet_device_thread_panics() {
 
 fn main() -> ExitCode {
     quiet_device_thread_panics();
+    pgp_wgpu_cli::output::remove_partials_on_signal();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -411,9 +416,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             max_memory,
             max_buffer_mib,
             precision,
+            max_megapixels,
             quiet,
             dump_stages,
         } => {
+            if !(max_megapixels.is_finite() && max_megapixels > 0.0) {
+                anyhow::bail!("--max-megapixels must be a positive number");
+            }
             let model = match model {
                 Some(m) => m,
                 None => upscale::default_model()?,
@@ -467,6 +476,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 gpu,
                 precision,
                 dump_stages,
+                max_pixels: (max_megapixels * 1e6) as u64,
             };
             let ok = upscale::run(args)?;
             Ok(if ok {
@@ -575,17 +585,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 println!("tokenizer 1 (pads with <|endoftext|>): {}", ids(&e1.ids));
                 println!("tokenizer 2 (pads with !):             {}", ids(&e2.ids));
                 println!("the model sees: {}", shown.trim_end());
-                if e1.truncated {
-                    let dropped: String = content
-                        .iter()
-                        .skip(75)
-                        .map(|&id| t1.token_text(id))
-                        .collect();
-                    println!(
-                        "TRUNCATED: {} content tokens, 75 fit; dropped: {}",
-                        content.len(),
-                        dropped.trim_end()
-                    );
+                if let Some((n, dropped)) = t1.dropped(&text) {
+                    println!("TRUNCATED: {n} content tokens, 75 fit; dropped: {dropped}");
                 } else {
                     println!("{} of 75 content tokens used, not truncated", content.len());
                 }

@@ -1,8 +1,10 @@
 //! `pgp-wgpu upscale`: files and folders in, upscaled images out, with the flags users of
-//! realesrgan-ncnn-vulkan know. Outputs are written to a temporary file and renamed, never
-//! over an input or an existing file unless `--overwrite`; in a batch a bad file is reported
-//! and the rest continue.
+//! realesrgan-ncnn-vulkan know. Options and the output folders are checked before the model
+//! loads; outputs are encoded in memory and published whole ([`output`]), never over an
+//! input or an existing file unless `--overwrite`; in a batch a bad file is reported and the
+//! rest continue.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +17,7 @@ use pgp_core::{
     DirSource, Gpu, ImageView, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages,
     Unit, Upscaler,
 };
+use pgp_wgpu_cli::{input, output};
 
 /// What `upscale` was asked to do.
 /// Where downloaded models' bundles live (`pgp-wgpu download`): `$PGP_WGPU_CACHE`, else the
@@ -56,14 +59,21 @@ pub struct UpscaleArgs {
     pub gpu: Gpu,
     pub precision: Precision,
     pub dump_stages: Option<PathBuf>,
+    /// Largest output, in pixels (`--max-megapixels`).
+    pub max_pixels: u64,
 }
-
-const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
 
 fn is_image(p: &Path) -> bool {
     p.extension()
         .and_then(|e| e.to_str())
-        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .is_some_and(|e| input::EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// A path written with a trailing separator (`out/`) names a folder, existing or not.
+fn names_folder(p: &Path) -> bool {
+    p.as_os_str()
+        .to_string_lossy()
+        .ends_with(|c| std::path::is_separator(c))
 }
 
 fn output_format(path: &Path, forced: Option<&str>) -> Result<ImageFormat> {
@@ -83,12 +93,14 @@ fn output_format(path: &Path, forced: Option<&str>) -> Result<ImageFormat> {
     })
 }
 
-/// (input, output) pairs: a file to a file (or into a folder), a folder to a folder.
+/// (input, output) pairs: a file to a file (or into a folder), a folder to a folder. A
+/// recursive walk enters each real folder once (symbolic links to folders are followed, but a
+/// link back into the tree is not walked again) and skips the output folder.
 fn jobs(a: &UpscaleArgs) -> Result<Vec<(PathBuf, PathBuf)>> {
     let ext = a.format.as_deref().unwrap_or("png");
     if a.input.is_file() {
-        let out = if a.output.is_dir() {
-            let stem = a.input.file_stem().context("input has no file name")?;
+        let out = if a.output.is_dir() || names_folder(&a.output) {
+            let stem = a.input.file_stem().context("the input has no file name")?;
             a.output.join(format!("{}.{ext}", stem.to_string_lossy()))
         } else {
             a.output.clone()
@@ -104,9 +116,17 @@ fn jobs(a: &UpscaleArgs) -> Result<Vec<(PathBuf, PathBuf)>> {
             a.output.display()
         );
     }
+    let skip = a.output.canonicalize().ok();
+    let mut visited = HashSet::new();
     let mut found = Vec::new();
     let mut stack = vec![a.input.clone()];
     while let Some(dir) = stack.pop() {
+        let real = dir
+            .canonicalize()
+            .with_context(|| format!("reading {}", dir.display()))?;
+        if !visited.insert(real.clone()) || (dir != a.input && skip.as_ref() == Some(&real)) {
+            continue;
+        }
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -134,28 +154,6 @@ fn load_noise(path: &Path) -> Result<NoiseData> {
         latent: f.f32_data("latent_noise")?.0,
         vae: f.f32_data("vae_noise")?.0,
     })
-}
-
-/// Writes `bytes` next to `path` and renames it into place.
-fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.partial-{}",
-        path.file_name()
-            .map_or("out".into(), |n| n.to_string_lossy()),
-        std::process::id()
-    ));
-    let result = write(&tmp).and_then(|()| {
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 async fn dump(stages: &Stages, path: &Path) -> Result<()> {
@@ -196,22 +194,31 @@ async fn dump(stages: &Stages, path: &Path) -> Result<()> {
             )
         })
         .collect();
-    write_atomic(path, |tmp| {
-        pgp_core::safetensors::serialize_to_file(views, None, tmp).context("writing stages")
-    })
+    let bytes = pgp_core::safetensors::serialize(views, None).context("writing stages")?;
+    output::publish_file(path, &bytes, true)
 }
 
-/// Upscales one file through the engine (which also upscales the alpha channel).
-fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Result<()> {
-    let format = output_format(output, a.format.as_deref())?;
+/// Refuses an output that is the input, or that exists without `--overwrite`.
+fn check_output(a: &UpscaleArgs, input: &Path, output: &Path) -> Result<()> {
     if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
         bail!("{}: refusing to write over the input", output.display());
     }
     if output.exists() && !a.overwrite {
         bail!("{}: exists (use --overwrite)", output.display());
     }
-    let decoded = image::open(input)
-        .with_context(|| format!("{}: cannot read the image", input.display()))?;
+    Ok(())
+}
+
+/// Upscales one file through the engine (which also upscales the alpha channel). Errors name
+/// the output when it is at fault; the caller names the input.
+fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Result<()> {
+    let format = output_format(output, a.format.as_deref())?;
+    check_output(a, input, output)?;
+    let bytes = std::fs::read(input).context("cannot read the file")?;
+    let scale = a.options.scale as u64;
+    let decoded = input::decode(&bytes, a.max_pixels / (scale * scale).max(1))
+        .map_err(|e| scale_message(e, scale))?;
+    drop(bytes);
     let (w, h) = (decoded.width() as usize, decoded.height() as usize);
     let (pixels, pixel_format) = if decoded.color().has_alpha() {
         (decoded.to_rgba8().into_raw(), PixelFormat::Rgba8)
@@ -263,11 +270,45 @@ fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Res
             image::RgbImage::from_raw(ow, oh, out.data).expect("sizes match"),
         ),
     };
-    write_atomic(output, |tmp| {
-        result
-            .save_with_format(tmp, format)
-            .with_context(|| format!("writing {}", output.display()))
-    })
+    let mut encoded = std::io::Cursor::new(Vec::new());
+    result
+        .write_to(&mut encoded, format)
+        .context("encoding the output")?;
+    output::publish_file(output, encoded.get_ref(), a.overwrite)
+}
+
+/// The pixel limit's message speaks of the output when the input was checked against the
+/// output limit divided by the scale².
+fn scale_message(e: anyhow::Error, scale: u64) -> anyhow::Error {
+    let text = e.to_string();
+    if scale > 1 && text.contains("over the limit") {
+        anyhow::anyhow!("at ×{scale}, the output is too large: {text}")
+    } else {
+        e
+    }
+}
+
+/// Checks, before the model loads, what can be checked without it: the options, the output
+/// folders (made and written to), and for a single image its output name.
+fn preflight(a: &UpscaleArgs, jobs: &[(PathBuf, PathBuf)]) -> Result<()> {
+    a.options.validate()?;
+    output_format(&jobs[0].1, a.format.as_deref())?;
+    let dirs: HashSet<PathBuf> = jobs.iter().map(|(_, o)| output::parent_dir(o)).collect();
+    for dir in dirs {
+        output::check_writable(&dir)?;
+    }
+    if let [(input, output)] = jobs {
+        check_output(a, input, output)?;
+    }
+    if !a.options.prompt.is_empty() && !a.options.one_step {
+        let (t1, _) = pgp_core::tokenizer::ClipTokenizer::sdxl()?;
+        if let Some((n, dropped)) = t1.dropped(&a.options.prompt) {
+            eprintln!(
+                "warning: the prompt has {n} tokens; CLIP reads 75, so this is ignored: {dropped}"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs the batch; true when every image succeeded.
@@ -275,11 +316,12 @@ pub fn run(mut a: UpscaleArgs) -> Result<bool> {
     let jobs = jobs(&a)?;
     if jobs.is_empty() {
         bail!(
-            "{}: no images (png, jpg, webp, bmp) found",
-            a.input.display()
+            "{}: no images ({}) found",
+            a.input.display(),
+            input::FORMATS
         );
     }
-    output_format(&jobs[0].1, a.format.as_deref())?;
+    preflight(&a, &jobs)?;
     let source = DirSource::new(&a.model);
     let load = LoadOptions::default().with_precision(a.precision);
     let mut upscaler =

@@ -263,6 +263,20 @@ impl ClipTokenizer {
         format!("{}{end}", String::from_utf8_lossy(&bytes))
     }
 
+    /// What truncation to 77 tokens drops of `text`: the number of content tokens and the text
+    /// of those past the 75 that fit; `None` when it fits.
+    pub fn dropped(&self, text: &str) -> Option<(usize, String)> {
+        let content = self.content_ids(text);
+        let fit = MAX_LEN - 2;
+        (content.len() > fit).then(|| {
+            let tail: String = content[fit..]
+                .iter()
+                .map(|&id| self.token_text(id))
+                .collect();
+            (content.len(), tail.trim_end().to_string())
+        })
+    }
+
     /// `tokenizer(text, padding="max_length", max_length=77, truncation=True)`.
     pub fn encode(&self, text: &str) -> Encoding {
         let mut content = self.content_ids(text);

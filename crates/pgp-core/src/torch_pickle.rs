@@ -6,12 +6,28 @@
 //! classes (`torch.FloatStorage`, ...). Any other global or opcode — `os.system`, `eval`,
 //! `builtins.getattr`, `INST`, `OBJ`, extensions — rejects the file, naming what it found.
 //! Nothing is ever imported or called: a "global" is just a name checked against the list.
+//!
+//! A hostile file cannot exhaust the reader either: containers nest at most [`MAX_DEPTH`]
+//! deep, copies made by `DUP` and the memo are charged against [`MAX_COST`] (so an 80-byte
+//! `DUP`/`TUPLE` doubling bomb stops after a few million values), duplicate state-dict keys
+//! are refused, archive entries must be stored (torch.save never compresses), and every size
+//! computed from a tensor's shape, stride and offset is checked for overflow and against its
+//! storage before anything is allocated.
 
 use std::io::{Read, Seek};
 
 use safetensors::Dtype;
 
 use crate::error::{Error, Result};
+
+/// Deepest container nesting accepted (a state dict needs about five levels).
+pub const MAX_DEPTH: u32 = 64;
+/// Most values the reader may copy (`DUP`, memo reads and writes) in one pickle, counting a
+/// container as its element count and a string as one value per 64 bytes: a real SDXL-sized
+/// state dict needs well under 1% of it.
+pub const MAX_COST: u64 = 1 << 23;
+/// Largest `data.pkl` accepted (FaithDiff's is about 200 KiB).
+pub const MAX_PICKLE_BYTES: u64 = 256 << 20;
 
 /// A pickled value, as far as a state dict needs.
 #[derive(Clone, Debug, PartialEq)]
@@ -22,12 +38,78 @@ enum Value {
     Float(f64),
     Str(String),
     Bytes(Vec<u8>),
-    Tuple(Vec<Value>),
-    List(Vec<Value>),
-    Dict(Vec<(Value, Value)>),
+    Tuple(Seq),
+    List(Seq),
+    /// Keys and values alternate.
+    Dict(Seq),
     Global(Global),
     Storage(StorageRef),
     Tensor(TensorRef),
+}
+
+/// A container's items with its nesting depth and copy cost, kept up to date as it grows
+/// (values are never shared, so both are exact).
+#[derive(Clone, Debug, PartialEq)]
+struct Seq {
+    items: Vec<Value>,
+    depth: u32,
+    cost: u64,
+}
+
+impl Seq {
+    fn new(items: Vec<Value>) -> Self {
+        let mut s = Seq {
+            items: Vec::with_capacity(items.len()),
+            depth: 1,
+            cost: 1,
+        };
+        s.extend(items);
+        s
+    }
+    fn extend(&mut self, items: Vec<Value>) {
+        for v in items {
+            self.depth = self.depth.max(v.depth().saturating_add(1));
+            self.cost = self.cost.saturating_add(v.cost());
+            self.items.push(v);
+        }
+    }
+}
+
+impl Value {
+    fn depth(&self) -> u32 {
+        match self {
+            Value::Tuple(s) | Value::List(s) | Value::Dict(s) => s.depth,
+            _ => 0,
+        }
+    }
+    /// What copying this value costs, in values.
+    fn cost(&self) -> u64 {
+        match self {
+            Value::Tuple(s) | Value::List(s) | Value::Dict(s) => s.cost,
+            Value::Str(t) => 1 + t.len() as u64 / 64,
+            Value::Bytes(b) => 1 + b.len() as u64 / 64,
+            Value::Tensor(t) => 2 + 2 * t.shape.len() as u64 + t.storage.key.len() as u64 / 64,
+            Value::Storage(s) => 1 + s.key.len() as u64 / 64,
+            _ => 1,
+        }
+    }
+    /// Its kind, for messages (never the value: a hostile one can be huge).
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::None => "None",
+            Value::Bool(_) => "a bool",
+            Value::Int(_) => "an int",
+            Value::Float(_) => "a float",
+            Value::Str(_) => "a string",
+            Value::Bytes(_) => "bytes",
+            Value::Tuple(_) => "a tuple",
+            Value::List(_) => "a list",
+            Value::Dict(_) => "a dict",
+            Value::Global(_) => "a global",
+            Value::Storage(_) => "a storage",
+            Value::Tensor(_) => "a tensor",
+        }
+    }
 }
 
 /// The only globals a state dict may name.
@@ -100,10 +182,66 @@ struct Machine<'a> {
     stack: Vec<Value>,
     marks: Vec<usize>,
     memo: std::collections::HashMap<u32, Value>,
+    /// Cost of the copies made so far (bounded by [`MAX_COST`]).
+    spent: u64,
     name: &'a str,
 }
 
 impl<'a> Machine<'a> {
+    fn new(data: &'a [u8], name: &'a str) -> Self {
+        Machine {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: Default::default(),
+            spent: 0,
+            name,
+        }
+    }
+    /// Charges a copy of `cost` values against [`MAX_COST`], before it is made.
+    fn charge(&mut self, cost: u64) -> Result<()> {
+        self.spent = self.spent.saturating_add(cost);
+        if self.spent > MAX_COST {
+            return Err(self.err(format!(
+                "the pickle copies more than {MAX_COST} values (a memory bomb?)"
+            )));
+        }
+        Ok(())
+    }
+    /// Pushes a container made of `items`, refusing nesting deeper than [`MAX_DEPTH`].
+    fn push_seq(&mut self, make: fn(Seq) -> Value, items: Vec<Value>) -> Result<()> {
+        let seq = Seq::new(items);
+        self.check_depth(seq.depth)?;
+        self.stack.push(make(seq));
+        Ok(())
+    }
+    fn check_depth(&self, depth: u32) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(self.err(format!(
+                "containers nested more than {MAX_DEPTH} deep (a state dict needs about five)"
+            )));
+        }
+        Ok(())
+    }
+    /// Adds `items` to the list or dict on top of the stack.
+    fn extend_top(&mut self, dict: bool, items: Vec<Value>, op: &str) -> Result<()> {
+        let depth = match self.top()? {
+            Value::List(s) if !dict => {
+                s.extend(items);
+                s.depth
+            }
+            Value::Dict(s) if dict => {
+                s.extend(items);
+                s.depth
+            }
+            other => {
+                let kind = other.kind();
+                return Err(self.err(format!("{op} on {kind}")));
+            }
+        };
+        self.check_depth(depth)
+    }
     fn err(&self, msg: impl std::fmt::Display) -> Error {
         bad(self.name, format!("data.pkl at byte {}: {msg}", self.pos))
     }
@@ -160,15 +298,18 @@ impl<'a> Machine<'a> {
             .map_err(|_| self.err("invalid UTF-8 string"))
     }
     fn memo_get(&mut self, k: u32) -> Result<()> {
-        let v = self
-            .memo
-            .get(&k)
-            .cloned()
-            .ok_or_else(|| self.err(format!("memo {k} unset")))?;
+        let cost = match self.memo.get(&k) {
+            Some(v) => v.cost(),
+            None => return Err(self.err(format!("memo {k} unset"))),
+        };
+        self.charge(cost)?;
+        let v = self.memo[&k].clone();
         self.stack.push(v);
         Ok(())
     }
     fn memo_put(&mut self, k: u32) -> Result<()> {
+        let cost = self.top()?.cost();
+        self.charge(cost)?;
         let v = self.top()?.clone();
         self.memo.insert(k, v);
         Ok(())
@@ -185,21 +326,26 @@ impl<'a> Machine<'a> {
     }
 
     fn reduce(&mut self, f: Value, args: Value) -> Result<Value> {
-        let Value::Tuple(args) = args else {
+        let Value::Tuple(Seq { items: args, .. }) = args else {
             return Err(self.err("REDUCE arguments are not a tuple"));
         };
         match f {
-            Value::Global(Global::OrderedDict) if args.is_empty() => Ok(Value::Dict(Vec::new())),
+            Value::Global(Global::OrderedDict) if args.is_empty() => {
+                Ok(Value::Dict(Seq::new(Vec::new())))
+            }
             Value::Global(Global::RebuildTensorV2) if args.len() >= 4 => {
                 let Value::Storage(storage) = args[0].clone() else {
                     return Err(self.err("_rebuild_tensor_v2 without a storage"));
                 };
-                let int = |v: &Value| match v {
-                    Value::Int(i) if *i >= 0 => Ok(*i as usize),
-                    _ => Err(self.err("tensor metadata is not a non-negative integer")),
+                let int = |v: &Value| {
+                    match v {
+                        Value::Int(i) => usize::try_from(*i).ok(),
+                        _ => None,
+                    }
+                    .ok_or_else(|| self.err("tensor metadata is not a non-negative integer"))
                 };
                 let ints = |v: &Value| match v {
-                    Value::Tuple(t) => t.iter().map(int).collect::<Result<Vec<_>>>(),
+                    Value::Tuple(t) => t.items.iter().map(int).collect::<Result<Vec<_>>>(),
                     _ => Err(self.err("tensor size/stride is not a tuple")),
                 };
                 let (shape, stride) = (ints(&args[2])?, ints(&args[3])?);
@@ -213,11 +359,17 @@ impl<'a> Machine<'a> {
                     stride,
                 }))
             }
-            Value::Global(Global::RebuildParameter) if !args.is_empty() => match &args[0] {
-                Value::Tensor(_) => Ok(args[0].clone()),
-                _ => Err(self.err("_rebuild_parameter of a non-tensor")),
-            },
-            other => Err(self.err(format!("refusing to call {other:?}"))),
+            Value::Global(Global::RebuildParameter) if !args.is_empty() => {
+                match args.into_iter().next() {
+                    Some(t @ Value::Tensor(_)) => Ok(t),
+                    _ => Err(self.err("_rebuild_parameter of a non-tensor")),
+                }
+            }
+            Value::Global(g) => Err(self.err(format!(
+                "refusing to call {g:?} with {} arguments",
+                args.len()
+            ))),
+            other => Err(self.err(format!("refusing to call {}", other.kind()))),
         }
     }
 
@@ -286,21 +438,23 @@ impl<'a> Machine<'a> {
                     };
                     self.stack.push(v);
                 }
-                b')' => self.stack.push(Value::Tuple(Vec::new())),
-                b']' => self.stack.push(Value::List(Vec::new())),
-                b'}' => self.stack.push(Value::Dict(Vec::new())),
+                b')' => self.push_seq(Value::Tuple, Vec::new())?,
+                b']' => self.push_seq(Value::List, Vec::new())?,
+                b'}' => self.push_seq(Value::Dict, Vec::new())?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(items));
+                    self.push_seq(Value::Tuple, items)?;
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Value::List(items));
+                    self.push_seq(Value::List, items)?;
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    let pairs = pairs(items).ok_or_else(|| self.err("odd DICT items"))?;
-                    self.stack.push(Value::Dict(pairs));
+                    if !items.len().is_multiple_of(2) {
+                        return Err(self.err("odd DICT items"));
+                    }
+                    self.push_seq(Value::Dict, items)?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -308,37 +462,27 @@ impl<'a> Machine<'a> {
                         return Err(self.err("stack underflow"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(items));
+                    self.push_seq(Value::Tuple, items)?;
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    match self.top()? {
-                        Value::List(l) => l.push(v),
-                        _ => return Err(self.err("APPEND to a non-list")),
-                    }
+                    self.extend_top(false, vec![v], "APPEND")?;
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    match self.top()? {
-                        Value::List(l) => l.extend(items),
-                        _ => return Err(self.err("APPENDS to a non-list")),
-                    }
+                    self.extend_top(false, items, "APPENDS")?;
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    match self.top()? {
-                        Value::Dict(d) => d.push((k, v)),
-                        _ => return Err(self.err("SETITEM on a non-dict")),
-                    }
+                    self.extend_top(true, vec![k, v], "SETITEM")?;
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    let p = pairs(items).ok_or_else(|| self.err("odd SETITEMS items"))?;
-                    match self.top()? {
-                        Value::Dict(d) => d.extend(p),
-                        _ => return Err(self.err("SETITEMS on a non-dict")),
+                    if !items.len().is_multiple_of(2) {
+                        return Err(self.err("odd SETITEMS items"));
                     }
+                    self.extend_top(true, items, "SETITEMS")?;
                 }
                 b'q' => {
                     let k = self.u8()? as u32;
@@ -376,7 +520,9 @@ impl<'a> Machine<'a> {
                 b'Q' => {
                     let pid = self.pop()?;
                     let storage = match pid {
-                        Value::Tuple(t) if t.len() >= 3 && t[0] == Value::Str("storage".into()) => {
+                        Value::Tuple(Seq { items: t, .. })
+                            if t.len() >= 3 && t[0] == Value::Str("storage".into()) =>
+                        {
                             match (&t[1], &t[2]) {
                                 (Value::Global(Global::StorageType(d)), Value::Str(key)) => {
                                     StorageRef {
@@ -411,6 +557,8 @@ impl<'a> Machine<'a> {
                     self.pop()?;
                 }
                 b'2' => {
+                    let cost = self.top()?.cost();
+                    self.charge(cost)?;
                     let v = self.top()?.clone();
                     self.stack.push(v);
                 }
@@ -428,20 +576,90 @@ impl<'a> Machine<'a> {
     }
 }
 
-fn pairs(items: Vec<Value>) -> Option<Vec<(Value, Value)>> {
-    if !items.len().is_multiple_of(2) {
-        return None;
+/// Reads at most `limit` bytes of an archive entry, which must be stored: torch.save never
+/// compresses, so a compressed entry (a possible decompression bomb) is refused.
+fn read_entry<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    name: &str,
+    entry: &str,
+    limit: u64,
+) -> Result<Vec<u8>> {
+    let f = archive
+        .by_name(entry)
+        .map_err(|e| bad(name, format!("reading {entry}: {e}")))?;
+    if f.compression() != zip::CompressionMethod::Stored {
+        return Err(bad(
+            name,
+            format!(
+                "{entry} is compressed ({}); torch.save writes stored entries",
+                f.compression()
+            ),
+        ));
     }
-    let mut it = items.into_iter();
-    let mut out = Vec::new();
-    while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        out.push((k, v));
+    if f.size() > limit && entry.ends_with("data.pkl") {
+        return Err(bad(
+            name,
+            format!("{entry} is {} bytes, more than {limit} allowed", f.size()),
+        ));
     }
-    Some(out)
+    let mut bytes = Vec::new();
+    f.take(limit)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(name, format!("reading {entry}: {e}")))?;
+    Ok(bytes)
 }
 
 fn element_size(dtype: Dtype) -> usize {
     dtype.bitsize() / 8
+}
+
+/// Interprets a bare pickle (an archive's `data.pkl`) as a state dict: its tensors' names,
+/// dtypes and shapes. [`TorchCheckpoint::open`] does this after unzipping.
+pub fn parse_state_dict(name: &str, pickle: &[u8]) -> Result<Vec<TorchTensorInfo>> {
+    Ok(entries(name, pickle)?
+        .into_iter()
+        .map(|(name, t)| TorchTensorInfo {
+            name,
+            dtype: t.storage.dtype,
+            shape: t.shape,
+        })
+        .collect())
+}
+
+/// The state dict's `(key, tensor)` entries, keys unique.
+fn entries(name: &str, bytes: &[u8]) -> Result<Vec<(String, TensorRef)>> {
+    let root = Machine::new(bytes, name).run()?;
+    let Value::Dict(Seq { items, .. }) = root else {
+        return Err(bad(
+            name,
+            format!(
+                "the checkpoint is {}, not a state dict (a dict of tensors)",
+                root.kind()
+            ),
+        ));
+    };
+    let mut tensors = Vec::with_capacity(items.len() / 2);
+    let mut seen = std::collections::HashSet::new();
+    let mut items = items.into_iter();
+    while let (Some(k), Some(v)) = (items.next(), items.next()) {
+        let Value::Str(key) = k else {
+            return Err(bad(
+                name,
+                format!("a state dict key is {}, not a string", k.kind()),
+            ));
+        };
+        let Value::Tensor(t) = v else {
+            return Err(bad(
+                name,
+                format!("state dict entry `{key}` is {}, not a tensor", v.kind()),
+            ));
+        };
+        if !seen.insert(key.clone()) {
+            return Err(bad(name, format!("state dict key `{key}` appears twice")));
+        }
+        tensors.push((key, t));
+    }
+    Ok(tensors)
 }
 
 /// An opened `torch.save` checkpoint.
@@ -471,10 +689,10 @@ impl<R: Read + Seek> TorchCheckpoint<R> {
             .map(str::to_string)
             .ok_or_else(|| bad(&name, "the archive has no data.pkl"))?;
         let prefix = pkl.trim_end_matches("data.pkl").to_string();
-        if let Ok(mut f) = archive.by_name(&format!("{prefix}byteorder")) {
-            let mut order = String::new();
-            f.read_to_string(&mut order)
-                .map_err(|e| bad(&name, format!("byteorder: {e}")))?;
+        let order_entry = format!("{prefix}byteorder");
+        if archive.index_for_name(&order_entry).is_some() {
+            let order = read_entry(&mut archive, &name, &order_entry, 64)?;
+            let order = String::from_utf8_lossy(&order);
             if order.trim() != "little" {
                 return Err(bad(
                     &name,
@@ -482,39 +700,8 @@ impl<R: Read + Seek> TorchCheckpoint<R> {
                 ));
             }
         }
-        let mut bytes = Vec::new();
-        archive
-            .by_name(&pkl)
-            .and_then(|mut f| f.read_to_end(&mut bytes).map_err(Into::into))
-            .map_err(|e| bad(&name, format!("reading {pkl}: {e}")))?;
-        let root = Machine {
-            data: &bytes,
-            pos: 0,
-            stack: Vec::new(),
-            marks: Vec::new(),
-            memo: Default::default(),
-            name: &name,
-        }
-        .run()?;
-        let Value::Dict(items) = root else {
-            return Err(bad(
-                &name,
-                "the checkpoint is not a state dict (a dict of tensors)",
-            ));
-        };
-        let mut tensors = Vec::with_capacity(items.len());
-        for (k, v) in items {
-            let Value::Str(key) = k else {
-                return Err(bad(&name, format!("state dict key {k:?} is not a string")));
-            };
-            let Value::Tensor(t) = v else {
-                return Err(bad(
-                    &name,
-                    format!("state dict entry `{key}` is not a tensor"),
-                ));
-            };
-            tensors.push((key, t));
-        }
+        let bytes = read_entry(&mut archive, &name, &pkl, MAX_PICKLE_BYTES)?;
+        let tensors = entries(&name, &bytes)?;
         Ok(Self {
             name,
             archive,
@@ -544,30 +731,46 @@ impl<R: Read + Seek> TorchCheckpoint<R> {
             .map(|(_, t)| t.clone())
             .ok_or_else(|| bad(&self.name, format!("no tensor `{key}`")))?;
         let entry = format!("{}data/{}", self.prefix, t.storage.key);
-        let mut storage = Vec::new();
-        self.archive
-            .by_name(&entry)
-            .and_then(|mut f| f.read_to_end(&mut storage).map_err(Into::into))
-            .map_err(|e| bad(&self.name, format!("reading storage {entry}: {e}")))?;
         let es = element_size(t.storage.dtype);
-        let numel: usize = t.shape.iter().product();
+        let overflow = || bad(&self.name, format!("tensor `{key}`: its size overflows"));
+        let numel = t
+            .shape
+            .iter()
+            .try_fold(1usize, |a, &n| a.checked_mul(n))
+            .ok_or_else(overflow)?;
+        // One past the furthest element the view touches, in bytes.
+        let end = if numel == 0 {
+            0
+        } else {
+            let mut last = t.offset;
+            for (&n, &s) in t.shape.iter().zip(&t.stride) {
+                let reach = (n - 1).checked_mul(s).ok_or_else(overflow)?;
+                last = last.checked_add(reach).ok_or_else(overflow)?;
+            }
+            last.checked_add(1)
+                .and_then(|n| n.checked_mul(es))
+                .ok_or_else(overflow)?
+        };
+        let storage = read_entry(&mut self.archive, &self.name, &entry, end as u64)?;
+        if end > storage.len() {
+            return Err(bad(
+                &self.name,
+                format!("tensor `{key}` reaches past its storage {entry}"),
+            ));
+        }
+        // A state dict's tensors never repeat elements of their storage (a stride-0 view
+        // could otherwise ask for far more memory than the file holds).
+        if numel.saturating_mul(es) > storage.len() {
+            return Err(bad(
+                &self.name,
+                format!("tensor `{key}` has more elements than its storage {entry}"),
+            ));
+        }
         let mut out = Vec::with_capacity(numel * es);
         if numel > 0 {
-            // The furthest element the view touches must lie inside the storage.
-            let last = t.offset
-                + t.shape
-                    .iter()
-                    .zip(&t.stride)
-                    .map(|(&n, &s)| (n - 1) * s)
-                    .sum::<usize>();
-            if (last + 1) * es > storage.len() {
-                return Err(bad(
-                    &self.name,
-                    format!("tensor `{key}` reaches past its storage {entry}"),
-                ));
-            }
             let mut index = vec![0usize; t.shape.len()];
             for _ in 0..numel {
+                // In range: bounded by `end`, computed with checks above.
                 let e = t.offset
                     + index
                         .iter()
@@ -652,17 +855,7 @@ mod tests {
 
     #[test]
     fn refuses_unknown_opcodes_and_truncation() {
-        let run = |data: &[u8]| {
-            Machine {
-                data,
-                pos: 0,
-                stack: Vec::new(),
-                marks: Vec::new(),
-                memo: Default::default(),
-                name: "p",
-            }
-            .run()
-        };
+        let run = |data: &[u8]| Machine::new(data, "p").run();
         // INST (`i`) builds arbitrary objects: refused.
         let err = run(b"\x80\x02(ios\nsystem\n.").unwrap_err().to_string();
         assert!(err.contains("refusing pickle opcode 0x69"), "{err}");
@@ -673,5 +866,157 @@ mod tests {
         assert!(err.contains("refusing global `builtins.eval`"), "{err}");
         assert!(run(b"\x80\x02}q\x00(X\x01\x00").is_err());
         assert_eq!(run(b"\x80\x02K\x07.").unwrap(), Value::Int(7));
+    }
+
+    /// A pickled int of any size (LONG1, 8 bytes).
+    fn int(v: u64) -> Vec<u8> {
+        let mut b = vec![0x8a, 8];
+        b.extend_from_slice(&v.to_le_bytes());
+        b
+    }
+
+    /// `_rebuild_tensor_v2(('storage', FloatStorage, key, 'cpu', n), offset, size, stride)`.
+    fn tensor(storage: &str, offset: u64, size: &[u64], stride: &[u64]) -> Vec<u8> {
+        let text = |t: &str| {
+            let mut b = vec![b'X'];
+            b.extend_from_slice(&(t.len() as u32).to_le_bytes());
+            b.extend_from_slice(t.as_bytes());
+            b
+        };
+        let tuple = |items: &[u64]| {
+            let mut b = vec![b'('];
+            for &i in items {
+                b.extend(int(i));
+            }
+            b.push(b't');
+            b
+        };
+        let mut b = b"ctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+        b.push(b'(');
+        b.extend(text("storage"));
+        b.extend_from_slice(b"ctorch\nFloatStorage\n");
+        b.extend(text(storage));
+        b.extend(text("cpu"));
+        b.extend(int(4));
+        b.extend_from_slice(b"tQ");
+        b.extend(int(offset));
+        b.extend(tuple(size));
+        b.extend(tuple(stride));
+        b.extend_from_slice(b"tR");
+        b
+    }
+
+    /// A torch.save-style archive: `archive/data.pkl` holding a dict of `entries`, and
+    /// `archive/data/0` holding four f32 values.
+    fn archive(entries: &[(&str, Vec<u8>)], compress: bool) -> Vec<u8> {
+        use std::io::Write;
+        let mut pkl = b"\x80\x02}(".to_vec();
+        for (k, v) in entries {
+            pkl.push(b'X');
+            pkl.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            pkl.extend_from_slice(k.as_bytes());
+            pkl.extend_from_slice(v);
+        }
+        pkl.extend_from_slice(b"u.");
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        w.start_file("archive/data.pkl", stored).unwrap();
+        w.write_all(&pkl).unwrap();
+        w.start_file("archive/data/0", stored).unwrap();
+        w.write_all(&[0u8; 16]).unwrap();
+        let mut bytes = w.finish().unwrap().into_inner();
+        if compress {
+            // Mark the storage as deflated in its local and central headers.
+            let name = b"archive/data/0";
+            let at: Vec<usize> = (0..bytes.len() - name.len())
+                .filter(|&i| &bytes[i..i + name.len()] == name)
+                .collect();
+            for i in at {
+                if bytes[i - 30..i - 26] == *b"PK\x03\x04" {
+                    bytes[i - 30 + 8] = 8;
+                } else if bytes[i - 46..i - 42] == *b"PK\x01\x02" {
+                    bytes[i - 46 + 10] = 8;
+                }
+            }
+        }
+        bytes
+    }
+
+    fn open_owned(bytes: Vec<u8>) -> Result<TorchCheckpoint<Cursor<Vec<u8>>>> {
+        TorchCheckpoint::open("test.bin", Cursor::new(bytes))
+    }
+
+    #[test]
+    fn reads_a_hand_made_archive() {
+        let bytes = archive(&[("w", tensor("0", 1, &[3], &[1]))], false);
+        let mut c = open_owned(bytes).unwrap();
+        let (dtype, shape, data) = c.read("w").unwrap();
+        assert_eq!((dtype, shape, data.len()), (Dtype::F32, vec![3], 12));
+    }
+
+    #[test]
+    fn refuses_duplicate_keys() {
+        let t = tensor("0", 0, &[4], &[1]);
+        let err = open_owned(archive(&[("w", t.clone()), ("w", t)], false))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("state dict key `w` appears twice"), "{err}");
+    }
+
+    #[test]
+    fn refuses_views_that_overflow_or_overreach() {
+        for (offset, size, stride, want) in [
+            (1u64 << 62, vec![4], vec![1], "overflows"),
+            (0, vec![1 << 40, 1 << 40], vec![1, 1], "overflows"),
+            (0, vec![3], vec![1 << 62], "overflows"),
+            (0, vec![2], vec![4], "reaches past its storage"),
+            (0, vec![1 << 20], vec![0], "more elements than its storage"),
+        ] {
+            let bytes = archive(&[("w", tensor("0", offset, &size, &stride))], false);
+            let mut c = open_owned(bytes).unwrap();
+            let err = c.read("w").unwrap_err().to_string();
+            assert!(err.contains(want), "{size:?} {stride:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn refuses_compressed_entries() {
+        let bytes = archive(&[("w", tensor("0", 0, &[4], &[1]))], true);
+        let mut c = open_owned(bytes).unwrap();
+        let err = c.read("w").unwrap_err().to_string();
+        assert!(err.contains("archive/data/0"), "{err}");
+    }
+
+    #[test]
+    fn bounds_nesting_and_copies() {
+        let run = |data: Vec<u8>| Machine::new(&data, "p").run().map(|_| ()).unwrap_err();
+        // 300,000 nested one-tuples (once a stack overflow when dropped).
+        let mut deep = b"\x80\x02]".to_vec();
+        deep.extend(std::iter::repeat_n(0x85u8, 300_000));
+        deep.push(b'.');
+        assert!(run(deep).to_string().contains("nested more than 64"));
+        // DUP + TUPLE2 doubles the value 40 times: 2^40 values from 83 bytes.
+        let mut dup = b"\x80\x02]".to_vec();
+        for _ in 0..40 {
+            dup.extend_from_slice(b"2\x86");
+        }
+        dup.push(b'.');
+        assert!(run(dup).to_string().contains("a memory bomb"));
+        // The same through the memo: BINGET twice, TUPLE2, BINPUT.
+        let mut memo = b"\x80\x02]q\x00".to_vec();
+        for _ in 0..40 {
+            memo.extend_from_slice(b"h\x00h\x00\x86q\x00");
+        }
+        memo.push(b'.');
+        assert!(run(memo).to_string().contains("a memory bomb"));
+        // A wide but shallow list of a million ints is fine.
+        let mut wide = b"\x80\x02](".to_vec();
+        for _ in 0..1_000_000 {
+            wide.extend_from_slice(b"K\x01");
+        }
+        wide.extend_from_slice(b"e.");
+        assert!(Machine::new(&wide, "p").run().is_ok());
     }
 }

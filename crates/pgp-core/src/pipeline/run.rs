@@ -111,6 +111,9 @@ impl Default for Options {
     }
 }
 
+/// Largest classifier-free guidance scale accepted (SDXL front ends offer up to 20–30).
+pub const MAX_GUIDANCE: f64 = 30.0;
+
 impl Options {
     /// UNet steps the run takes: one in the one-step mode, else `steps`.
     pub fn sampling_steps(&self) -> usize {
@@ -145,8 +148,12 @@ impl Options {
                 self.steps
             )));
         }
-        if !self.guidance.is_finite() {
-            return Err(Error::input("the guidance scale must be a finite number"));
+        if !(0.0..=MAX_GUIDANCE).contains(&self.guidance) {
+            return Err(Error::input(format!(
+                "the guidance scale must be 0 to {MAX_GUIDANCE}, not {} (beyond that the \
+                 guided prediction is dominated by the prompt difference and the image saturates)",
+                self.guidance
+            )));
         }
         if let TileSize::Pixels(t) = self.tile
             && (t == 0 || !t.is_multiple_of(8))

@@ -1,0 +1,164 @@
+//! Reading input images: the format from the content (not the name), complete files only, the
+//! EXIF orientation applied, and a pixel limit checked from the header before anything is
+//! decoded.
+
+use std::io::Cursor;
+
+use anyhow::{Context, Result, bail};
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
+
+/// The formats `upscale` reads, for messages.
+pub const FORMATS: &str = "PNG, JPEG, WebP and BMP";
+
+/// File name extensions a folder walk picks up.
+pub const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
+
+/// Decodes an image file's bytes. Refuses files that are not a supported image, JPEGs cut
+/// short (decoders fill the missing part with grey without a word), and images of more than
+/// `max_pixels` pixels. The EXIF orientation is applied, as image viewers do.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .context("reading the image")?;
+    let format = match reader.format() {
+        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Bmp)) => {
+            f
+        }
+        Some(f) => bail!(
+            "a {} image: pgp-wgpu reads {FORMATS}",
+            f.extensions_str()
+                .first()
+                .unwrap_or(&"unknown")
+                .to_uppercase()
+        ),
+        None => bail!("not an image file (pgp-wgpu reads {FORMATS})"),
+    };
+    if format == ImageFormat::Jpeg {
+        jpeg_complete(bytes)?;
+    }
+    let mut reader = reader;
+    let mut limits = image::Limits::default();
+    // Room for the largest allowed image at 16 bits per channel with alpha.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().context("reading the image header")?;
+    let (w, h) = decoder.dimensions();
+    if w == 0 || h == 0 {
+        bail!("the image is empty ({w}×{h})");
+    }
+    check_pixels(u64::from(w) * u64::from(h), max_pixels, "the image")?;
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).context("decoding the image")?;
+    image.apply_orientation(orientation);
+    Ok(image)
+}
+
+/// Refuses more than `max_pixels` pixels, naming the limit's flag.
+pub fn check_pixels(pixels: u64, max_pixels: u64, what: &str) -> Result<()> {
+    if pixels > max_pixels {
+        bail!(
+            "{what} would be {:.1} megapixels, over the limit of {:.1} (raise it with \
+             --max-megapixels)",
+            pixels as f64 / 1e6,
+            max_pixels as f64 / 1e6
+        );
+    }
+    Ok(())
+}
+
+/// Checks that a JPEG runs to its end-of-image marker: walks the marker segments by their
+/// lengths and the entropy-coded data of each scan (where `FF` is always followed by `00` or a
+/// restart marker), so an `FF D9` inside an EXIF thumbnail does not count.
+pub fn jpeg_complete(bytes: &[u8]) -> Result<()> {
+    let truncated = || {
+        anyhow::anyhow!(
+            "the JPEG is truncated (it ends before its end-of-image marker): the file is \
+             incomplete, re-download or re-export it"
+        )
+    };
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        bail!("not a JPEG file (no start-of-image marker)");
+    }
+    let mut pos = 2;
+    loop {
+        // A marker: FF (fill FFs allowed), then its code.
+        if *bytes.get(pos).ok_or_else(truncated)? != 0xFF {
+            bail!("the JPEG is corrupt: no marker at byte {pos}");
+        }
+        while bytes.get(pos) == Some(&0xFF) {
+            pos += 1;
+        }
+        let code = *bytes.get(pos).ok_or_else(truncated)?;
+        pos += 1;
+        match code {
+            0xD9 => return Ok(()),
+            // Markers without a length: restarts, TEM.
+            0xD0..=0xD7 | 0x01 => {}
+            _ => {
+                let len = bytes.get(pos..pos + 2).ok_or_else(truncated)?;
+                let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+                if len < 2 {
+                    bail!("the JPEG is corrupt: a segment of length {len} at byte {pos}");
+                }
+                pos += len;
+                if pos > bytes.len() {
+                    return Err(truncated());
+                }
+                if code == 0xDA {
+                    // Entropy-coded data up to the next marker that is not a restart.
+                    loop {
+                        match bytes.get(pos..pos + 2).ok_or_else(truncated)? {
+                            [0xFF, 0x00 | 0xD0..=0xD7] => pos += 2,
+                            [0xFF, 0xFF] => pos += 1,
+                            [0xFF, _] => break,
+                            _ => pos += 1,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jpeg(w: u32, h: u32) -> Vec<u8> {
+        let img =
+            image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 7) as u8, (y * 5) as u8, 90]));
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(img)
+            .write_to(&mut out, ImageFormat::Jpeg)
+            .unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn jpeg_must_be_complete() {
+        let full = jpeg(40, 24);
+        jpeg_complete(&full).unwrap();
+        for cut in [3, full.len() / 3, full.len() * 6 / 10, full.len() - 1] {
+            let err = decode(&full[..cut], 1 << 30).unwrap_err().to_string();
+            assert!(err.contains("truncated"), "cut at {cut}: {err}");
+        }
+        // Bytes after the end marker are harmless.
+        let mut padded = full.clone();
+        padded.extend_from_slice(b"trailing");
+        assert_eq!(decode(&padded, 1 << 30).unwrap().width(), 40);
+    }
+
+    #[test]
+    fn format_from_content_and_limits() {
+        let bytes = jpeg(40, 24);
+        assert_eq!(decode(&bytes, 1 << 30).unwrap().height(), 24);
+        let err = decode(&bytes, 100).unwrap_err().to_string();
+        assert!(err.contains("over the limit"), "{err}");
+        let err = decode(b"GIF89a....", 1 << 30).unwrap_err().to_string();
+        assert!(err.contains("a GIF image"), "{err}");
+        let err = decode(b"hello", 1 << 30).unwrap_err().to_string();
+        assert!(err.contains("not an image file"), "{err}");
+    }
+}
