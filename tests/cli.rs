@@ -631,7 +631,7 @@ fn upscale_batch_reports_bad_files_keeps_alpha_and_never_overwrites() {
     let o = run(&[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        text(&o).contains("broken.png: cannot read the image"),
+        text(&o).contains("broken.png: reading the image header: Format error"),
         "{}",
         text(&o)
     );
@@ -672,7 +672,7 @@ fn upscale_batch_reports_bad_files_keeps_alpha_and_never_overwrites() {
         .args(["--device", "cpu", "--steps", "1", "-t", "16"])
         .output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("/proc/nope"), "{}", text(&o));
     // A malformed budget or precision is named before anything loads.
     for (flag, value, message) in [
@@ -1280,4 +1280,297 @@ fn non_finite_weights_and_broken_configs_are_refused_by_convert() {
         text(&o)
     );
     assert!(!out.exists());
+}
+
+/// Files under `dir` (recursively) whose name marks an unfinished output.
+fn partials(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten() {
+            let p = e.unwrap().path();
+            if p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains(".partial-")
+            {
+                found.push(p.clone());
+            }
+            if p.is_dir() && !p.is_symlink() {
+                stack.push(p);
+            }
+        }
+    }
+    found
+}
+
+/// `upscale` of `input` to `output` on the CPU with the f32 fixture bundle, 1 step.
+fn quick_upscale(input: &Path, output: &Path) -> std::process::Command {
+    let mut c = bin();
+    c.args([
+        "upscale", "-q", "--device", "cpu", "--steps", "1", "-t", "32",
+    ])
+    .arg("-i")
+    .arg(input)
+    .arg("-o")
+    .arg(output)
+    .arg("--model")
+    .arg(support::bundle("f32"));
+    c
+}
+
+#[test]
+fn outputs_are_whole_or_absent() {
+    let dir = scratch("outputs");
+    let input = root().join("tests/pipeline/input.png");
+    // A full disk (a 1 KiB file size limit; SIGXFSZ ignored so writes fail with EFBIG): an
+    // error and no file, where a truncated PNG was once published with exit 0.
+    let out = dir.join("full.png");
+    let cmd = quick_upscale(&input, &out);
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 2; exec \"$0\" \"$@\"")
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("full.png"), "{t}");
+    assert!(!out.exists(), "a partial output was published");
+    assert!(partials(&dir).is_empty(), "{:?}", partials(&dir));
+    // Two runs racing for one output: one publishes, the other reports that it exists and the
+    // file is the winner's, whole.
+    let out = dir.join("race.png");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            quick_upscale(&input, &out)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outcomes: Vec<_> = runs
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let ok = outcomes.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "{}", outcomes.iter().map(text).collect::<String>());
+    let lost = outcomes.iter().find(|o| !o.status.success()).unwrap();
+    assert!(
+        text(lost).contains("exists (use --overwrite)"),
+        "{}",
+        text(lost)
+    );
+    assert_eq!(image::open(&out).unwrap().width(), 48);
+    // A folder named with a trailing slash is made; an unwritable one is refused before the
+    // model loads (the model path is bogus: the output is checked first).
+    let o = quick_upscale(&input, &dir.join("new/deeper/"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(dir.join("new/deeper/input.png").is_file());
+    let o = bin()
+        .args(["upscale", "-i"])
+        .arg(&input)
+        .args(["-o", "/proc/no/out.png", "--model", "/nonexistent/bundle"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("cannot create /proc/no"), "{}", text(&o));
+    // Ctrl-C or SIGTERM during `convert`: the partial bundle folder is removed.
+    for signal in ["INT", "TERM"] {
+        let bundle = dir.join(format!("{signal}.bundle"));
+        let mut child = bin()
+            .arg("convert")
+            .arg("--sdxl")
+            .arg(hub().join("sdxl"))
+            .arg("--vae")
+            .arg(hub().join("vae"))
+            .arg("--faithdiff")
+            .arg(hub().join("FaithDiff.bin"))
+            .args(["-q", "--dtype", "f32", "-o"])
+            .arg(&bundle)
+            .spawn()
+            .unwrap();
+        // Wait for the partial bundle folder to hold its first shard.
+        let started = || {
+            partials(&dir)
+                .iter()
+                .any(|p| p.is_dir() && std::fs::read_dir(p).unwrap().next().is_some())
+        };
+        let start = std::time::Instant::now();
+        while !started() && start.elapsed().as_secs() < 60 {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        assert!(started(), "convert made no partial folder");
+        let kill = std::process::Command::new("kill")
+            .args([format!("-{signal}"), child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        let status = child.wait().unwrap();
+        // Either interrupted (130) or, if it finished first, published whole.
+        if status.code() == Some(130) {
+            assert!(!bundle.exists());
+        } else {
+            assert!(status.success() && bundle.join("manifest.json").is_file());
+        }
+        assert!(partials(&dir).is_empty(), "{:?}", partials(&dir));
+    }
+}
+
+/// A JPEG of `img` with an EXIF orientation tag (6: the camera was turned 90° clockwise).
+fn jpeg_with_orientation(img: &image::RgbImage, orientation: u8) -> Vec<u8> {
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut jpeg, image::ImageFormat::Jpeg).unwrap();
+    let jpeg = jpeg.into_inner();
+    let mut exif = b"Exif\0\0II*\0\x08\0\0\0\x01\0\x12\x01\x03\0\x01\0\0\0".to_vec();
+    exif.extend_from_slice(&[orientation, 0, 0, 0, 0, 0, 0, 0]);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&(exif.len() as u16 + 2).to_be_bytes());
+    out.extend_from_slice(&exif);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn hostile_images_and_options_get_clear_errors() {
+    let dir = scratch("hostile_images");
+    let img = image::RgbImage::from_fn(16, 8, |x, y| {
+        image::Rgb([(x * 15) as u8, (y * 30) as u8, 128])
+    });
+    // EXIF orientation 6: a 16×8 picture shown as 8×16, upscaled ×2 to 16×32.
+    let rotated = dir.join("rotated.jpg");
+    std::fs::write(&rotated, jpeg_with_orientation(&img, 6)).unwrap();
+    let out = dir.join("rotated.png");
+    let o = quick_upscale(&rotated, &out).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let up = image::open(&out).unwrap();
+    assert_eq!((up.width(), up.height()), (16, 32));
+    // The format comes from the content: a BMP named .png upscales.
+    let bmp = dir.join("actually-bmp.png");
+    img.save_with_format(&bmp, image::ImageFormat::Bmp).unwrap();
+    let o = quick_upscale(&bmp, &dir.join("from-bmp.png"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    // A JPEG cut at 60%: refused, path named once, nothing written.
+    let full = jpeg_with_orientation(&img, 1);
+    let cut = dir.join("cut.jpg");
+    std::fs::write(&cut, &full[..full.len() * 6 / 10]).unwrap();
+    let o = quick_upscale(&cut, &dir.join("cut.png")).output().unwrap();
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("the JPEG is truncated"), "{t}");
+    assert_eq!(t.matches("cut.jpg").count(), 1, "{t}");
+    assert!(!dir.join("cut.png").exists());
+    // An output over the megapixel limit is refused before any work.
+    let o = quick_upscale(&rotated, &dir.join("big.png"))
+        .args(["--max-megapixels", "0.0004"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o)
+            .contains("the output (16×32) would be 0.0005 megapixels, over the limit of 0.0004"),
+        "{}",
+        text(&o)
+    );
+    // Bad numbers are named before the model loads (the model path is bogus).
+    for (flag, value, message) in [
+        ("-s", "100000", "the scale must be 1 to 16, not 100000"),
+        (
+            "--cfg",
+            "NaN",
+            "the guidance scale must be 0 to 30, not NaN",
+        ),
+        ("--cfg", "1e38", "the guidance scale must be 0 to 30"),
+        ("--steps", "0", "steps must be 1 to 1000"),
+        ("-t", "12", "a positive multiple of 8, not 12"),
+        (
+            "--max-megapixels",
+            "0",
+            "--max-megapixels must be a positive number",
+        ),
+    ] {
+        let o = bin()
+            .args(["upscale", "-i"])
+            .arg(&rotated)
+            .arg("-o")
+            .arg(dir.join("never.png"))
+            .args(["--model", "/nonexistent/bundle", flag, value])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", text(&o));
+        assert!(text(&o).contains(message), "{flag} {value}: {}", text(&o));
+    }
+    // A prompt past CLIP's 75 tokens is reported, with what is cut.
+    let prompt = format!("{} tail-end-words", "word ".repeat(80));
+    let o = bin()
+        .args(["upscale", "-i"])
+        .arg(&rotated)
+        .arg("-o")
+        .arg(dir.join("never.png"))
+        .args(["--model", "/nonexistent/bundle", "--prompt", &prompt])
+        .output()
+        .unwrap();
+    assert!(
+        text(&o).contains("warning: the prompt has 85 tokens; CLIP reads 75")
+            && text(&o).contains("tail - end - words"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+#[cfg(unix)]
+fn recursive_walks_do_not_follow_symlink_loops() {
+    let dir = scratch("symlink_loops");
+    let input = dir.join("in");
+    std::fs::create_dir_all(input.join("a/b")).unwrap();
+    std::fs::copy(
+        root().join("tests/pipeline/input.png"),
+        input.join("a/x.png"),
+    )
+    .unwrap();
+    // A link to itself's folder, and two folders linking to each other's parent.
+    std::os::unix::fs::symlink(".", input.join("self")).unwrap();
+    std::os::unix::fs::symlink("../..", input.join("a/b/up")).unwrap();
+    std::os::unix::fs::symlink("..", input.join("a/back")).unwrap();
+    let out = input.join("out");
+    let o = quick_upscale(&input, &out)
+        .args(["--recursive", "-s", "1"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let mut outputs = Vec::new();
+    let mut stack = vec![out.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                outputs.push(p.strip_prefix(&out).unwrap().to_path_buf());
+            }
+        }
+    }
+    assert_eq!(outputs, vec![PathBuf::from("a/x.png")]);
+    // Run again into the same output (inside the input): the outputs are not inputs.
+    let o = quick_upscale(&input, &out)
+        .args(["--recursive", "-s", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        text(&o).contains("exists (use --overwrite)"),
+        "{}",
+        text(&o)
+    );
+    let as_input = format!("error: {}", out.display());
+    assert!(!text(&o).contains(&as_input), "{}", text(&o));
 }

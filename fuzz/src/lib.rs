@@ -168,5 +168,5 @@ pub fn tokenizer(data: &[u8]) {
 
 /// An input image file, as `upscale` reads it (at most 4 megapixels here).
 pub fn image(data: &[u8]) {
-    let _ = pgp_wgpu_cli::input::decode(data, 4_000_000);
+    let _ = pgp_wgpu_cli::input::decode(data, 1, 4_000_000);
 }

@@ -13,10 +13,11 @@ pub const FORMATS: &str = "PNG, JPEG, WebP and BMP";
 /// File name extensions a folder walk picks up.
 pub const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
 
-/// Decodes an image file's bytes. Refuses files that are not a supported image, JPEGs cut
-/// short (decoders fill the missing part with grey without a word), and images of more than
-/// `max_pixels` pixels. The EXIF orientation is applied, as image viewers do.
-pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
+/// Decodes an image file's bytes for upscaling by `scale`. Refuses files that are not a
+/// supported image, JPEGs cut short (decoders fill the missing part with grey without a word),
+/// and images whose output would exceed `max_pixels` pixels — from the header, before
+/// decoding. The EXIF orientation is applied, as image viewers do.
+pub fn decode(bytes: &[u8], scale: u64, max_pixels: u64) -> Result<DynamicImage> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .context("reading the image")?;
@@ -42,14 +43,20 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
     reader.limits(limits);
     let mut decoder = reader.into_decoder().context("reading the image header")?;
-    let (w, h) = decoder.dimensions();
+    let (mut w, mut h) = decoder.dimensions();
     if w == 0 || h == 0 {
         bail!("the image is empty ({w}×{h})");
     }
-    check_pixels(u64::from(w) * u64::from(h), max_pixels, "the image")?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    use image::metadata::Orientation::*;
+    let orientation = decoder.orientation().unwrap_or(NoTransforms);
+    if matches!(
+        orientation,
+        Rotate90 | Rotate270 | Rotate90FlipH | Rotate270FlipH
+    ) {
+        (w, h) = (h, w);
+    }
+    let (ow, oh) = (u64::from(w) * scale, u64::from(h) * scale);
+    check_pixels(ow * oh, max_pixels, &format!("the output ({ow}×{oh})"))?;
     let mut image = DynamicImage::from_decoder(decoder).context("decoding the image")?;
     image.apply_orientation(orientation);
     Ok(image)
@@ -57,12 +64,20 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage> {
 
 /// Refuses more than `max_pixels` pixels, naming the limit's flag.
 pub fn check_pixels(pixels: u64, max_pixels: u64, what: &str) -> Result<()> {
+    let mp = |p: u64| {
+        let m = p as f64 / 1e6;
+        if m >= 1.0 {
+            format!("{m:.1}")
+        } else {
+            format!("{m:.4}")
+        }
+    };
     if pixels > max_pixels {
         bail!(
-            "{what} would be {:.1} megapixels, over the limit of {:.1} (raise it with \
+            "{what} would be {} megapixels, over the limit of {} (raise it with \
              --max-megapixels)",
-            pixels as f64 / 1e6,
-            max_pixels as f64 / 1e6
+            mp(pixels),
+            mp(max_pixels)
         );
     }
     Ok(())
@@ -141,24 +156,24 @@ mod tests {
         let full = jpeg(40, 24);
         jpeg_complete(&full).unwrap();
         for cut in [3, full.len() / 3, full.len() * 6 / 10, full.len() - 1] {
-            let err = decode(&full[..cut], 1 << 30).unwrap_err().to_string();
+            let err = decode(&full[..cut], 1, 1 << 30).unwrap_err().to_string();
             assert!(err.contains("truncated"), "cut at {cut}: {err}");
         }
         // Bytes after the end marker are harmless.
         let mut padded = full.clone();
         padded.extend_from_slice(b"trailing");
-        assert_eq!(decode(&padded, 1 << 30).unwrap().width(), 40);
+        assert_eq!(decode(&padded, 1, 1 << 30).unwrap().width(), 40);
     }
 
     #[test]
     fn format_from_content_and_limits() {
         let bytes = jpeg(40, 24);
-        assert_eq!(decode(&bytes, 1 << 30).unwrap().height(), 24);
-        let err = decode(&bytes, 100).unwrap_err().to_string();
+        assert_eq!(decode(&bytes, 1, 1 << 30).unwrap().height(), 24);
+        let err = decode(&bytes, 4, 10_000).unwrap_err().to_string();
         assert!(err.contains("over the limit"), "{err}");
-        let err = decode(b"GIF89a....", 1 << 30).unwrap_err().to_string();
+        let err = decode(b"GIF89a....", 1, 1 << 30).unwrap_err().to_string();
         assert!(err.contains("a GIF image"), "{err}");
-        let err = decode(b"hello", 1 << 30).unwrap_err().to_string();
+        let err = decode(b"hello", 1, 1 << 30).unwrap_err().to_string();
         assert!(err.contains("not an image file"), "{err}");
     }
 }

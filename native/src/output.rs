@@ -108,14 +108,16 @@ pub fn parent_dir(path: &Path) -> PathBuf {
 
 /// Creates `path` (which must not exist) with `bytes` and flushes it to the disk.
 pub fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_synced(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("writing {}", path.display()))
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 /// Flushes a folder's entries (new names) to the disk where the system allows it.
@@ -134,7 +136,8 @@ pub fn publish_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
     let dir = parent_dir(path);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut tmp = Partial::beside(path);
-    write_new(tmp.path(), bytes).with_context(|| format!("writing {}", path.display()))?;
+    // Errors name the destination, not the temporary file.
+    write_synced(tmp.path(), bytes).with_context(|| format!("writing {}", path.display()))?;
     let exists = || anyhow::anyhow!("{}: exists (use --overwrite)", path.display());
     if overwrite {
         std::fs::rename(tmp.path(), path)
@@ -186,7 +189,8 @@ pub fn publish_dir(mut tmp: Partial, path: &Path) -> Result<()> {
 pub fn check_writable(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let probe = Partial::beside(&dir.join("write-test"));
-    write_new(probe.path(), b"").with_context(|| format!("cannot write in {}", dir.display()))?;
+    write_synced(probe.path(), b"")
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
     Ok(())
 }
 

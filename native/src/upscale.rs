@@ -215,9 +215,7 @@ fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Res
     let format = output_format(output, a.format.as_deref())?;
     check_output(a, input, output)?;
     let bytes = std::fs::read(input).context("cannot read the file")?;
-    let scale = a.options.scale as u64;
-    let decoded = input::decode(&bytes, a.max_pixels / (scale * scale).max(1))
-        .map_err(|e| scale_message(e, scale))?;
+    let decoded = input::decode(&bytes, a.options.scale as u64, a.max_pixels)?;
     drop(bytes);
     let (w, h) = (decoded.width() as usize, decoded.height() as usize);
     let (pixels, pixel_format) = if decoded.color().has_alpha() {
@@ -277,28 +275,14 @@ fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Res
     output::publish_file(output, encoded.get_ref(), a.overwrite)
 }
 
-/// The pixel limit's message speaks of the output when the input was checked against the
-/// output limit divided by the scale².
-fn scale_message(e: anyhow::Error, scale: u64) -> anyhow::Error {
-    let text = e.to_string();
-    if scale > 1 && text.contains("over the limit") {
-        anyhow::anyhow!("at ×{scale}, the output is too large: {text}")
-    } else {
-        e
-    }
-}
-
-/// Checks, before the model loads, what can be checked without it: the options, the output
-/// folders (made and written to), and for a single image its output name.
+/// Checks, before the model loads, what can be checked without it: the options and the output
+/// folders (made and written to). Each output's name is checked by [`one`], before its work.
 fn preflight(a: &UpscaleArgs, jobs: &[(PathBuf, PathBuf)]) -> Result<()> {
     a.options.validate()?;
     output_format(&jobs[0].1, a.format.as_deref())?;
     let dirs: HashSet<PathBuf> = jobs.iter().map(|(_, o)| output::parent_dir(o)).collect();
     for dir in dirs {
         output::check_writable(&dir)?;
-    }
-    if let [(input, output)] = jobs {
-        check_output(a, input, output)?;
     }
     if !a.options.prompt.is_empty() && !a.options.one_step {
         let (t1, _) = pgp_core::tokenizer::ClipTokenizer::sdxl()?;
