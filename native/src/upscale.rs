@@ -286,7 +286,11 @@ fn preflight(a: &UpscaleArgs, jobs: &[(PathBuf, PathBuf)]) -> Result<()> {
     }
     if !a.options.prompt.is_empty() && !a.options.one_step {
         let (t1, _) = pgp_core::tokenizer::ClipTokenizer::sdxl()?;
-        if let Some((n, dropped)) = t1.dropped(&a.options.prompt) {
+        if let Some((n, mut dropped)) = t1.dropped(&a.options.prompt) {
+            if let Some((cut, _)) = dropped.char_indices().nth(120) {
+                dropped.truncate(cut);
+                dropped.push('…');
+            }
             eprintln!(
                 "warning: the prompt has {n} tokens; CLIP reads 75, so this is ignored: {dropped}"
             );

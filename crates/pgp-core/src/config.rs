@@ -15,6 +15,16 @@ pub enum PerBlock<T> {
     Each(Vec<T>),
 }
 
+impl<T> PerBlock<T> {
+    /// Every value given (one, or one per block).
+    pub fn values(&self) -> &[T] {
+        match self {
+            PerBlock::One(v) => std::slice::from_ref(v),
+            PerBlock::Each(list) => list,
+        }
+    }
+}
+
 impl<T: Clone> PerBlock<T> {
     /// The values for `n` blocks; a list must have exactly `n` entries.
     pub fn expand(&self, n: usize, field: &str) -> Result<Vec<T>> {
@@ -32,4 +42,15 @@ impl<T: Clone> PerBlock<T> {
 /// Parses a config dict into `T`, naming the model in the error.
 pub fn parse<T: for<'de> Deserialize<'de>>(value: &serde_json::Value, what: &str) -> Result<T> {
     serde_json::from_value(value.clone()).map_err(|e| Error::config(format!("{what} config: {e}")))
+}
+
+/// Refuses a count above `max`. Counts in a config are loop bounds (layers, blocks, timesteps):
+/// a hostile file with a billion layers would build modules until memory runs out.
+pub fn at_most(value: usize, max: usize, field: &str) -> Result<()> {
+    if value > max {
+        return Err(Error::config(format!(
+            "`{field}` is {value}; more than {max} is not a real model"
+        )));
+    }
+    Ok(())
 }

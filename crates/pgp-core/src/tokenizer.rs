@@ -122,30 +122,59 @@ impl Vocabulary {
     }
 
     /// BPE of one pre-token (already byte-mapped), appending ids to `out`.
+    fn rank(&self, a: &str, b: &str) -> Option<usize> {
+        self.ranks.get(&(a.to_string(), b.to_string())).copied()
+    }
+
+    /// Byte-pair encoding of one word: repeatedly merges the adjacent pair of lowest rank (the
+    /// leftmost among equals), as CLIP's reference does, in O(n log n) with a heap of candidate
+    /// pairs (a stale candidate is recognised by its rank no longer matching), so that a long
+    /// word (a pasted URL or base64) costs milliseconds, not minutes.
     fn bpe(&self, word: &str, out: &mut Vec<u32>) {
+        use std::collections::BinaryHeap;
         let mut symbols: Vec<String> = word.chars().map(String::from).collect();
         if let Some(last) = symbols.last_mut() {
             last.push_str("</w>");
         }
-        loop {
-            let best = symbols
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, p)| {
-                    self.ranks
-                        .get(&(p[0].clone(), p[1].clone()))
-                        .map(|&r| (r, i))
-                })
-                .min();
-            let Some((_, i)) = best else { break };
-            let merged = format!("{}{}", symbols[i], symbols[i + 1]);
-            symbols[i] = merged;
-            symbols.remove(i + 1);
+        let n = symbols.len();
+        // Linked list over the symbols: `next[i]` (n: none), `prev[i]`, `alive[i]`.
+        let mut next: Vec<usize> = (1..=n).collect();
+        let mut prev: Vec<usize> = (0..n).map(|i| i.wrapping_sub(1)).collect();
+        let mut alive = vec![true; n];
+        let mut heap = BinaryHeap::new();
+        for i in 0..n.saturating_sub(1) {
+            if let Some(r) = self.rank(&symbols[i], &symbols[i + 1]) {
+                heap.push(Reverse((r, i)));
+            }
+        }
+        while let Some(Reverse((r, i))) = heap.pop() {
+            let j = next[i];
+            if !alive[i] || j >= n || self.rank(&symbols[i], &symbols[j]) != Some(r) {
+                continue;
+            }
+            let right = std::mem::take(&mut symbols[j]);
+            symbols[i].push_str(&right);
+            alive[j] = false;
+            next[i] = next[j];
+            if next[i] < n {
+                prev[next[i]] = i;
+            }
+            let p = prev[i];
+            if p < n
+                && let Some(r) = self.rank(&symbols[p], &symbols[i])
+            {
+                heap.push(Reverse((r, p)));
+            }
+            if next[i] < n
+                && let Some(r) = self.rank(&symbols[i], &symbols[next[i]])
+            {
+                heap.push(Reverse((r, i)));
+            }
         }
         out.extend(
-            symbols
-                .iter()
-                .map(|s| self.encoder.get(s).copied().unwrap_or(EOS)),
+            (0..n)
+                .filter(|&i| alive[i])
+                .map(|i| self.encoder.get(&symbols[i]).copied().unwrap_or(EOS)),
         );
     }
 

@@ -57,6 +57,13 @@ impl ClipTextConfig {
                 "CLIP needs at least 2 layers (SDXL uses the penultimate)",
             ));
         }
+        crate::config::at_most(cfg.num_hidden_layers, 128, "CLIP num_hidden_layers")?;
+        if cfg.max_position_embeddings < 77 {
+            return Err(Error::config(format!(
+                "CLIP max_position_embeddings {} is under the 77 tokens of a prompt",
+                cfg.max_position_embeddings
+            )));
+        }
         Ok(cfg)
     }
 }

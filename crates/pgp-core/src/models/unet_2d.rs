@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
 use super::unet_2d_blocks::{AttnParams, DownBlock, MidBlock, UpBlock};
-use crate::config::PerBlock;
+use crate::config::{PerBlock, at_most};
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, silu};
 use crate::weights::VarBuilder;
@@ -244,6 +244,21 @@ impl UNet2DConditionConfig {
                 "norm_num_groups ({}) and norm_eps ({}) must be positive",
                 self.norm_num_groups, self.norm_eps
             )));
+        }
+        // Bounded before the layout is computed from them.
+        at_most(n, 8, "block_out_channels (levels)")?;
+        for &l in self.layers_per_block.values() {
+            at_most(l, 16, "layers_per_block")?;
+        }
+        let reverse = self.reverse_transformer_layers_per_block.iter().flatten();
+        let depths = self
+            .transformer_layers_per_block
+            .values()
+            .iter()
+            .chain(reverse.flat_map(PerBlock::values))
+            .chain(&self.mid_transformer_layers_per_block);
+        for &d in depths {
+            at_most(d, 64, "transformer_layers_per_block")?;
         }
         let layout = self.layout()?;
         if let Some(i) = layout.heads.iter().position(|&h| h == 0) {

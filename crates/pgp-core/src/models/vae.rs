@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use crate::attention::{DIFFUSERS, MultiHeadAttention};
+use crate::config::at_most;
 use crate::error::{Error, Result};
 use crate::nn::{Conv2d, GroupNorm, from_tokens, silu, to_tokens};
 use crate::weights::VarBuilder;
@@ -97,6 +98,8 @@ impl AutoencoderKLConfig {
         if self.norm_num_groups == 0 {
             return Err(Error::config("VAE norm_num_groups must be positive"));
         }
+        at_most(n, 8, "VAE block_out_channels (levels)")?;
+        at_most(self.layers_per_block, 16, "VAE layers_per_block")?;
         // Latents are divided by it before decoding: a factor far from 1 (or 0, or not a
         // number) flattens the image.
         if !(self.scaling_factor.is_finite()

@@ -86,6 +86,7 @@ impl EulerConfig {
                 "only linear sigma interpolation without Karras sigmas is supported",
             ));
         }
+        crate::config::at_most(cfg.num_train_timesteps, 100_000, "num_train_timesteps")?;
         if cfg.num_train_timesteps < 2 {
             return Err(Error::config("num_train_timesteps must be at least 2"));
         }
