@@ -670,23 +670,30 @@ fn non_finite_weights_and_results_are_errors_not_flat_images() {
         err.contains(&format!("tensor `{key}` holds a non-finite value")),
         "{err}"
     );
-    // Guidance beyond f32 (∞ in the tensors): an error before decoding, not a flat image.
+    // Guidance is bounded (1e300 once overflowed the guided prediction): refused before work.
     let u = load(&gpu);
-    let mut u = u;
-    let text = bytes_source(&dir);
-    pollster::block_on(u.load_text_encoders(&text, &mut |_| {})).unwrap();
     let img = input();
     let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
-    let job = u
-        .start(
-            view,
-            Options {
-                prompt: "a wall".into(),
-                guidance: 1e300,
-                ..options()
-            },
-        )
-        .unwrap();
+    let guided = Options {
+        guidance: 1e300,
+        ..options()
+    };
+    let err = u.start(view.clone(), guided).err().unwrap().to_string();
+    assert!(err.contains("the guidance scale must be 0 to 30"), "{err}");
+    // Finite weights that overflow f32 in use (conv_in all 3e38): the sampling turns
+    // non-finite, an error before decoding, not a flat image.
+    let mut src = bytes_source(&dir);
+    let unet = std::fs::read(dir.join("unet-00001.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&unet).unwrap();
+    let view_w = st.tensor("unet.conv_in.weight").unwrap();
+    let offset = view_w.data().as_ptr() as usize - unet.as_ptr() as usize;
+    let mut huge = unet.clone();
+    for chunk in huge[offset..offset + view_w.data().len()].chunks_exact_mut(4) {
+        chunk.copy_from_slice(&3e38f32.to_le_bytes());
+    }
+    src.insert("unet-00001.safetensors", huge);
+    let u = pollster::block_on(Upscaler::load(&src, &gpu, &mut |_| {})).unwrap();
+    let job = u.start(view, options()).unwrap();
     let err = pollster::block_on(job.finish(&mut |_| {}, &CancelToken::new())).unwrap_err();
     assert!(
         err.to_string()

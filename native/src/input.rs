@@ -4,7 +4,7 @@
 
 use std::io::Cursor;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, anyhow, bail};
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 
 /// The formats `upscale` reads, for messages.
@@ -18,9 +18,10 @@ pub const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
 /// and images whose output would exceed `max_pixels` pixels — from the header, before
 /// decoding. The EXIF orientation is applied, as image viewers do.
 pub fn decode(bytes: &[u8], scale: u64, max_pixels: u64) -> Result<DynamicImage> {
+    // image's errors repeat their source in their own text: shown once, without the chain.
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .context("reading the image")?;
+        .map_err(|e| anyhow!("reading the image: {e}"))?;
     let format = match reader.format() {
         Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Bmp)) => {
             f
@@ -42,7 +43,9 @@ pub fn decode(bytes: &[u8], scale: u64, max_pixels: u64) -> Result<DynamicImage>
     // Room for the largest allowed image at 16 bits per channel with alpha.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
     reader.limits(limits);
-    let mut decoder = reader.into_decoder().context("reading the image header")?;
+    let mut decoder = reader
+        .into_decoder()
+        .map_err(|e| anyhow!("reading the image header: {e}"))?;
     let (mut w, mut h) = decoder.dimensions();
     if w == 0 || h == 0 {
         bail!("the image is empty ({w}×{h})");
@@ -57,7 +60,8 @@ pub fn decode(bytes: &[u8], scale: u64, max_pixels: u64) -> Result<DynamicImage>
     }
     let (ow, oh) = (u64::from(w) * scale, u64::from(h) * scale);
     check_pixels(ow * oh, max_pixels, &format!("the output ({ow}×{oh})"))?;
-    let mut image = DynamicImage::from_decoder(decoder).context("decoding the image")?;
+    let mut image =
+        DynamicImage::from_decoder(decoder).map_err(|e| anyhow!("decoding the image: {e}"))?;
     image.apply_orientation(orientation);
     Ok(image)
 }
@@ -175,5 +179,31 @@ mod tests {
         assert!(err.contains("a GIF image"), "{err}");
         let err = decode(b"hello", 1, 1 << 30).unwrap_err().to_string();
         assert!(err.contains("not an image file"), "{err}");
+    }
+
+    #[test]
+    fn other_formats_cut_short_are_errors_too() {
+        let img = image::RgbImage::from_fn(40, 24, |x, y| {
+            image::Rgb([
+                (x * 37 % 256) as u8,
+                (y * 91 % 256) as u8,
+                ((x * y) % 256) as u8,
+            ])
+        });
+        for format in [ImageFormat::Png, ImageFormat::WebP, ImageFormat::Bmp] {
+            let mut out = Cursor::new(Vec::new());
+            DynamicImage::ImageRgb8(img.clone())
+                .write_to(&mut out, format)
+                .unwrap();
+            let full = out.into_inner();
+            assert!(decode(&full, 1, 1 << 30).is_ok(), "{format:?}");
+            for cut in [full.len() / 2, full.len() * 6 / 10, full.len() - 4] {
+                assert!(
+                    decode(&full[..cut], 1, 1 << 30).is_err(),
+                    "{format:?} cut at {cut} of {} decoded",
+                    full.len()
+                );
+            }
+        }
     }
 }
