@@ -197,7 +197,8 @@ mod tests {
                 .unwrap();
             let full = out.into_inner();
             assert!(decode(&full, 1, 1 << 30).is_ok(), "{format:?}");
-            for cut in [full.len() / 2, full.len() * 6 / 10, full.len() - 4] {
+            // Cut inside the pixel data (a PNG missing only its end chunk is complete).
+            for cut in [full.len() / 2, full.len() * 6 / 10] {
                 assert!(
                     decode(&full[..cut], 1, 1 << 30).is_err(),
                     "{format:?} cut at {cut} of {} decoded",
