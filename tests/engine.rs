@@ -678,7 +678,7 @@ fn non_finite_weights_and_results_are_errors_not_flat_images() {
         guidance: 1e300,
         ..options()
     };
-    let err = u.start(view.clone(), guided).err().unwrap().to_string();
+    let err = u.start(view, guided).err().unwrap().to_string();
     assert!(err.contains("the guidance scale must be 0 to 30"), "{err}");
     // Finite weights that overflow f32 in use (conv_in all 3e38): the sampling turns
     // non-finite, an error before decoding, not a flat image.

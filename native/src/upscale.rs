@@ -73,7 +73,7 @@ fn is_image(p: &Path) -> bool {
 fn names_folder(p: &Path) -> bool {
     p.as_os_str()
         .to_string_lossy()
-        .ends_with(|c| std::path::is_separator(c))
+        .ends_with(std::path::is_separator)
 }
 
 fn output_format(path: &Path, forced: Option<&str>) -> Result<ImageFormat> {
