@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use pgp_core::conformance::rel_l2;
-use support::{bin, convert, hub, root, scratch, text};
+use support::{bin, convert, convert_command, hub, root, scratch, text};
 
 fn cases() -> PathBuf {
     root().join("tests/conformance")
@@ -644,14 +644,7 @@ fn upscale_batch_reports_bad_files_keeps_alpha_and_never_overwrites() {
     let al: Vec<u8> = alpha.to_rgba8().pixels().map(|p| p[3]).collect();
     assert!(al[0] < 10 && al[23] > 200, "{:?}", &al[..24]);
     assert!(!out.join("broken.png").exists());
-    let leftovers: Vec<_> = std::fs::read_dir(&out)
-        .unwrap()
-        .filter_map(|e| {
-            let n = e.unwrap().file_name().to_string_lossy().into_owned();
-            n.contains("partial").then_some(n)
-        })
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert!(partials(&out).is_empty(), "{:?}", partials(&out));
     // Same seed, same device: the same bytes. Existing outputs are kept without --overwrite.
     let before = std::fs::read(out.join("a.png")).unwrap();
     let o = run(&[]);
@@ -847,16 +840,9 @@ fn sharded_text_encoders_with_an_index_convert_like_single_files() {
     std::fs::write(te.join("model.safetensors.index.json"), index.to_string()).unwrap();
 
     let convert_with = |sdxl: &Path, out: &Path| {
-        bin()
-            .arg("convert")
-            .arg("--sdxl")
-            .arg(sdxl)
-            .arg("--vae")
-            .arg(hub().join("vae"))
-            .arg("--faithdiff")
-            .arg(hub().join("FaithDiff.bin"))
-            .args(["-q", "--dtype", "f32", "-o"])
-            .arg(out)
+        let fd = hub().join("FaithDiff.bin");
+        convert_command(sdxl, &hub().join("vae"), &fd, out)
+            .args(["-q", "--dtype", "f32"])
             .output()
             .unwrap()
     };
@@ -1216,16 +1202,8 @@ fn convert_merges_a_lora_and_marks_the_bundle_one_step() {
 fn non_finite_weights_and_broken_configs_are_refused_by_convert() {
     let dir = scratch("non_finite");
     let convert_from = |sdxl: &Path, vae: &Path, out: &Path| {
-        bin()
-            .arg("convert")
-            .arg("--sdxl")
-            .arg(sdxl)
-            .arg("--vae")
-            .arg(vae)
-            .arg("--faithdiff")
-            .arg(hub().join("FaithDiff.bin"))
-            .args(["-q", "-o"])
-            .arg(out)
+        convert_command(sdxl, vae, &hub().join("FaithDiff.bin"), out)
+            .arg("-q")
             .output()
             .unwrap()
     };
@@ -1282,7 +1260,7 @@ fn non_finite_weights_and_broken_configs_are_refused_by_convert() {
     assert!(!out.exists());
 }
 
-/// Files under `dir` (recursively) whose name marks an unfinished output.
+/// Files and folders under `dir` (recursively) whose name marks an unfinished output.
 fn partials(dir: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -1383,16 +1361,13 @@ fn outputs_are_whole_or_absent() {
     // Ctrl-C or SIGTERM during `convert`: the partial bundle folder is removed.
     for signal in ["INT", "TERM"] {
         let bundle = dir.join(format!("{signal}.bundle"));
-        let mut child = bin()
-            .arg("convert")
-            .arg("--sdxl")
-            .arg(hub().join("sdxl"))
-            .arg("--vae")
-            .arg(hub().join("vae"))
-            .arg("--faithdiff")
-            .arg(hub().join("FaithDiff.bin"))
-            .args(["-q", "--dtype", "f32", "-o"])
-            .arg(&bundle)
+        let (sdxl, vae, fd) = (
+            hub().join("sdxl"),
+            hub().join("vae"),
+            hub().join("FaithDiff.bin"),
+        );
+        let mut child = convert_command(&sdxl, &vae, &fd, &bundle)
+            .args(["-q", "--dtype", "f32"])
             .spawn()
             .unwrap();
         // Wait for the partial bundle folder to hold its first shard.

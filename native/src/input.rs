@@ -19,7 +19,7 @@ pub const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
 /// decoding. The EXIF orientation is applied, as image viewers do.
 pub fn decode(bytes: &[u8], scale: u64, max_pixels: u64) -> Result<DynamicImage> {
     // image's errors repeat their source in their own text: shown once, without the chain.
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| anyhow!("reading the image: {e}"))?;
     let format = match reader.format() {
@@ -38,7 +38,6 @@ pub fn decode(bytes: &[u8], scale: u64, max_pixels: u64) -> Result<DynamicImage>
     if format == ImageFormat::Jpeg {
         jpeg_complete(bytes)?;
     }
-    let mut reader = reader;
     let mut limits = image::Limits::default();
     // Room for the largest allowed image at 16 bits per channel with alpha.
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));

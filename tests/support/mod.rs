@@ -52,18 +52,24 @@ pub fn hub() -> PathBuf {
     root().join("tests/hub")
 }
 
-/// Runs `convert` on tests/hub with `faithdiff` as the checkpoint.
-pub fn convert(out: &Path, faithdiff: &Path, extra: &[&str]) -> Output {
-    bin()
-        .arg("convert")
+/// A `convert` command from the given SDXL and VAE folders and checkpoint into `out`.
+pub fn convert_command(sdxl: &Path, vae: &Path, faithdiff: &Path, out: &Path) -> Command {
+    let mut c = bin();
+    c.arg("convert")
         .arg("--sdxl")
-        .arg(hub().join("sdxl"))
+        .arg(sdxl)
         .arg("--vae")
-        .arg(hub().join("vae"))
+        .arg(vae)
         .arg("--faithdiff")
         .arg(faithdiff)
         .arg("-o")
-        .arg(out)
+        .arg(out);
+    c
+}
+
+/// Runs `convert` on tests/hub with `faithdiff` as the checkpoint.
+pub fn convert(out: &Path, faithdiff: &Path, extra: &[&str]) -> Output {
+    convert_command(&hub().join("sdxl"), &hub().join("vae"), faithdiff, out)
         .args(extra)
         .output()
         .unwrap()

@@ -9,7 +9,7 @@
 //!
 //! A hostile file cannot exhaust the reader either: containers nest at most [`MAX_DEPTH`]
 //! deep, copies made by `DUP` and the memo are charged against [`MAX_COST`] (so an 80-byte
-//! `DUP`/`TUPLE` doubling bomb stops after a few million values), duplicate state-dict keys
+//! `DUP`/`TUPLE` doubling bomb stops after about a million values), duplicate state-dict keys
 //! are refused, archive entries must be stored (torch.save never compresses), and every size
 //! computed from a tensor's shape, stride and offset is checked for overflow and against its
 //! storage before anything is allocated.
@@ -578,14 +578,13 @@ impl<'a> Machine<'a> {
     }
 }
 
-/// Reads at most `limit` bytes of an archive entry, which must be stored: torch.save never
-/// compresses, so a compressed entry (a possible decompression bomb) is refused.
-fn read_entry<R: Read + Seek>(
-    archive: &mut zip::ZipArchive<R>,
+/// An archive entry, which must be stored: torch.save never compresses, so a compressed entry
+/// (a possible decompression bomb) is refused.
+fn stored_entry<'a, R: Read + Seek>(
+    archive: &'a mut zip::ZipArchive<R>,
     name: &str,
     entry: &str,
-    limit: u64,
-) -> Result<Vec<u8>> {
+) -> Result<zip::read::ZipFile<'a, R>> {
     let f = archive
         .by_name(entry)
         .map_err(|e| bad(name, format!("reading {entry}: {e}")))?;
@@ -598,14 +597,19 @@ fn read_entry<R: Read + Seek>(
             ),
         ));
     }
-    if f.size() > limit && entry.ends_with("data.pkl") {
-        return Err(bad(
-            name,
-            format!("{entry} is {} bytes, more than {limit} allowed", f.size()),
-        ));
-    }
+    Ok(f)
+}
+
+/// Reads at most `limit` bytes of a stored archive entry.
+fn read_entry<R: Read + Seek>(
+    archive: &mut zip::ZipArchive<R>,
+    name: &str,
+    entry: &str,
+    limit: u64,
+) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    f.take(limit)
+    stored_entry(archive, name, entry)?
+        .take(limit)
         .read_to_end(&mut bytes)
         .map_err(|e| bad(name, format!("reading {entry}: {e}")))?;
     Ok(bytes)
@@ -701,6 +705,13 @@ impl<R: Read + Seek> TorchCheckpoint<R> {
                     format!("byte order `{}` is not supported", order.trim()),
                 ));
             }
+        }
+        let size = stored_entry(&mut archive, &name, &pkl)?.size();
+        if size > MAX_PICKLE_BYTES {
+            return Err(bad(
+                &name,
+                format!("{pkl} is {size} bytes, more than {MAX_PICKLE_BYTES} allowed"),
+            ));
         }
         let bytes = read_entry(&mut archive, &name, &pkl, MAX_PICKLE_BYTES)?;
         let tensors = entries(&name, &bytes)?;
@@ -1009,31 +1020,21 @@ mod tests {
     #[test]
     fn bounds_nesting_and_copies() {
         let run = |data: Vec<u8>| Machine::new(&data, "p").run().map(|_| ()).unwrap_err();
+        // `head`, `body` repeated `n` times, `tail`.
+        let pickle = |head: &[u8], body: &[u8], n: usize, tail: &[u8]| {
+            [head, &body.repeat(n), tail].concat()
+        };
         // 300,000 nested one-tuples (once a stack overflow when dropped).
-        let mut deep = b"\x80\x02]".to_vec();
-        deep.extend(std::iter::repeat_n(0x85u8, 300_000));
-        deep.push(b'.');
+        let deep = pickle(b"\x80\x02]", b"\x85", 300_000, b".");
         assert!(run(deep).to_string().contains("nested more than 64"));
         // DUP + TUPLE2 doubles the value 40 times: 2^40 values from 83 bytes.
-        let mut dup = b"\x80\x02]".to_vec();
-        for _ in 0..40 {
-            dup.extend_from_slice(b"2\x86");
-        }
-        dup.push(b'.');
+        let dup = pickle(b"\x80\x02]", b"2\x86", 40, b".");
         assert!(run(dup).to_string().contains("a memory bomb"));
         // The same through the memo: BINGET twice, TUPLE2, BINPUT.
-        let mut memo = b"\x80\x02]q\x00".to_vec();
-        for _ in 0..40 {
-            memo.extend_from_slice(b"h\x00h\x00\x86q\x00");
-        }
-        memo.push(b'.');
+        let memo = pickle(b"\x80\x02]q\x00", b"h\x00h\x00\x86q\x00", 40, b".");
         assert!(run(memo).to_string().contains("a memory bomb"));
         // A wide but shallow list of a million ints is fine.
-        let mut wide = b"\x80\x02](".to_vec();
-        for _ in 0..1_000_000 {
-            wide.extend_from_slice(b"K\x01");
-        }
-        wide.extend_from_slice(b"e.");
+        let wide = pickle(b"\x80\x02](", b"K\x01", 1_000_000, b"e.");
         assert!(Machine::new(&wide, "p").run().is_ok());
     }
 }
