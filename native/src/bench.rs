@@ -10,7 +10,9 @@ use pgp_core::device::read_back;
 use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use pgp_core::models::unet_2d::{UNet2DConditionConfig, UNetConditioning};
 use pgp_core::precision::dtype_name;
+use pgp_core::models::unet_2d::UNet2DConditionModel;
 use pgp_core::presets::Arch;
+use pgp_core::profile;
 use pgp_core::weights::{VarBuilder, count_params};
 use serde_json::json;
 
@@ -25,12 +27,17 @@ pub struct UnetBench {
     pub tile: usize,
     pub runs: usize,
     pub json: bool,
+    /// The UNet alone (diffusers' `UNet2DConditionModel`: no FaithDiff fusion, no PEAM), what
+    /// `tools/torch_bench.py` runs in PyTorch.
+    pub plain: bool,
+    /// Time per kind of op (CPU backend only), printed after the calls.
+    pub profile: bool,
 }
 
-/// The UNet config and FaithDiff extras at the requested size.
-fn configs(b: &UnetBench) -> Result<(UNet2DConditionConfig, FaithDiffConfig, usize, usize)> {
-    Ok(match b.size.as_str() {
-        "full" => (b.arch.unet_config(), b.arch.faithdiff_config(), 2048, 1280),
+/// The UNet config dict at the requested size (what `--print-config` prints).
+pub fn unet_json(arch: Arch, size: &str) -> Result<serde_json::Value> {
+    Ok(match size {
+        "full" => arch.unet_json(),
         "tiny" => {
             // tests/hub's UNet (a random-weight test fixture), with the preset's pruning applied
             // where it has one (same three-level structure).
@@ -44,16 +51,27 @@ fn configs(b: &UnetBench) -> Result<(UNet2DConditionConfig, FaithDiffConfig, usi
                 "addition_time_embed_dim": 8, "projection_class_embeddings_input_dim": 64,
                 "use_linear_projection": true, "norm_num_groups": 8
             });
-            b.arch.apply_depths(&mut cfg)?;
+            arch.apply_depths(&mut cfg)?;
+            cfg
+        }
+        other => bail!("--size must be full or tiny, not `{other}`"),
+    })
+}
+
+/// The UNet config and FaithDiff extras at the requested size.
+fn configs(b: &UnetBench) -> Result<(UNet2DConditionConfig, FaithDiffConfig, usize, usize)> {
+    let cfg = UNet2DConditionConfig::from_json(&unet_json(b.arch, &b.size)?)?;
+    Ok(match b.size.as_str() {
+        "full" => (cfg, b.arch.faithdiff_config(), 2048, 1280),
+        _ => {
             let fd = FaithDiffConfig {
                 lq_channels: 32,
                 align_heads: 8,
                 align_layers: 2,
                 cond_norm_groups: 8,
             };
-            (UNet2DConditionConfig::from_json(&cfg)?, fd, 32, 16)
+            (cfg, fd, 32, 16)
         }
-        other => bail!("--size must be full or tiny, not `{other}`"),
     })
 }
 
@@ -72,18 +90,21 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
     if b.tile == 0 || !b.tile.is_multiple_of(8) || b.runs == 0 {
         bail!("--tile must be a positive multiple of 8 and --runs positive");
     }
+    if b.profile && !profile::supported(device) {
+        bail!("--profile times ops as they run, which only burn's CPU backend does: use --device cpu");
+    }
     let (cfg, fd, ctx, pooled) = configs(b)?;
     let peam = b.arch.peam_config();
-    let params = count_params(device, |vb| {
-        FaithDiffUNet::new(&vb, &cfg, &fd, peam.as_ref())
-    })?;
+    let build = |vb: &VarBuilder| -> pgp_core::Result<Net> {
+        Ok(if b.plain {
+            Net::Plain(UNet2DConditionModel::new(vb, &cfg)?)
+        } else {
+            Net::Fused(FaithDiffUNet::new(vb, &cfg, &fd, peam.as_ref())?)
+        })
+    };
+    let params = count_params(device, |vb| build(&vb))?;
     let t0 = Instant::now();
-    let model = FaithDiffUNet::new(
-        &VarBuilder::random(device).with_dtype(b.dtype),
-        &cfg,
-        &fd,
-        peam.as_ref(),
-    )?;
+    let model = build(&VarBuilder::random(device).with_dtype(b.dtype))?;
     device.sync()?;
     let build_s = t0.elapsed().as_secs_f64();
     let l = b.tile / 8;
@@ -101,23 +122,35 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
     let lq = Tensor::<4>::random([1, fd.lq_channels, l, l], normal, device);
     let weights_pool = pool_bytes(device);
     let mut times = Vec::new();
-    for _ in 0..b.runs + 1 {
+    for run in 0..b.runs + 1 {
+        // The warm-up call is not profiled.
+        if b.profile && run == 1 {
+            profile::enable(true);
+        }
         let t = Instant::now();
-        let out = model.forward(sample.clone(), &cond, lq.clone())?;
+        let out = match &model {
+            Net::Fused(m) => m.forward(sample.clone(), &cond, lq.clone())?,
+            Net::Plain(m) => m.forward(sample.clone(), &cond)?,
+        };
         let (v, _) = read_back(out).await?;
         times.push(t.elapsed().as_secs_f64());
         if v.iter().any(|x| !x.is_finite()) {
             eprintln!("note: the output has non-finite values (made-up weights)");
         }
     }
+    let ops = profile::take();
     let first = times.remove(0);
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let pools = pool_bytes(device);
+    let network = if b.plain { "unet" } else { "faithdiff_unet" };
+    let kinds = b.profile.then(|| op_kinds(&ops, mean * b.runs as f64, b.runs));
     if b.json {
         println!(
             "{}",
             json!({
                 "bench": "unet", "arch": b.arch.name(), "size": b.size, "tile": b.tile, "latent": l,
+                "network": network, "threads": threads(),
+                "profile_s_per_call": kinds.as_ref().map(|k| k.iter().map(|(n, t, _)| (n.clone(), json!(*t))).collect::<serde_json::Map<_, _>>()),
                 "precision": dtype_name(b.dtype),
                 "params": params, "weights_bytes_f32": params * 4, "build_s": build_s,
                 "first_call_s": first, "mean_call_s": mean, "runs": b.runs,
@@ -128,11 +161,13 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
         );
     } else {
         println!(
-            "UNet {} ({}), tile {}² px (latent {l}²), batch 1, {}",
+            "UNet {} ({}{}), tile {}² px (latent {l}²), batch 1, {}, {}",
             b.arch.name(),
             b.size,
+            if b.plain { ", UNet alone" } else { "" },
             b.tile,
-            dtype_name(b.dtype)
+            dtype_name(b.dtype),
+            threads()
         );
         println!(
             "parameters      {params} ({:.1} MiB in f32)",
@@ -153,8 +188,70 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
             }
             _ => println!("device memory   not reported by this backend"),
         }
+        if let Some(kinds) = &kinds {
+            print_profile(kinds, &ops, mean, b.runs);
+        }
     }
     Ok(())
+}
+
+/// The network a UNet bench runs.
+enum Net {
+    /// FaithDiff's UNet with its fusion (and PGP-DiffSR's PEAM).
+    Fused(FaithDiffUNet),
+    /// diffusers' `UNet2DConditionModel` alone.
+    Plain(UNet2DConditionModel),
+}
+
+/// How many threads burn's CPU backend uses (its rayon pool).
+fn threads() -> String {
+    match std::env::var("RAYON_NUM_THREADS") {
+        Ok(n) => format!("RAYON_NUM_THREADS={n}"),
+        Err(_) => format!(
+            "{} threads",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+    }
+}
+
+/// Seconds per call and calls per call of each kind of op, longest first; what no scope
+/// covered (residual adds, concatenations, embeddings, layout copies) is `other`.
+fn op_kinds(ops: &[(String, profile::Entry)], total_s: f64, runs: usize) -> Vec<(String, f64, u64)> {
+    let mut kinds: Vec<(String, f64, u64)> = Vec::new();
+    for (key, e) in ops {
+        let kind = profile::kind(key);
+        let s = e.time.as_secs_f64() / runs as f64;
+        let calls = e.calls / runs as u64;
+        match kinds.iter_mut().find(|k| k.0 == kind) {
+            Some(k) => {
+                k.1 += s;
+                k.2 += calls;
+            }
+            None => kinds.push((kind.to_string(), s, calls)),
+        }
+    }
+    let covered: f64 = kinds.iter().map(|k| k.1).sum();
+    kinds.push(("other".into(), (total_s / runs as f64 - covered).max(0.0), 0));
+    kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
+    kinds
+}
+
+fn print_profile(kinds: &[(String, f64, u64)], ops: &[(String, profile::Entry)], mean: f64, runs: usize) {
+    println!("\ntime per call by kind of op (mean of {runs} calls):");
+    for (kind, s, calls) in kinds {
+        let calls = if *calls > 0 { format!("{calls:>5} calls") } else { String::new() };
+        println!("  {kind:<20} {:>9.1} ms {:>5.1}%  {calls}", s * 1e3, 100.0 * s / mean);
+    }
+    println!("\nlongest ops (per call):");
+    for (key, e) in ops.iter().take(20) {
+        let s = e.time.as_secs_f64() / runs as f64;
+        println!(
+            "  {key:<44} {:>9.1} ms {:>5.1}%  {:>4} calls",
+            s * 1e3,
+            100.0 * s / mean,
+            e.calls / runs as u64
+        );
+    }
 }
 
 /// What `bench attention` measures.
@@ -505,5 +602,102 @@ pub async fn load(
     } else {
         println!("{}", serde_json::to_string_pretty(&v)?);
     }
+    Ok(())
+}
+
+/// What `bench steps` measures.
+pub struct StepsBench {
+    pub model: std::path::PathBuf,
+    pub image: std::path::PathBuf,
+    pub tile: usize,
+    pub steps: usize,
+    pub json: bool,
+}
+
+/// A whole upscale through the engine's job on the CPU backend: each sampling step's wall
+/// time against the time inside its UNet calls; the rest is the pipeline's own per-step work
+/// (slicing tiles, blending, scheduler arithmetic, uploads, waiting for the device).
+pub async fn steps(b: &StepsBench, gpu: &pgp_core::Gpu) -> Result<()> {
+    use pgp_core::{DirSource, ImageView, PixelFormat, TileSize, Unit, Upscaler};
+    if !profile::supported(gpu.device()) {
+        bail!("bench steps times the UNet calls inside each step, which only burn's CPU backend allows: use --device cpu");
+    }
+    let img = pgp_wgpu_cli::input::decode(&std::fs::read(&b.image)?, 1, 1 << 28)?.to_rgb8();
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let view = ImageView::packed(img.as_raw(), w, h, PixelFormat::Rgb8)?;
+    let u = Upscaler::load(&DirSource::new(&b.model), gpu, &mut |_| {}).await?;
+    let mut options = u.default_options();
+    options.steps = b.steps;
+    options.tile = TileSize::Pixels(b.tile);
+    let mut job = u.start(view, options)?;
+    let sampling = b.steps.max(1);
+    // Per step: wall time of its units, UNet time inside them.
+    let mut step_s = vec![0.0f64; sampling];
+    let mut unet_s = vec![0.0f64; sampling];
+    let (mut tiles, mut other_s) = (0, 0.0);
+    profile::enable(true);
+    let mut t = Instant::now();
+    while let Some(event) = job.next().await {
+        let event = event?;
+        let dt = t.elapsed().as_secs_f64();
+        let inside = profile::take()
+            .into_iter()
+            .find(|(k, _)| k == profile::UNET_CALL)
+            .map_or(0.0, |(_, e)| e.time.as_secs_f64());
+        profile::enable(true);
+        match event.unit {
+            Unit::Denoise { step, tile, .. } => {
+                step_s[step - 1] += dt;
+                unet_s[step - 1] += inside;
+                tiles = tiles.max(tile);
+            }
+            _ => other_s += dt,
+        }
+        t = Instant::now();
+    }
+    profile::enable(false);
+    let steps_run = step_s.iter().filter(|&&s| s > 0.0).count().max(1);
+    let total: f64 = step_s.iter().sum();
+    let unet: f64 = unet_s.iter().sum();
+    let overhead = total - unet;
+    if b.json {
+        println!(
+            "{}",
+            json!({
+                "bench": "steps", "model": b.model, "image": b.image, "tile": b.tile,
+                "tiles": tiles, "steps": steps_run, "threads": threads(),
+                "step_s": step_s, "unet_s": unet_s,
+                "overhead_per_step_s": overhead / steps_run as f64,
+                "overhead_fraction": overhead / total, "other_units_s": other_s,
+            })
+        );
+        return Ok(());
+    }
+    println!(
+        "{} steps × {tiles} tile(s) of {} px, {}",
+        steps_run,
+        b.tile,
+        threads()
+    );
+    println!("step   wall (ms)   UNet (ms)   outside the UNet");
+    for (i, (s, n)) in step_s.iter().zip(&unet_s).enumerate() {
+        println!(
+            "{:>4} {:>11.2} {:>11.2}   {:.3} ms ({:.1}%)",
+            i + 1,
+            s * 1e3,
+            n * 1e3,
+            (s - n) * 1e3,
+            100.0 * (s - n) / s
+        );
+    }
+    println!(
+        "mean outside the UNet: {:.3} ms per step, {:.2}% of a step",
+        overhead * 1e3 / steps_run as f64,
+        100.0 * overhead / total
+    );
+    println!(
+        "other units (LQ encode, start latent, decode, colour fix): {:.1} ms",
+        other_s * 1e3
+    );
     Ok(())
 }

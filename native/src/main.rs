@@ -284,6 +284,28 @@ enum BenchWhat {
         #[arg(long)]
         json: bool,
     },
+    /// A whole upscale on the CPU backend: per sampling step, the time outside the UNet calls
+    /// (the pipeline's own work).
+    Steps {
+        /// The bundle folder.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// The input image.
+        #[arg(short, long)]
+        input: std::path::PathBuf,
+        /// Tile size in output pixels.
+        #[arg(short, long, default_value_t = 32)]
+        tile: usize,
+        /// Sampling steps.
+        #[arg(long, default_value_t = 3)]
+        steps: usize,
+        /// Backend (cpu: the only one whose UNet time can be told apart).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print one JSON line.
+        #[arg(long)]
+        json: bool,
+    },
     /// One FaithDiff / PGP-DiffSR UNet call on one latent tile: time and peak device memory.
     Unet {
         /// `faithdiff`, `pgp-coarse` or `pgp`.
@@ -307,6 +329,17 @@ enum BenchWhat {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// The UNet alone (diffusers' UNet2DConditionModel: no FaithDiff fusion, no PEAM), as
+        /// tools/torch_bench.py runs it.
+        #[arg(long)]
+        plain: bool,
+        /// Time per kind of op after the calls (--device cpu only; the CPU backend's thread
+        /// count is RAYON_NUM_THREADS, default all cores).
+        #[arg(long)]
+        profile: bool,
+        /// Print the UNet's config.json (diffusers keys) and exit.
+        #[arg(long)]
+        print_config: bool,
     },
 }
 
@@ -619,6 +652,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
+            what:
+                BenchWhat::Steps {
+                    model,
+                    input,
+                    tile,
+                    steps,
+                    device,
+                    json,
+                },
+        } => {
+            let gpu = pollster::block_on(Gpu::from_name(&device))?;
+            let b = bench::StepsBench {
+                model,
+                image: input,
+                tile,
+                steps,
+                json,
+            };
+            pollster::block_on(bench::steps(&b, &gpu))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
             what: BenchWhat::Phase { shape, runs, json },
         } => {
             let shape: [usize; 4] = shape.try_into().expect("clap takes four values");
@@ -657,8 +712,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     device,
                     precision,
                     json,
+                    plain,
+                    profile,
+                    print_config,
                 },
         } => {
+            if print_config {
+                let cfg = bench::unet_json(Arch::parse(&arch)?, &size)?;
+                println!("{}", serde_json::to_string_pretty(&cfg)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let gpu = pollster::block_on(Gpu::from_name(&device))?;
             let b = bench::UnetBench {
                 dtype: Precision::parse(&precision)?.resolve(gpu.device())?,
@@ -667,6 +730,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 tile,
                 runs,
                 json,
+                plain,
+                profile,
             };
             pollster::block_on(bench::unet(&b, gpu.device()))?;
             Ok(ExitCode::SUCCESS)

@@ -15,6 +15,15 @@ use crate::weights::VarBuilder;
 /// only for square attention, the one case the networks use), burn's `module::attention`
 /// elsewhere.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
+    let [_, heads, s, d] = q.dims();
+    let skv = k.dims()[2];
+    crate::profile::scope(
+        || format!("attention {heads}h {s}x{skv}x{d}"),
+        || attend(q, k, v, causal),
+    )
+}
+
+fn attend(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, causal: bool) -> Tensor<4> {
     let (d, dv) = (q.dims()[3], v.dims()[3]);
     let square = q.dims()[2] == k.dims()[2];
     if kernels::attention::supports(d, dv) && (square || !causal) && kernels::available(&q.device())

@@ -327,3 +327,17 @@ pub async fn read_back<const D: usize>(t: Tensor<D>) -> Result<(Vec<f32>, Vec<us
         .map_err(|e| Error::device(format!("reading a result back failed: {e:?}")))?;
     Ok((values, shape))
 }
+
+/// Whether `device` is burn's CPU backend (flex): eager, synchronous, and fastest with the
+/// weight-stationary layouts [`crate::nn`] picks for it.
+pub fn is_cpu(device: &Device) -> bool {
+    #[cfg(feature = "cpu")]
+    {
+        matches!(device.as_dispatch(), burn::backend::DispatchDevice::Flex(_))
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = device;
+        false
+    }
+}

@@ -16,7 +16,8 @@
 //! - [`schedulers`]: noise schedules as plain functions;
 //! - [`attention`]: the single attention entry point; [`phase`]: PEAM's phase exchange;
 //! - [`weights`]: safetensors parsing and the checked two-pass loader;
-//! - [`conformance`]: numerical parity cases; [`info`]: parameter and FLOP counts.
+//! - [`conformance`]: numerical parity cases; [`info`]: parameter and FLOP counts;
+//!   [`profile`]: time per kind of op on the CPU backend.
 
 #![forbid(unsafe_code)]
 
@@ -36,6 +37,7 @@ pub mod pipeline;
 pub mod pixels;
 pub mod precision;
 pub mod presets;
+pub mod profile;
 pub mod rng;
 pub mod schedulers;
 pub mod source;

@@ -1,10 +1,12 @@
 //! The small layers every network is made of, as plain structs holding their tensors, with
 //! PyTorch's semantics (weights in PyTorch's layouts, the same epsilons, the same defaults).
 
-use burn::tensor::module::{conv2d, linear};
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::module::{conv2d, linear, unfold4d};
+use burn::tensor::ops::{ConvOptions, PadMode, UnfoldOptions};
 use burn::tensor::{FloatDType, Int, Tensor, TensorData, activation};
 
+use crate::device::is_cpu;
+use crate::profile;
 use crate::weights::VarBuilder;
 
 /// The float dtype of a tensor (f32 or f16 here).
@@ -12,26 +14,36 @@ pub fn dtype_of<const D: usize>(t: &Tensor<D>) -> FloatDType {
     FloatDType::from(t.dtype())
 }
 
+/// On the CPU backend, a linear layer with at most this many rows (tokens × batch) runs
+/// weight-stationary, `(W·xᵀ)ᵀ`: the gemm streams the `[out, in]` weight in its stored order,
+/// which for few rows is 2–15× faster than `x·Wᵀ` through a transposed view (measured in
+/// docs/PERFORMANCE.md; with many rows the two are close and burn's `linear` is kept).
+const WEIGHT_STATIONARY_ROWS: usize = 128;
+
 /// `nn.Linear`: `y = x·Wᵀ + b`, weight stored `[out, in]` as in PyTorch. Layers compute in
 /// their weights' dtype (inputs are cast to it), so a network's precision is its weights'.
 #[derive(Clone, Debug)]
 pub struct Linear {
-    /// Weight transposed to `[in, out]`, burn's layout for `linear`.
+    /// Weight transposed to `[in, out]` (a view of the stored `[out, in]`), burn's layout for
+    /// `linear`.
     weight: Tensor<2>,
     bias: Option<Tensor<1>>,
+    /// On burn's CPU backend (see [`WEIGHT_STATIONARY_ROWS`]).
+    cpu: bool,
 }
 
 impl Linear {
     /// Loads `weight` (and `bias` when `bias` is true) under `vb`.
     pub fn new(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool) -> Self {
-        let weight = vb.get("weight", [d_out, d_in]).transpose();
+        let weight = vb.get("weight", [d_out, d_in]);
         let bias = bias.then(|| vb.get("bias", [d_out]));
-        Self { weight, bias }
+        Self::from_parts(weight, bias)
     }
 
     /// A linear layer from a `[out, in]` weight and optional bias already loaded.
     pub fn from_parts(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         Self {
+            cpu: is_cpu(&weight.device()),
             weight: weight.transpose(),
             bias,
         }
@@ -39,8 +51,33 @@ impl Linear {
 
     /// Applies the layer over the last axis.
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let x = x.cast(dtype_of(&self.weight));
-        linear(x, self.weight.clone(), self.bias.clone())
+        let [d_in, d_out] = self.weight.dims();
+        let rows = x.shape().num_elements() / d_in.max(1);
+        profile::scope(
+            || format!("linear {d_in}→{d_out} ×{rows}"),
+            || {
+                let x = x.cast(dtype_of(&self.weight));
+                if self.cpu && rows <= WEIGHT_STATIONARY_ROWS {
+                    self.weight_stationary(x, rows)
+                } else {
+                    linear(x, self.weight.clone(), self.bias.clone())
+                }
+            },
+        )
+    }
+
+    /// `(W·xᵀ + b)ᵀ` with `W` in its stored `[out, in]` order; the same values as `linear`
+    /// up to summation order.
+    fn weight_stationary<const D: usize>(&self, x: Tensor<D>, rows: usize) -> Tensor<D> {
+        let mut shape = x.dims();
+        let [d_in, d_out] = self.weight.dims();
+        let xt = x.reshape([rows, d_in]).transpose();
+        let mut y = self.weight.clone().transpose().matmul(xt);
+        if let Some(b) = &self.bias {
+            y = y + b.clone().reshape([d_out, 1]);
+        }
+        shape[D - 1] = d_out;
+        y.transpose().reshape(shape)
     }
 }
 
@@ -50,6 +87,8 @@ pub struct Conv2d {
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
+    /// On burn's CPU backend: kernels over 1×1 run as one matmul (see [`Conv2d::unfolded`]).
+    cpu: bool,
 }
 
 impl Conv2d {
@@ -75,6 +114,7 @@ impl Conv2d {
         padding: [(usize, usize); 2],
     ) -> Self {
         Self {
+            cpu: is_cpu(vb.device()),
             weight: vb.get("weight", [c_out, c_in, kernel, kernel]),
             bias: Some(vb.get("bias", [c_out])),
             options: ConvOptions {
@@ -88,12 +128,57 @@ impl Conv2d {
 
     /// Applies the convolution to `[B, C, H, W]`.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(
-            x.cast(dtype_of(&self.weight)),
-            self.weight.clone(),
-            self.bias.clone(),
-            self.options.clone(),
-        )
+        let [co, ci, k, _] = self.weight.dims();
+        let [_, _, h, w] = x.dims();
+        let key = move || {
+            let stride = self.options.stride[0];
+            let s = if stride > 1 { format!("/{stride}") } else { String::new() };
+            format!("conv2d {k}x{k}{s} {ci}→{co} @{h}x{w}")
+        };
+        profile::scope(key, || {
+            let x = x.cast(dtype_of(&self.weight));
+            if self.cpu && k > 1 {
+                return self.unfolded(x);
+            }
+            conv2d(
+                x,
+                self.weight.clone(),
+                self.bias.clone(),
+                self.options.clone(),
+            )
+        })
+    }
+
+    /// The convolution as `W[Co, Ci·k·k] · unfold(pad(x))` plus the bias: burn's CPU conv
+    /// re-lays out the whole weight on every call (59 MB for SDXL's 1280-channel 3×3), which
+    /// at small feature maps costs several times the product itself (docs/PERFORMANCE.md).
+    /// Here the weight is used in its stored order, with no copy.
+    fn unfolded(&self, x: Tensor<4>) -> Tensor<4> {
+        let [co, ci, k, _] = self.weight.dims();
+        let [b, _, h, w] = x.dims();
+        let [(pt, pb), (pl, pr)] = self.options.padding;
+        let stride = self.options.stride;
+        let (oh, ow) = (
+            (h + pt + pb - k) / stride[0] + 1,
+            (w + pl + pr - k) / stride[1] + 1,
+        );
+        let x = if pt + pb + pl + pr > 0 {
+            x.pad([(pt, pb), (pl, pr)], PadMode::Constant(0.0))
+        } else {
+            x
+        };
+        // [B, Ci·k·k, oh·ow], rows in the weight's (c, kh, kw) order.
+        let cols = unfold4d(x, [k, k], UnfoldOptions::new(stride, [0, 0], [1, 1]));
+        let w2 = self.weight.clone().reshape([co, ci * k * k]);
+        let mut y = if b == 1 {
+            w2.matmul(cols.reshape([ci * k * k, oh * ow])).unsqueeze::<3>()
+        } else {
+            w2.unsqueeze::<3>().matmul(cols)
+        };
+        if let Some(bias) = &self.bias {
+            y = y + bias.clone().reshape([1, co, 1]);
+        }
+        y.reshape([b, co, oh, ow])
     }
 }
 
@@ -120,6 +205,11 @@ impl GroupNorm {
     /// Normalises `[B, C, H, W]` over each group of channels and all pixels (in f32, whatever
     /// the input's dtype, which the output keeps).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, c, h, w] = x.dims();
+        profile::scope(|| format!("group_norm {c} @{h}x{w}"), || self.norm(x))
+    }
+
+    fn norm(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
         let dtype = dtype_of(&x);
         let g = x
@@ -157,6 +247,11 @@ impl LayerNorm {
     /// Normalises over the last axis (in f32, whatever the input's dtype, which the output
     /// keeps).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let dim = self.weight.dims()[0];
+        profile::scope(|| format!("layer_norm {dim}"), || self.norm(x))
+    }
+
+    fn norm<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let dtype = dtype_of(&x);
         let x = x.cast(FloatDType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
@@ -174,12 +269,12 @@ impl LayerNorm {
 
 /// SiLU, `x·σ(x)`.
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    activation::silu(x)
+    profile::scope(|| "silu".into(), || activation::silu(x))
 }
 
 /// Exact (erf) GELU, PyTorch's default.
 pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    activation::gelu(x)
+    profile::scope(|| "gelu".into(), || activation::gelu(x))
 }
 
 /// CLIP's QuickGELU, `x·σ(1.702·x)`.
@@ -229,7 +324,10 @@ pub fn upsample_nearest(x: Tensor<4>, out_h: usize, out_w: usize) -> Tensor<4> {
             .collect();
         Tensor::from_data(TensorData::new(idx, [output]), &device)
     };
-    x.select(2, indices(h, out_h)).select(3, indices(w, out_w))
+    profile::scope(
+        || format!("upsample_nearest @{h}x{w}"),
+        || x.select(2, indices(h, out_h)).select(3, indices(w, out_w)),
+    )
 }
 
 /// Reshapes `[B, C, H, W]` to tokens `[B, H·W, C]`.
@@ -242,4 +340,64 @@ pub fn to_tokens(x: Tensor<4>) -> Tensor<3> {
 pub fn from_tokens(x: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
     let [b, _, c] = x.dims();
     x.swap_dims(1, 2).reshape([b, c, h, w])
+}
+
+#[cfg(all(test, feature = "cpu"))]
+mod tests {
+    use super::*;
+    use crate::conformance::rel_l2;
+    use burn::tensor::{Device, Distribution};
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().convert::<f32>().try_to_vec::<f32>().unwrap()
+    }
+
+    /// The CPU paths (unfolded convolution, weight-stationary linear) against burn's own ops.
+    #[test]
+    fn cpu_layouts_match_burns_ops() {
+        let device = Device::flex();
+        let vb = VarBuilder::random(&device);
+        let n = Distribution::Normal(0.0, 1.0);
+        // (c_in, c_out, kernel, stride, padding, batch, h, w): SDXL's 3×3, the stride-2
+        // downsampler, the VAE's bottom/right-only padding, a 1×1 shortcut, batch 2, odd sizes.
+        let cases = [
+            (8, 12, 3, 1, [(1, 1), (1, 1)], 1, 6, 5),
+            (8, 8, 3, 2, [(1, 1), (1, 1)], 1, 7, 6),
+            (6, 6, 3, 2, [(0, 1), (0, 1)], 2, 8, 8),
+            (5, 7, 3, 1, [(1, 1), (1, 1)], 2, 4, 4),
+            (8, 4, 1, 1, [(0, 0), (0, 0)], 1, 3, 3),
+        ];
+        for (ci, co, k, s, pad, b, h, w) in cases {
+            let conv = Conv2d::with_padding(&vb.pp("c"), ci, co, k, s, pad);
+            assert!(conv.cpu);
+            let bias = Tensor::<1>::random([co], n, &device);
+            let conv = Conv2d {
+                bias: Some(bias),
+                ..conv
+            };
+            let x = Tensor::<4>::random([b, ci, h, w], n, &device);
+            let want = conv2d(
+                x.clone(),
+                conv.weight.clone(),
+                conv.bias.clone(),
+                conv.options.clone(),
+            );
+            let got = conv.forward(x);
+            assert_eq!(got.dims(), want.dims(), "{ci}→{co} k{k} s{s} {pad:?}");
+            let e = rel_l2(&values(got), &values(want));
+            assert!(e < 1e-6, "{ci}→{co} k{k} s{s} {pad:?}: rel L2 {e}");
+        }
+        for rows in [1, 3, WEIGHT_STATIONARY_ROWS, WEIGHT_STATIONARY_ROWS + 1] {
+            let weight = Tensor::<2>::random([9, 6], n, &device);
+            let bias = Tensor::<1>::random([9], n, &device);
+            let layer = Linear::from_parts(weight.clone(), Some(bias.clone()));
+            assert!(layer.cpu);
+            let x = Tensor::<3>::random([1, rows, 6], n, &device);
+            let want = linear(x.clone(), weight.transpose(), Some(bias));
+            let got = layer.forward(x);
+            assert_eq!(got.dims(), [1, rows, 9]);
+            let e = rel_l2(&values(got), &values(want));
+            assert!(e < 1e-6, "{rows} rows: rel L2 {e}");
+        }
+    }
 }

@@ -787,15 +787,20 @@ impl<'a> Run<'a> {
             Tensor::<2>::from_data(TensorData::new(v.to_vec(), [1, 6]), device)
         };
         let call = |text: &Tensor<3>, pooled: &Tensor<2>| {
-            models.unet.forward(
-                x_in.clone(),
-                &UNetConditioning {
-                    timestep: timestep.clone(),
-                    encoder_hidden_states: text.clone(),
-                    text_embeds: Some(pooled.clone()),
-                    time_ids: Some(time_ids.clone()),
+            crate::profile::scope(
+                || crate::profile::UNET_CALL.into(),
+                || {
+                    models.unet.forward(
+                        x_in.clone(),
+                        &UNetConditioning {
+                            timestep: timestep.clone(),
+                            encoder_hidden_states: text.clone(),
+                            text_embeds: Some(pooled.clone()),
+                            time_ids: Some(time_ids.clone()),
+                        },
+                        lq_t.clone(),
+                    )
                 },
-                lq_t.clone(),
             )
         };
         let (uncond, uncond_pooled) = &models.empty_prompt;
