@@ -15,10 +15,12 @@ pub fn dtype_of<const D: usize>(t: &Tensor<D>) -> FloatDType {
 }
 
 /// On the CPU backend, a linear layer with at most this many rows (tokens × batch) runs
-/// weight-stationary, `(W·xᵀ)ᵀ`: the gemm streams the `[out, in]` weight in its stored order,
-/// which for few rows is 2–15× faster than `x·Wᵀ` through a transposed view (measured in
-/// docs/PERFORMANCE.md; with many rows the two are close and burn's `linear` is kept).
-const WEIGHT_STATIONARY_ROWS: usize = 128;
+/// weight-stationary, `(W·xᵀ)ᵀ`: the gemm streams the `[out, in]` weight in its stored order.
+/// A whole UNet call at a 16² latent (16–77 rows) was 0.50 s this way against 0.60 s with a
+/// contiguous `[in, out]` copy and 1.46 s through burn's `linear` on the transposed view; with
+/// thousands of rows the weight-stationary product slows down (3× at 1024 rows), and burn's
+/// `linear` is within 1.35× of the contiguous copy (docs/PERFORMANCE.md).
+const WEIGHT_STATIONARY_ROWS: usize = 512;
 
 /// `nn.Linear`: `y = x·Wᵀ + b`, weight stored `[out, in]` as in PyTorch. Layers compute in
 /// their weights' dtype (inputs are cast to it), so a network's precision is its weights'.
@@ -137,7 +139,8 @@ impl Conv2d {
         };
         profile::scope(key, || {
             let x = x.cast(dtype_of(&self.weight));
-            if self.cpu && k > 1 {
+            let stride = self.options.stride[0];
+            if self.cpu && k > 1 && (h / stride) * (w / stride) <= 4 * co {
                 return self.unfolded(x);
             }
             conv2d(
@@ -152,7 +155,10 @@ impl Conv2d {
     /// The convolution as `W[Co, Ci·k·k] · unfold(pad(x))` plus the bias: burn's CPU conv
     /// re-lays out the whole weight on every call (59 MB for SDXL's 1280-channel 3×3), which
     /// at small feature maps costs several times the product itself (docs/PERFORMANCE.md).
-    /// Here the weight is used in its stored order, with no copy.
+    /// Here the weight is used in its stored order, with no copy; the unfolded input is
+    /// `oh·ow / Co` times the weight's size, so [`Conv2d::forward`] takes this path only while
+    /// the output has at most `4·Co` pixels (10× faster for 1280 channels at 4×4, even at
+    /// 640 channels at 32×32, 1.2× slower than burn's for 320 channels at 64×64).
     fn unfolded(&self, x: Tensor<4>) -> Tensor<4> {
         let [co, ci, k, _] = self.weight.dims();
         let [b, _, h, w] = x.dims();
@@ -359,13 +365,15 @@ mod tests {
         let vb = VarBuilder::random(&device);
         let n = Distribution::Normal(0.0, 1.0);
         // (c_in, c_out, kernel, stride, padding, batch, h, w): SDXL's 3×3, the stride-2
-        // downsampler, the VAE's bottom/right-only padding, a 1×1 shortcut, batch 2, odd sizes.
+        // downsampler, the VAE's bottom/right-only padding, a 1×1 shortcut, batch 2, odd sizes,
+        // and a feature map too large for the unfolded path (burn's conv).
         let cases = [
             (8, 12, 3, 1, [(1, 1), (1, 1)], 1, 6, 5),
             (8, 8, 3, 2, [(1, 1), (1, 1)], 1, 7, 6),
             (6, 6, 3, 2, [(0, 1), (0, 1)], 2, 8, 8),
             (5, 7, 3, 1, [(1, 1), (1, 1)], 2, 4, 4),
             (8, 4, 1, 1, [(0, 0), (0, 0)], 1, 3, 3),
+            (2, 2, 3, 1, [(1, 1), (1, 1)], 1, 8, 8),
         ];
         for (ci, co, k, s, pad, b, h, w) in cases {
             let conv = Conv2d::with_padding(&vb.pp("c"), ci, co, k, s, pad);
