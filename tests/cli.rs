@@ -51,6 +51,7 @@ fn pgp_core_kinds() -> &'static [&'static str] {
         "euler_schedule",
         "phase_exchange",
         "attention",
+        "ppa_measures",
     ]
 }
 

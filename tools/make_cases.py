@@ -1,13 +1,15 @@
 """Generate conformance cases (reference outputs from diffusers / transformers / torch).
 
-Usage: python make_cases.py OUT_DIR SEED [base|extra|tiled|plain]
+Usage: python make_cases.py OUT_DIR SEED [base|extra|tiled|plain|pgp|ppa]
 Each case is a folder: case.json, weights.safetensors, tensors.safetensors (format: shared/spec/conformance.md).
 
 `base` (the default) writes the cases of shared/conformance (seed as there); `extra` writes the
 project's own cases with other shapes and configs: odd latent sizes, batch 2, f16 weights, other
 head counts, legacy CLIP configs, other schedules, odd FFT sizes, long and single-token attention.
 `tiled` writes VAE cases run with diffusers' enable_tiling() (case.json `"tiling": true`, this
-project's extension of the format); `plain` a UNet without the SDXL add-embedding; `pgp` pruned
+project's extension of the format); `plain` a UNet without the SDXL add-embedding; `ppa` the pruning analysis's measures
+(kind `ppa_measures`, our extension: two calls as two adjacent steps, hooks on diffusers'
+modules); `pgp` pruned
 FaithDiff UNets with PEAMs (case.json `"peam"`, also our extension; pgp-model.md §2). Needs torch, diffusers and transformers (CPU is enough);
 CI never runs it.
 """
@@ -355,6 +357,55 @@ def phase_exchange_case(name, B, C, h, w):
     write(name, "phase_exchange", {}, None, {"lq": Fq, "unet": Hq, "expected": out.float()})
 
 
+def ppa_case(name, cfg, B, h, w):
+    """The PPA measures (pgp-model.md §3) through hooks on diffusers' modules: two UNet calls as
+    two adjacent steps; coarse = each level's output between the calls, fine = each decoder
+    BasicTransformerBlock's input against its output in each call."""
+    u = UNet2DConditionModel(**cfg).eval()
+    randomize(u)
+    pooled = cfg["projection_class_embeddings_input_dim"] - 6 * cfg["addition_time_embed_dim"]
+    x = unet_inputs(B, h, w, 7, cfg["cross_attention_dim"], pooled)
+    levels, blocks = {}, {}
+
+    def at_level(n):
+        def hook(mod, inp, out):
+            levels.setdefault(n, []).append(out[0] if isinstance(out, tuple) else out)
+        return hook
+
+    for i, b in enumerate(u.down_blocks):
+        b.register_forward_hook(at_level(f"down_blocks.{i}"))
+    u.mid_block.register_forward_hook(at_level("mid_block"))
+    for i, b in enumerate(u.up_blocks):
+        b.register_forward_hook(at_level(f"up_blocks.{i}"))
+        for j, a in enumerate(getattr(b, "attentions", None) or []):
+            for k, tb in enumerate(a.transformer_blocks):
+                def at_block(mod, args, kwargs, out, n=f"up_blocks.{i}.attentions.{j}.transformer_blocks.{k}"):
+                    blocks.setdefault(n, []).append((args[0] if args else kwargs["hidden_states"], out))
+                tb.register_forward_hook(at_block, with_kwargs=True)
+    sample_b = 0.9 * x["sample"] + 0.3 * rnd(B, 4, h, w)
+    t_a, t_b = torch.tensor([951.0] * B), torch.tensor([901.0] * B)
+    for s, t in ((x["sample"], t_a), (sample_b, t_b)):
+        u(s, t, encoder_hidden_states=x["encoder_hidden_states"],
+          added_cond_kwargs={"text_embeds": x["text_embeds"], "time_ids": x["time_ids"]})
+
+    def phi(a, b):  # 1 - cos over each sample's flattened feature, mean over samples
+        a, b = a.reshape(a.shape[0], -1), b.reshape(b.shape[0], -1)
+        return (1 - (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).mean()
+
+    def kl(a, b, dim):  # KL(softmax(a) || softmax(b)) over channels, mean over positions and samples
+        lp, lq = F.log_softmax(a, dim), F.log_softmax(b, dim)
+        return (lp.exp() * (lp - lq)).sum(dim).reshape(a.shape[0], -1).mean(1).mean()
+
+    t = dict(sample_a=x["sample"], sample_b=sample_b, timestep_a=t_a, timestep_b=t_b,
+             encoder_hidden_states=x["encoder_hidden_states"], text_embeds=x["text_embeds"],
+             time_ids=x["time_ids"])
+    t["expected_coarse_phi_cos"] = torch.stack([phi(a, b) for a, b in levels.values()])[:, None]
+    t["expected_coarse_psi_kl"] = torch.stack([kl(a, b, 1) for a, b in levels.values()])[:, None]
+    t["expected_fine_phi_cos"] = torch.stack([torch.stack([phi(i, o) for i, o in v]) for v in blocks.values()])
+    t["expected_fine_psi_kl"] = torch.stack([torch.stack([kl(i, o, 2) for i, o in v]) for v in blocks.values()])
+    write(name, "ppa_measures", cfg, u.state_dict(), t, tol=1e-4)
+
+
 def attention_case(name, B, H, S, Skv, D):
     q, k, v = rnd(B, H, S, D), rnd(B, H, Skv, D), rnd(B, H, Skv, D)
     out = F.scaled_dot_product_attention(q.double(), k.double(), v.double()).float()
@@ -412,6 +463,9 @@ if __name__ == "__main__":
         pgp_case("pgp_phase_change_l3", cfg, {"levels": [3], "variant": "phase_change"}, 16, 1, 9, 12, 4)
         pgp_case("pgp_add_replace", cfg, {"levels": [0, 1], "variant": "add", "keep_faithdiff_fusion": False},
                  16, 1, 8, 6, 4)
+    if SET == "ppa":  # the pruning analysis's measures, batch 2 (averaged over samples)
+        cfg = unet_cfg((16, 32, 64), (1, 2, 2), None, (1, 2, 4), 32, 8, 16, 8, 16)
+        ppa_case("ppa_measures_b2", cfg, 2, 12, 10)
     if SET == "tiled":
         vae_tiled_cases("vae_tiled", (16, 32, 32, 32), 8, 88, 72, 32)
     if SET == "plain":  # a UNet without the SDXL add-embedding (SD-1.x style conditioning)

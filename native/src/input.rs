@@ -13,6 +13,51 @@ pub const FORMATS: &str = "PNG, JPEG, WebP and BMP";
 /// File name extensions a folder walk picks up.
 pub const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
 
+/// A decoded input image, packed 8-bit RGB or RGBA as the engine takes it.
+pub struct Pixels {
+    /// Packed pixels.
+    pub data: Vec<u8>,
+    /// Width.
+    pub width: usize,
+    /// Height.
+    pub height: usize,
+    /// `Rgb8`, or `Rgba8` when the image has alpha.
+    pub format: pgp_core::PixelFormat,
+}
+
+impl Pixels {
+    /// The engine's view of the pixels.
+    pub fn view(&self) -> pgp_core::Result<pgp_core::ImageView<'_>> {
+        pgp_core::ImageView::packed(&self.data, self.width, self.height, self.format)
+    }
+}
+
+/// Reads and decodes an image file for upscaling by `scale` ([`decode`]).
+pub fn load(path: &std::path::Path, scale: u64, max_pixels: u64) -> Result<Pixels> {
+    let bytes = std::fs::read(path).map_err(|e| anyhow!("cannot read the file: {e}"))?;
+    let decoded = decode(&bytes, scale, max_pixels)?;
+    drop(bytes);
+    let (width, height) = (decoded.width() as usize, decoded.height() as usize);
+    let (data, format) = if decoded.color().has_alpha() {
+        (decoded.to_rgba8().into_raw(), pgp_core::PixelFormat::Rgba8)
+    } else {
+        (decoded.to_rgb8().into_raw(), pgp_core::PixelFormat::Rgb8)
+    };
+    Ok(Pixels {
+        data,
+        width,
+        height,
+        format,
+    })
+}
+
+/// Whether a path's extension is one a folder walk picks up ([`EXTENSIONS`]).
+pub fn is_image(p: &std::path::Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Decodes an image file's bytes for upscaling by `scale`. Refuses files that are not a
 /// supported image, JPEGs cut short (decoders fill the missing part with grey without a word),
 /// and images whose output would exceed `max_pixels` pixels — from the header, before

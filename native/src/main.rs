@@ -1,11 +1,14 @@
 //! `pgp-wgpu`: the command-line shell over `pgp-core`.
 
+mod analyze;
 mod bench;
 mod conformance;
 mod convert;
 #[cfg(feature = "download")]
 mod download;
+mod figures;
 mod lora;
+mod prune;
 mod upscale;
 
 use std::process::ExitCode;
@@ -181,6 +184,87 @@ enum Command {
         #[arg(long, hide = true)]
         dump_stages: Option<std::path::PathBuf>,
     },
+    /// The progressive pruning analysis (PPA): run the pipeline on every image of a folder and
+    /// measure how much each UNet level changes between timesteps and each decoder transformer
+    /// block changes its input; writes report.json and figures (resumable: finished images are
+    /// kept in REPORT_DIR/images/).
+    Analyze {
+        /// The model bundle (FaithDiff, or any of its pruned forms).
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// A folder of images (PNG, JPEG, WebP, BMP; not its subfolders).
+        #[arg(long)]
+        images: std::path::PathBuf,
+        /// The report folder (made if needed; an earlier run's finished images are reused).
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// Euler steps (the paper's analysis: 20).
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Latent tile size in output pixels (multiple of 8; 0 = the largest that fits).
+        #[arg(short, long, default_value_t = 1024)]
+        tile: usize,
+        /// Upscaling factor.
+        #[arg(short, long, default_value_t = 2)]
+        scale: usize,
+        /// Analyse only the first N images (by name).
+        #[arg(long)]
+        max_images: Option<usize>,
+        /// Noise seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Backend: wgpu or cpu.
+        #[arg(long, default_value = "wgpu")]
+        device: String,
+        /// GPU adapter index, as `pgp-wgpu devices` lists them.
+        #[arg(short, long)]
+        gpu: Option<usize>,
+        /// Compute precision: auto, f16 or f32.
+        #[arg(long, default_value = "auto")]
+        precision: String,
+        /// Largest output in megapixels.
+        #[arg(long, default_value_t = 256.0)]
+        max_megapixels: f64,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Prune a bundle's UNet by an analysis report: encoder and bottleneck transformers to
+    /// --coarse-depth blocks, decoder blocks by --keep-top-k or --threshold. Writes
+    /// OUT_DIR/unet.safetensors (FaithDiff's key layout), unet_config.json, prune.json and,
+    /// with a PEAM, peam_config.json.
+    Prune {
+        /// The model bundle the report was made with.
+        #[arg(long)]
+        model: std::path::PathBuf,
+        /// REPORT_DIR/report.json from `analyze`.
+        #[arg(long)]
+        report: std::path::PathBuf,
+        /// The folder to create (must not exist).
+        #[arg(short, long)]
+        output: std::path::PathBuf,
+        /// Keep the K blocks of each decoder transformer that change their input most (the
+        /// paper keeps 4 at the smallest decoder scale).
+        #[arg(long, conflicts_with = "threshold", required_unless_present = "threshold")]
+        keep_top_k: Option<usize>,
+        /// The paper's printed rule: prune a decoder block when Φcos ≥ PHI and ΨKL ≥ KL
+        /// (paper: 0.2,1.0).
+        #[arg(long, value_name = "PHI,KL")]
+        threshold: Option<String>,
+        /// Transformer depth the encoder and bottleneck keep (their first blocks).
+        #[arg(long, default_value_t = 1)]
+        coarse_depth: usize,
+        /// Without a PEAM in the bundle: `init` adds one (PyTorch's Conv2d initialisation,
+        /// seeded by --seed; it is trained during fine-tuning), `none` adds none.
+        #[arg(long, default_value = "init")]
+        peam: String,
+        /// Seed of a new PEAM's initial weights.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Download a model's files from the Hugging Face Hub (resuming unfinished ones) and
     /// convert them into the bundle `upscale` uses by default.
     #[cfg(feature = "download")]
@@ -343,6 +427,15 @@ enum BenchWhat {
     },
 }
 
+/// The device `--device` and `-g` name together (`-g` picks a GPU adapter by index).
+fn device_name(device: String, gpu: Option<usize>) -> Result<String> {
+    match gpu {
+        Some(_) if device == "cpu" => anyhow::bail!("-g selects a GPU adapter; drop --device cpu"),
+        Some(i) => Ok(format!("gpu:{i}")),
+        None => Ok(device),
+    }
+}
+
 /// cubecl reports a wgpu error (an allocation the device refuses) by panicking on its own
 /// device thread, where the panic is caught and the work fails — which this program then
 /// reports as an error. Print such panics once each, in one line, instead of a backtrace per
@@ -462,13 +555,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let precision = Precision::parse(&precision)?;
             let max_memory = max_memory.as_deref().map(parse_bytes).transpose()?;
-            let name = match gpu {
-                Some(_) if device == "cpu" => {
-                    anyhow::bail!("-g selects a GPU adapter; drop --device cpu")
-                }
-                Some(i) => format!("gpu:{i}"),
-                None => device,
-            };
+            let name = device_name(device, gpu)?;
             let gpu = match max_buffer_mib {
                 Some(mib) => {
                     let options = GpuOptions {
@@ -517,6 +604,87 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Analyze {
+            model,
+            images,
+            output,
+            steps,
+            tile,
+            scale,
+            max_images,
+            seed,
+            device,
+            gpu,
+            precision,
+            max_megapixels,
+            quiet,
+        } => {
+            if !(max_megapixels.is_finite() && max_megapixels > 0.0) {
+                anyhow::bail!("--max-megapixels must be a positive number");
+            }
+            if max_images == Some(0) {
+                anyhow::bail!("--max-images must be at least 1");
+            }
+            let gpu = pollster::block_on(Gpu::from_name(&device_name(device, gpu)?))?;
+            let ok = analyze::run(analyze::AnalyzeArgs {
+                model,
+                images,
+                output,
+                options: Options {
+                    scale,
+                    steps,
+                    tile: if tile == 0 {
+                        TileSize::Auto
+                    } else {
+                        TileSize::Pixels(tile)
+                    },
+                    seed,
+                    ..Options::default()
+                },
+                max_images,
+                gpu,
+                precision: Precision::parse(&precision)?,
+                max_pixels: (max_megapixels * 1e6) as u64,
+                quiet,
+            })?;
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Prune {
+            model,
+            report,
+            output,
+            keep_top_k,
+            threshold,
+            coarse_depth,
+            peam,
+            seed,
+            quiet,
+        } => {
+            let rule = match (keep_top_k, threshold) {
+                (Some(k), None) => pgp_core::ppa::Rule::KeepTopK(k),
+                (None, Some(t)) => prune::parse_threshold(&t)?,
+                _ => anyhow::bail!("give one of --keep-top-k K and --threshold PHI,KL"),
+            };
+            let peam = match peam.as_str() {
+                "init" => prune::PeamInit::Init(seed),
+                "none" => prune::PeamInit::None,
+                other => anyhow::bail!("--peam must be init or none, not `{other}`"),
+            };
+            prune::run(&prune::PruneArgs {
+                model,
+                report,
+                output,
+                rule,
+                coarse_depth,
+                peam,
+                quiet,
+            })?;
+            Ok(ExitCode::SUCCESS)
         }
         #[cfg(feature = "download")]
         Command::Download {

@@ -14,7 +14,7 @@ use pgp_core::device::read_back;
 use pgp_core::safetensors::Dtype;
 use pgp_core::weights::WeightFile;
 use pgp_core::{
-    DirSource, Gpu, ImageView, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages,
+    DirSource, Gpu, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages,
     Unit, Upscaler,
 };
 use pgp_wgpu_cli::{input, output};
@@ -61,12 +61,6 @@ pub struct UpscaleArgs {
     pub dump_stages: Option<PathBuf>,
     /// Largest output, in pixels (`--max-megapixels`).
     pub max_pixels: u64,
-}
-
-fn is_image(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| input::EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
 /// A path written with a trailing separator (`out/`) names a folder, existing or not.
@@ -137,7 +131,7 @@ fn jobs(a: &UpscaleArgs) -> Result<Vec<(PathBuf, PathBuf)>> {
                 if a.recursive {
                     stack.push(p);
                 }
-            } else if is_image(&p) {
+            } else if input::is_image(&p) {
                 let rel = p.strip_prefix(&a.input).expect("under the input folder");
                 found.push((p.clone(), a.output.join(rel).with_extension(ext)));
             }
@@ -214,16 +208,8 @@ fn check_output(a: &UpscaleArgs, input: &Path, output: &Path) -> Result<()> {
 fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Result<()> {
     let format = output_format(output, a.format.as_deref())?;
     check_output(a, input, output)?;
-    let bytes = std::fs::read(input).context("cannot read the file")?;
-    let decoded = input::decode(&bytes, a.options.scale as u64, a.max_pixels)?;
-    drop(bytes);
-    let (w, h) = (decoded.width() as usize, decoded.height() as usize);
-    let (pixels, pixel_format) = if decoded.color().has_alpha() {
-        (decoded.to_rgba8().into_raw(), PixelFormat::Rgba8)
-    } else {
-        (decoded.to_rgb8().into_raw(), PixelFormat::Rgb8)
-    };
-    let view = ImageView::packed(&pixels, w, h, pixel_format)?;
+    let pixels = input::load(input, a.options.scale as u64, a.max_pixels)?;
+    let view = pixels.view()?;
     let bar = if a.quiet {
         ProgressBar::hidden()
     } else {

@@ -14,7 +14,9 @@ use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use crate::models::peam::PeamConfig;
 use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel, UNetConditioning};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+use crate::models::probe::{CallInfo, Probe};
 use crate::phase::phase_exchange;
+use crate::ppa::Analysis;
 use crate::schedulers::euler::{EulerConfig, schedule};
 use crate::weights::{WeightFile, load_checked};
 
@@ -30,6 +32,7 @@ pub const KINDS: &[&str] = &[
     "euler_schedule",
     "phase_exchange",
     "attention",
+    "ppa_measures",
 ];
 
 #[derive(Deserialize)]
@@ -263,6 +266,43 @@ pub async fn run_case(
                 )));
             }
             c.check("expected", attention(q, k, v, false)).await?;
+        }
+        "ppa_measures" => {
+            // Two calls of a plain UNet (two samples and timesteps, one conditioning) as two
+            // adjacent steps: coarse measures between them, fine measures of each (ppa.rs).
+            let cfg = UNet2DConditionConfig::from_json(&case.config)?;
+            let m = load_checked(weights(files)?, device, dtype, |vb| {
+                UNet2DConditionModel::new(&vb, &cfg)
+            })?;
+            let mut analysis = Analysis::new();
+            for (step, name) in ["a", "b"].into_iter().enumerate() {
+                let cond = UNetConditioning {
+                    timestep: t.tensor::<1>(&format!("timestep_{name}"), device)?,
+                    encoder_hidden_states: t.tensor::<3>("encoder_hidden_states", device)?,
+                    text_embeds: t.tensor::<2>("text_embeds", device).ok(),
+                    time_ids: t.tensor::<2>("time_ids", device).ok(),
+                };
+                analysis.begin(CallInfo {
+                    step,
+                    steps: 2,
+                    tile: 0,
+                    branch: 0,
+                });
+                let sample = input(&format!("sample_{name}"))?;
+                let probe: &mut dyn Probe = &mut analysis;
+                m.forward_probed(sample, &cond, |_, x| Ok(x), Some(probe))?;
+            }
+            let measured = analysis.finish_image().await?;
+            let flat = |v: Vec<&Vec<f64>>| -> (Vec<f32>, Vec<usize>) {
+                let shape = vec![v.len(), v.first().map_or(0, |x| x.len())];
+                (v.into_iter().flatten().map(|&x| x as f32).collect(), shape)
+            };
+            for (name, list) in [("coarse", &measured.coarse), ("fine", &measured.fine)] {
+                let (phi, shape) = flat(list.iter().map(|e| &e.phi_cos).collect());
+                c.compare(&format!("expected_{name}_phi_cos"), &phi, &shape)?;
+                let (kl, shape) = flat(list.iter().map(|e| &e.psi_kl).collect());
+                c.compare(&format!("expected_{name}_psi_kl"), &kl, &shape)?;
+            }
         }
         other => {
             return Err(Error::input(format!(

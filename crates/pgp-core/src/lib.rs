@@ -17,7 +17,8 @@
 //! - [`attention`]: the single attention entry point; [`phase`]: PEAM's phase exchange;
 //! - [`weights`]: safetensors parsing and the checked two-pass loader;
 //! - [`conformance`]: numerical parity cases; [`info`]: parameter and FLOP counts;
-//!   [`profile`]: time per kind of op on the CPU backend.
+//!   [`profile`]: time per kind of op on the CPU backend; [`ppa`]: the pruning analysis
+//!   (feature measures through [`models::probe`], the report, the pruning plan).
 
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod nn;
 pub mod phase;
 pub mod pipeline;
 pub mod pixels;
+pub mod ppa;
 pub mod precision;
 pub mod presets;
 pub mod profile;

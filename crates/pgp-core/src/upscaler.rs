@@ -26,6 +26,7 @@ use crate::bundle::{Bundle, Component, LoadProgress};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::gpu_io::GpuImage;
+use crate::models::probe::Probe;
 use crate::pipeline::run::{Event, Models, Options, Run, Stages, TextEncoders};
 use crate::pipeline::tiling::TileLimits;
 use crate::pixels::{Alpha, Image, ImageView, PixelFormat, Split, assemble};
@@ -283,10 +284,16 @@ impl Job<'_> {
     /// when the job is done ([`Job::into_image`] then has the result). After an error the job
     /// is over.
     pub async fn next(&mut self) -> Option<Result<Event>> {
+        self.next_probed(None).await
+    }
+
+    /// [`Job::next`], showing the UNet's features to `probe` (the pruning analysis,
+    /// [`crate::ppa`]).
+    pub async fn next_probed(&mut self, probe: Option<&mut dyn Probe>) -> Option<Result<Event>> {
         if self.over {
             return None;
         }
-        let r = match self.run.next().await {
+        let r = match self.run.next_probed(probe).await {
             Some(r) => r,
             None => {
                 self.over = true;

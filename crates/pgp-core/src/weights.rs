@@ -271,6 +271,11 @@ pub trait TensorSource {
     fn uploaded(&self, _key: &str) -> Option<Tensor<1>> {
         None
     }
+    /// The tensor's stored bytes, for sources that keep them on the host (copying weights
+    /// unchanged, as `pgp-wgpu prune` does).
+    fn raw_bytes(&self, _key: &str) -> Option<&[u8]> {
+        None
+    }
 }
 
 impl TensorSource for WeightFile {
@@ -285,6 +290,9 @@ impl TensorSource for WeightFile {
     }
     fn read_f32(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)> {
         self.f32_data(key)
+    }
+    fn raw_bytes(&self, key: &str) -> Option<&[u8]> {
+        self.raw(key).ok()
     }
 }
 
@@ -337,6 +345,11 @@ impl TensorSource for WeightStore {
                 self.name
             ))),
         }
+    }
+    fn raw_bytes(&self, key: &str) -> Option<&[u8]> {
+        self.index
+            .get(key)
+            .and_then(|&i| self.files[i].raw(key).ok())
     }
 }
 

@@ -7,6 +7,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::peam::{Peam, PeamConfig};
+use super::probe::Probe;
 use super::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel, UNetConditioning};
 use crate::attention::{attention, merge_heads, split_heads};
 use crate::error::{Error, Result};
@@ -290,10 +291,21 @@ impl FaithDiffUNet {
         cond: &UNetConditioning,
         input_embedding: Tensor<4>,
     ) -> Result<Tensor<4>> {
+        self.forward_probed(sample, cond, input_embedding, None)
+    }
+
+    /// [`FaithDiffUNet::forward`] with an optional [`Probe`] on the UNet's features.
+    pub fn forward_probed(
+        &self,
+        sample: Tensor<4>,
+        cond: &UNetConditioning,
+        input_embedding: Tensor<4>,
+        probe: Option<&mut dyn Probe>,
+    ) -> Result<Tensor<4>> {
         let mut lq = Some(input_embedding);
         let mut f = None;
         let mut peams = self.peams.iter().peekable();
-        self.unet.forward_fused(sample, cond, |level, x| {
+        let fuse = |level: usize, x: Tensor<4>| {
             let x = if level == 0 {
                 let c = self
                     .fusion
@@ -307,6 +319,7 @@ impl FaithDiffUNet {
                 Some((_, peam)) => peam.forward(f.clone().expect("set at level 0"), x),
                 None => Ok(x),
             }
-        })
+        };
+        self.unet.forward_probed(sample, cond, fuse, probe)
     }
 }

@@ -4,6 +4,7 @@ pub mod clip;
 pub mod embeddings;
 pub mod faithdiff;
 pub mod peam;
+pub mod probe;
 pub mod resnet;
 pub mod transformer_2d;
 pub mod unet_2d;

@@ -129,12 +129,29 @@ impl Transformer2DModel {
 
     /// `x` `[B, C, H, W]`, `context` `[B, L, cross_dim]`.
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
+        self.forward_probed(x, context, None)
+    }
+
+    /// [`Transformer2DModel::forward`], calling `probe(k, input, output)` around block `k`.
+    pub fn forward_probed(
+        &self,
+        x: Tensor<4>,
+        context: &Tensor<3>,
+        mut probe: Option<&mut dyn FnMut(usize, &Tensor<3>, &Tensor<3>)>,
+    ) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let mut t = self
             .proj_in
             .forward(to_tokens(self.norm.forward(x.clone())));
-        for block in &self.blocks {
-            t = block.forward(t, context);
+        for (k, block) in self.blocks.iter().enumerate() {
+            t = match probe.as_deref_mut() {
+                Some(p) => {
+                    let out = block.forward(t.clone(), context);
+                    p(k, &t, &out);
+                    out
+                }
+                None => block.forward(t, context),
+            };
         }
         from_tokens(self.proj_out.forward(t), h, w) + x
     }

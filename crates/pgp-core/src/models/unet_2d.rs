@@ -5,6 +5,7 @@ use burn::tensor::{FloatDType, Tensor};
 use serde::Deserialize;
 
 use super::embeddings::{TimestepEmbedding, Timesteps};
+use super::probe::Probe;
 use super::unet_2d_blocks::{AttnParams, DownBlock, MidBlock, UpBlock};
 use crate::config::{PerBlock, at_most};
 use crate::error::{Error, Result};
@@ -533,7 +534,19 @@ impl UNet2DConditionModel {
         &self,
         sample: Tensor<4>,
         cond: &UNetConditioning,
+        fuse: impl FnMut(usize, Tensor<4>) -> Result<Tensor<4>>,
+    ) -> Result<Tensor<4>> {
+        self.forward_probed(sample, cond, fuse, None)
+    }
+
+    /// [`UNet2DConditionModel::forward_fused`] with an optional [`Probe`] that sees every
+    /// level's output and, when it wants them, the decoder's transformer blocks.
+    pub fn forward_probed(
+        &self,
+        sample: Tensor<4>,
+        cond: &UNetConditioning,
         mut fuse: impl FnMut(usize, Tensor<4>) -> Result<Tensor<4>>,
+        mut probe: Option<&mut dyn Probe>,
     ) -> Result<Tensor<4>> {
         let [b, c, _, _] = sample.dims();
         if c != self.in_channels {
@@ -562,16 +575,34 @@ impl UNet2DConditionModel {
             x = fuse(i + 1, block.forward(x, &temb, context, &mut skips))?;
             // The block's last skip is its output: keep the two the same.
             *skips.last_mut().expect("every down block adds skips") = x.clone();
+            if let Some(p) = probe.as_deref_mut() {
+                p.level(&format!("down_blocks.{i}"), &x);
+            }
         }
         x = self.mid_block.forward(x, &temb, context);
-        for block in &self.up_blocks {
+        if let Some(p) = probe.as_deref_mut() {
+            p.level("mid_block", &x);
+        }
+        for (i, block) in self.up_blocks.iter().enumerate() {
             let remaining = skips.len() - block.num_skips();
             // Upsample to the size of the skip the next block consumes first.
             let up_size = (remaining > 0).then(|| {
                 let [_, _, sh, sw] = skips[remaining - 1].dims();
                 [sh, sw]
             });
-            x = block.forward(x, &temb, context, &mut skips, up_size);
+            x = match probe.as_deref_mut() {
+                Some(p) if p.wants_blocks() => {
+                    let mut each = |j: usize, k: usize, a: &Tensor<3>, b: &Tensor<3>| {
+                        let name = format!("up_blocks.{i}.attentions.{j}.transformer_blocks.{k}");
+                        p.block(&name, a, b);
+                    };
+                    block.forward(x, &temb, context, &mut skips, up_size, Some(&mut each))
+                }
+                _ => block.forward(x, &temb, context, &mut skips, up_size, None),
+            };
+            if let Some(p) = probe.as_deref_mut() {
+                p.level(&format!("up_blocks.{i}"), &x);
+            }
         }
         let out = self.conv_out.forward(silu(self.conv_norm_out.forward(x)));
         Ok(out.cast(FloatDType::F32))

@@ -4,6 +4,7 @@
 
 use burn::tensor::Tensor;
 
+use super::probe::BlockProbe;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
 use super::transformer_2d::Transformer2DModel;
 use crate::weights::VarBuilder;
@@ -210,6 +211,7 @@ impl UpBlock {
     }
 
     /// Runs the block, popping its skips; upsamples to `up_size` when it has an upsampler.
+    /// `probe(j, k, input, output)` sees transformer block `k` of attention `j`.
     pub fn forward(
         &self,
         mut x: Tensor<4>,
@@ -217,6 +219,7 @@ impl UpBlock {
         context: &Tensor<3>,
         skips: &mut Vec<Tensor<4>>,
         up_size: Option<[usize; 2]>,
+        mut probe: Option<BlockProbe<'_>>,
     ) -> Tensor<4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             let skip = skips
@@ -224,7 +227,10 @@ impl UpBlock {
                 .expect("the down path pushed one skip per up resnet");
             x = resnet.forward(Tensor::cat(vec![x, skip], 1), Some(temb));
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(x, context);
+                x = match probe.as_deref_mut() {
+                    Some(p) => attn.forward_probed(x, context, Some(&mut |k, a, b| p(j, k, a, b))),
+                    None => attn.forward(x, context),
+                };
             }
         }
         match &self.upsampler {

@@ -15,6 +15,7 @@ use crate::device::{read_back, settle};
 use crate::error::{Error, Result};
 use crate::models::clip::ClipTextModel;
 use crate::models::faithdiff::FaithDiffUNet;
+use crate::models::probe::{CallInfo, Probe, reborrow};
 use crate::models::unet_2d::UNetConditioning;
 use crate::models::vae::{AutoencoderKL, DecodeRun, DenoiseEncoder};
 use crate::rng::SplitMix64;
@@ -480,10 +481,16 @@ impl<'a> Run<'a> {
     /// Runs the next unit of work and waits until the device has finished it; `None` when the
     /// run is over (the output is then ready).
     pub async fn next(&mut self) -> Option<Result<Event>> {
+        self.next_probed(None).await
+    }
+
+    /// [`Run::next`], showing a UNet tile's features to `probe` ([`Probe::begin`] before each
+    /// UNet call, then the call's features).
+    pub async fn next_probed(&mut self, probe: Option<&mut dyn Probe>) -> Option<Result<Event>> {
         if matches!(self.phase, Phase::Done) {
             return None;
         }
-        let r = self.advance().await;
+        let r = self.advance(probe).await;
         if r.is_err() {
             self.phase = Phase::Done;
         }
@@ -497,7 +504,7 @@ impl<'a> Run<'a> {
         }))
     }
 
-    async fn advance(&mut self) -> Result<Unit> {
+    async fn advance(&mut self, probe: Option<&mut dyn Probe>) -> Result<Unit> {
         let device = self.device.clone();
         let models = self.models;
         let (wp, hp) = self.padded;
@@ -568,7 +575,7 @@ impl<'a> Run<'a> {
                     ));
                     return self.shrink_tiles(step, e);
                 }
-                let acc = self.denoise_tile(step, tile, acc)?;
+                let acc = self.denoise_tile(step, tile, acc, probe)?;
                 if let Err(e) = settle(&acc).await {
                     drop(acc);
                     return self.shrink_tiles(step, e);
@@ -763,7 +770,13 @@ impl<'a> Run<'a> {
 
     /// ε̂ of one tile through the UNet (with CFG against the empty prompt when there is a
     /// prompt), weighted into `acc`.
-    fn denoise_tile(&self, step: usize, k: usize, acc: Tensor<4>) -> Result<Tensor<4>> {
+    fn denoise_tile(
+        &self,
+        step: usize,
+        k: usize,
+        acc: Tensor<4>,
+        mut probe: Option<&mut dyn Probe>,
+    ) -> Result<Tensor<4>> {
         let models = self.models;
         let device = &self.device;
         let (wp, hp) = self.padded;
@@ -786,11 +799,19 @@ impl<'a> Run<'a> {
             let v = [hp, wp, t.top, t.left, self.tile_px, self.tile_px].map(|x| x as f32);
             Tensor::<2>::from_data(TensorData::new(v.to_vec(), [1, 6]), device)
         };
-        let call = |text: &Tensor<3>, pooled: &Tensor<2>| {
+        let mut call = |text: &Tensor<3>, pooled: &Tensor<2>, branch: usize| {
+            if let Some(p) = reborrow(&mut probe) {
+                p.begin(CallInfo {
+                    step,
+                    steps: self.options.sampling_steps(),
+                    tile: k,
+                    branch,
+                });
+            }
             crate::profile::scope(
                 || crate::profile::UNET_CALL.into(),
                 || {
-                    models.unet.forward(
+                    models.unet.forward_probed(
                         x_in.clone(),
                         &UNetConditioning {
                             timestep: timestep.clone(),
@@ -799,14 +820,15 @@ impl<'a> Run<'a> {
                             time_ids: Some(time_ids.clone()),
                         },
                         lq_t.clone(),
+                        reborrow(&mut probe),
                     )
                 },
             )
         };
         let (uncond, uncond_pooled) = &models.empty_prompt;
-        let eps_u = call(uncond, uncond_pooled)?;
+        let eps_u = call(uncond, uncond_pooled, 0)?;
         let eps = match &self.cond {
-            Some((c, p)) => eps_u.clone() + (call(c, p)? - eps_u) * self.options.guidance,
+            Some((c, p)) => eps_u.clone() + (call(c, p, 1)? - eps_u) * self.options.guidance,
             None => eps_u,
         };
         Ok(acc

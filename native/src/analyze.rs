@@ -1,0 +1,275 @@
+//! `pgp-wgpu analyze`: the progressive pruning analysis (PPA, pgp-model.md §3) over a folder of
+//! images. Each image runs the real pipeline (the bundle's Euler trajectory and sampling
+//! settings) with a [`pgp_core::ppa::Analysis`] probe on the UNet, up to the last sampling step
+//! (the VAE decode is skipped: it is not measured). Each finished image's measures are written
+//! at once to `REPORT_DIR/images/NAME.json` with the settings they were made with, so an
+//! interrupted analysis resumes where it stopped; then `report.json` and the figures are
+//! written from every image's file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use pgp_core::bundle::{Bundle, MANIFEST, sha256_hex};
+use pgp_core::info::unet_flops;
+use pgp_core::models::unet_2d::UNet2DConditionConfig;
+use pgp_core::models::probe::Probe;
+use pgp_core::ppa::{Analysis, ImageMeasures, Report};
+use pgp_core::{DirSource, Gpu, LoadOptions, Options, Precision, TileSize, Unit, Upscaler};
+use pgp_wgpu_cli::{input, output};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::figures;
+
+/// What `analyze` was asked to do.
+pub struct AnalyzeArgs {
+    pub model: PathBuf,
+    pub images: PathBuf,
+    pub output: PathBuf,
+    pub options: Options,
+    pub max_images: Option<usize>,
+    pub gpu: Gpu,
+    pub precision: Precision,
+    pub max_pixels: u64,
+    pub quiet: bool,
+}
+
+/// One image's file under `images/`: its measures and what they were made with.
+#[derive(Serialize, Deserialize)]
+struct ImageFile {
+    image: String,
+    settings: Value,
+    measures: ImageMeasures,
+}
+
+/// The images of a folder (not its subfolders), sorted by name.
+fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.is_dir() {
+        bail!("--images {}: not a folder", dir.display());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && input::is_image(p))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// The UNet config of a bundle folder and a fingerprint of its manifest.
+fn read_model(dir: &Path) -> Result<(Value, String, String)> {
+    let path = dir.join(MANIFEST);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest = Bundle::parse_manifest(&path.display().to_string(), &text)?;
+    Ok((manifest.unet, manifest.arch, sha256_hex(text.as_bytes())))
+}
+
+/// The model as the report describes it.
+pub fn describe_model(unet: &Value, arch: &str) -> Result<Value> {
+    let cfg = UNet2DConditionConfig::from_json(unet)?;
+    let l = cfg.layout()?;
+    let blocks: usize = l
+        .down_attn
+        .iter()
+        .zip(&l.layers)
+        .zip(&l.down_depth)
+        .filter(|((attn, _), _)| **attn)
+        .map(|((_, layers), depth)| layers * depth)
+        .sum::<usize>()
+        + l.mid_depth
+        + l.up_attn
+            .iter()
+            .zip(&l.up_depth)
+            .filter(|(attn, _)| **attn)
+            .map(|(_, d)| d.iter().sum::<usize>())
+            .sum::<usize>();
+    Ok(json!({
+        "arch": arch,
+        "transformer_layers_per_block": l.down_depth,
+        "mid_transformer_layers_per_block": l.mid_depth,
+        "reverse_transformer_layers_per_block": l.up_depth,
+        "transformer_blocks": blocks,
+        "unet_flops_1024": unet_flops(&cfg, 128, 128)?,
+    }))
+}
+
+/// Runs the analysis; true when every image was measured.
+pub fn run(a: AnalyzeArgs) -> Result<bool> {
+    a.options.validate()?;
+    let mut images = list_images(&a.images)?;
+    if images.is_empty() {
+        bail!(
+            "{}: no images ({}) found",
+            a.images.display(),
+            input::FORMATS
+        );
+    }
+    if let Some(n) = a.max_images {
+        images.truncate(n);
+    }
+    let (unet_json, arch, manifest_sha) = read_model(&a.model)?;
+    let cfg = UNet2DConditionConfig::from_json(&unet_json)?;
+    let layout = cfg.layout()?;
+    let per_image = a.output.join("images");
+    output::check_writable(&per_image)?;
+    let tile = match a.options.tile {
+        TileSize::Auto => Value::from("auto"),
+        TileSize::Pixels(px) => Value::from(px),
+    };
+    let settings = json!({
+        "manifest_sha256": manifest_sha,
+        "steps": a.options.steps,
+        "scale": a.options.scale,
+        "tile": tile,
+        "seed": a.options.seed,
+        "start": format!("{:?}", a.options.start).to_lowercase(),
+        "precision": format!("{:?}", a.precision).to_lowercase(),
+    });
+    let file_of = |image: &Path| {
+        let name = image.file_name().expect("listed files have names");
+        per_image.join(format!("{}.json", name.to_string_lossy()))
+    };
+    // Images measured before with the same settings are kept.
+    let done = |image: &Path| -> Option<ImageFile> {
+        let text = std::fs::read_to_string(file_of(image)).ok()?;
+        let f: ImageFile = serde_json::from_str(&text).ok()?;
+        (f.settings == settings).then_some(f)
+    };
+    let todo: Vec<&PathBuf> = images.iter().filter(|p| done(p).is_none()).collect();
+    if !a.quiet && todo.len() < images.len() {
+        eprintln!(
+            "{} of {} images were measured before with these settings; resuming",
+            images.len() - todo.len(),
+            images.len()
+        );
+    }
+    let mut failed = 0;
+    if !todo.is_empty() {
+        let source = DirSource::new(&a.model);
+        let load = LoadOptions::default().with_precision(a.precision);
+        let upscaler =
+            pollster::block_on(Upscaler::load_with(&source, &a.gpu, &load, &mut |_| {}))?;
+        if upscaler.is_one_step() {
+            bail!(
+                "{}: a one-step (S1) bundle has no sampling trajectory to analyse",
+                a.model.display()
+            );
+        }
+        for (i, image) in todo.iter().enumerate() {
+            let name = image.file_name().expect("listed").to_string_lossy().to_string();
+            let start = std::time::Instant::now();
+            let result = measure(&a, &upscaler, image, i, todo.len())
+                .inspect(|_| {
+                    if !a.quiet {
+                        let s = start.elapsed().as_secs_f64();
+                        eprintln!(
+                            "{name}: {} steps measured in {s:.2} s ({:.3} s per step)",
+                            a.options.steps,
+                            s / a.options.steps as f64
+                        );
+                    }
+                })
+                .and_then(|measures| {
+                    let f = ImageFile {
+                        image: name.clone(),
+                        settings: settings.clone(),
+                        measures,
+                    };
+                    let text = serde_json::to_string(&f)?;
+                    output::publish_file(&file_of(image), text.as_bytes(), true)
+                });
+            if let Err(e) = result {
+                failed += 1;
+                eprintln!("error: {}: {e:#}", image.display());
+            }
+        }
+    }
+    let measured: Vec<(String, ImageMeasures)> = images
+        .iter()
+        .filter_map(|p| done(p))
+        .map(|f| (f.image, f.measures))
+        .collect();
+    if measured.is_empty() {
+        bail!("no image could be measured");
+    }
+    let report = Report::new(
+        &measured,
+        a.options.steps,
+        &layout,
+        describe_model(&unet_json, &arch)?,
+        settings,
+    )?;
+    let text = serde_json::to_string_pretty(&report)?;
+    output::publish_file(&a.output.join("report.json"), text.as_bytes(), true)?;
+    figures::write_all(&report, &a.output)?;
+    if !a.quiet {
+        eprintln!(
+            "{} images, {} steps → {} (figures: coarse.png/.svg, fine.png/.svg)",
+            measured.len(),
+            a.options.steps,
+            a.output.join("report.json").display()
+        );
+        for d in &report.decisions {
+            eprintln!(
+                "{} (coarse depth {}): prunes {} blocks, {} left",
+                d.rule,
+                d.coarse_depth,
+                d.prune.len(),
+                d.blocks_left
+            );
+        }
+    }
+    Ok(failed == 0)
+}
+
+/// Runs one image up to its last sampling step with the probe on (a fresh one per image, so a
+/// failed image leaves nothing behind in the next one's sums).
+fn measure(
+    a: &AnalyzeArgs,
+    upscaler: &Upscaler,
+    image: &Path,
+    index: usize,
+    count: usize,
+) -> Result<ImageMeasures> {
+    let pixels = input::load(image, a.options.scale as u64, a.max_pixels)?;
+    let mut job = upscaler.start(pixels.view()?, a.options.clone())?;
+    let mut analysis = Analysis::new();
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(u64::from(job.total()))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {msg} {elapsed_precise}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(format!("{}/{count} {}", index + 1, image.display()));
+    loop {
+        let probe: &mut dyn Probe = &mut analysis;
+        let Some(event) = pollster::block_on(job.next_probed(Some(probe))) else {
+            break;
+        };
+        let event = event?;
+        bar.set_length(u64::from(event.total));
+        bar.set_position(u64::from(event.done));
+        bar.set_message(event.unit.to_string());
+        match event.unit {
+            Unit::Retry { .. } => bail!(
+                "a tile ran out of device memory; run analyze with a smaller --tile (one \
+                 image's measures must come from one tile grid)"
+            ),
+            Unit::Denoise {
+                step,
+                steps,
+                tile,
+                tiles,
+            } if step == steps && tile == tiles => break,
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+    drop(job);
+    Ok(pollster::block_on(analysis.finish_image())?)
+}
