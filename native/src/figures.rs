@@ -105,7 +105,7 @@ fn fine<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Result
     title
         .titled(
             &format!(
-                "Fine: each decoder transformer block, input against output (red: pruned by {rule})"
+                "Fine: each decoder transformer block, input against output (red: what \"{rule}\" prunes)"
             ),
             (SANS, 20),
         )
