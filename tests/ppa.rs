@@ -65,7 +65,9 @@ fn images(dir: &Path) -> PathBuf {
 
 fn analyze(model: &Path, images: &Path, out: &Path, steps: &str) -> std::process::Output {
     bin()
-        .args(["analyze", "--device", "cpu", "-t", "32", "--steps", steps, "--model"])
+        .args([
+            "analyze", "--device", "cpu", "-t", "32", "--steps", steps, "--model",
+        ])
         .arg(model)
         .arg("--images")
         .arg(images)
@@ -75,9 +77,35 @@ fn analyze(model: &Path, images: &Path, out: &Path, steps: &str) -> std::process
         .unwrap()
 }
 
+/// `prune` with `args` (the rule and options) on `model` by `report` into `out`.
+fn prune(model: &Path, report: &Path, out: &Path, args: &[&str]) -> std::process::Output {
+    bin()
+        .arg("prune")
+        .args(args)
+        .arg("--model")
+        .arg(model)
+        .arg("--report")
+        .arg(report)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+/// `convert` of what `prune` wrote into `pruned` (its checkpoint and UNet config) into `out`.
+fn convert_pruned(pruned: &Path, out: &Path, extra: &[&str]) {
+    let cfg = pruned.join("unet_config.json");
+    let mut args = extra.to_vec();
+    args.extend(["--unet-config", cfg.to_str().unwrap(), "-q"]);
+    let o = convert(out, &pruned.join("unet.safetensors"), &args);
+    assert!(o.status.success(), "{}", text(&o));
+}
+
 fn upscale(model: &Path, out: &Path) {
     let o = bin()
-        .args(["upscale", "--device", "cpu", "--steps", "2", "-t", "32", "-q", "-i"])
+        .args([
+            "upscale", "--device", "cpu", "--steps", "2", "-t", "32", "-q", "-i",
+        ])
         .arg(root().join("tests/pipeline/input.png"))
         .arg("-o")
         .arg(out)
@@ -94,7 +122,10 @@ fn assert_close(a: &Value, b: &Value) {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) => {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-6), "{x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * x.abs().max(y.abs()).max(1e-6),
+                "{x} vs {y}"
+            );
         }
         (Value::Array(x), Value::Array(y)) => {
             assert_eq!(x.len(), y.len());
@@ -175,8 +206,14 @@ fn an_identity_block_measures_zero_is_pruned_first_and_the_result_upscales() {
     let blocks = report["fine"].as_array().unwrap();
     assert_eq!(blocks.len(), 12);
     let identity = fine(&report, IDENTITY);
-    assert!(identity["phi_cos"].as_f64().unwrap().abs() < 1e-6, "{identity}");
-    assert!(identity["psi_kl"].as_f64().unwrap().abs() < 1e-6, "{identity}");
+    assert!(
+        identity["phi_cos"].as_f64().unwrap().abs() < 1e-6,
+        "{identity}"
+    );
+    assert!(
+        identity["psi_kl"].as_f64().unwrap().abs() < 1e-6,
+        "{identity}"
+    );
     for b in blocks.iter().filter(|b| b["name"] != IDENTITY) {
         assert!(b["phi_cos"].as_f64().unwrap() > 1e-4, "{b}");
         assert!(b["psi_kl"].as_f64().unwrap() > 1e-6, "{b}");
@@ -192,14 +229,17 @@ fn an_identity_block_measures_zero_is_pruned_first_and_the_result_upscales() {
     // Resuming: finished images are not run again; a missing one is.
     std::fs::remove_file(images.join("c.png")).unwrap();
     std::fs::remove_file(report_dir.join("images/b.png.json")).unwrap();
-    let o = analyze(&model, &images, &report_dir, "3");
-    assert!(o.status.success(), "{}", text(&o));
-    assert!(
-        text(&o).contains("1 of 2 images were measured before"),
-        "{}",
-        text(&o)
-    );
+    let resumes_one = || {
+        let o = analyze(&model, &images, &report_dir, "3");
+        assert!(o.status.success(), "{}", text(&o));
+        let t = text(&o);
+        assert!(t.contains("1 of 2 images were measured before"), "{t}");
+    };
+    resumes_one();
     assert_close(&read_json(&report_dir.join("report.json")), &report);
+    // An image replaced under the same name is measured again.
+    std::fs::copy(images.join("b.png"), images.join("a.png")).unwrap();
+    resumes_one();
     // Other settings measure again.
     let o = analyze(&model, &images, &report_dir, "2");
     assert!(o.status.success(), "{}", text(&o));
@@ -208,15 +248,12 @@ fn an_identity_block_measures_zero_is_pruned_first_and_the_result_upscales() {
 
     // Keep one block per decoder module: the identity is the one its module loses.
     let pruned = dir.join("pruned");
-    let o = bin()
-        .args(["prune", "--keep-top-k", "1", "-q", "--model"])
-        .arg(&model)
-        .arg("--report")
-        .arg(report_dir.join("report.json"))
-        .arg("-o")
-        .arg(&pruned)
-        .output()
-        .unwrap();
+    let o = prune(
+        &model,
+        &report_dir.join("report.json"),
+        &pruned,
+        &["--keep-top-k", "1", "-q"],
+    );
     assert!(o.status.success(), "{}", text(&o));
     let summary = read_json(&pruned.join("prune.json"));
     let module = summary["modules"]
@@ -233,7 +270,10 @@ fn an_identity_block_measures_zero_is_pruned_first_and_the_result_upscales() {
             .contains(&Value::from(IDENTITY))
     );
     let cfg = read_json(&pruned.join("unet_config.json"));
-    assert_eq!(cfg["transformer_layers_per_block"], serde_json::json!([1, 1, 1]));
+    assert_eq!(
+        cfg["transformer_layers_per_block"],
+        serde_json::json!([1, 1, 1])
+    );
     assert_eq!(cfg["mid_transformer_layers_per_block"], 1);
     assert_eq!(
         cfg["reverse_transformer_layers_per_block"],
@@ -249,55 +289,66 @@ fn an_identity_block_measures_zero_is_pruned_first_and_the_result_upscales() {
     let key = "up_blocks.0.attentions.1.transformer_blocks.0.attn1.to_q.weight";
     assert_eq!(st.tensor(key).unwrap().data(), tensors[key].2.as_slice());
     assert!(st.tensor("denoise_encoder.conv_in.weight").is_ok());
-    assert!(st.names().iter().any(|n| n.starts_with("peam.0.")), "a new PEAM");
+    assert!(
+        st.names().iter().any(|n| n.starts_with("peam.0.")),
+        "a new PEAM"
+    );
 
     // It converts as PGP-DiffSR (a new PEAM) and upscales.
     let converted = dir.join("pgp.bundle");
-    let cfg_path = pruned.join("unet_config.json");
-    let o = convert(
-        &converted,
-        &pruned.join("unet.safetensors"),
-        &["--arch", "pgp", "--unet-config", cfg_path.to_str().unwrap(), "-q"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    convert_pruned(&pruned, &converted, &["--arch", "pgp"]);
     let out = dir.join("out.png");
     upscale(&converted, &out);
     let input = image::open(root().join("tests/pipeline/input.png")).unwrap();
     let img = image::open(&out).unwrap();
-    assert_eq!((img.width(), img.height()), (2 * input.width(), 2 * input.height()));
+    assert_eq!(
+        (img.width(), img.height()),
+        (2 * input.width(), 2 * input.height())
+    );
+
+    // A report of another bundle of the same architecture is applied, with a warning.
+    let other = dir.join("pruned-other");
+    let o = prune(
+        &bundle("f32"),
+        &report_dir.join("report.json"),
+        &other,
+        &["--keep-top-k", "1"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("made with another bundle"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        read_json(&other.join("prune.json"))["report_made_with_this_bundle"],
+        false
+    );
+    assert_eq!(summary["report_made_with_this_bundle"], true);
 
     // Bad requests: a file that is not a report, an existing output, a malformed rule.
-    let o = bin()
-        .args(["prune", "--keep-top-k", "1", "--model"])
-        .arg(bundle("f32"))
-        .arg("--report")
-        .arg(root().join("tests/conformance/unet_plain/case.json"))
-        .arg("-o")
-        .arg(dir.join("x"))
-        .output()
-        .unwrap();
+    let o = prune(
+        &bundle("f32"),
+        &root().join("tests/conformance/unet_plain/case.json"),
+        &dir.join("x"),
+        &["--keep-top-k", "1"],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("not an analyze report"), "{}", text(&o));
-    let o = bin()
-        .args(["prune", "--threshold", "0.2,1.0", "--model"])
-        .arg(&model)
-        .arg("--report")
-        .arg(report_dir.join("report.json"))
-        .arg("-o")
-        .arg(&pruned)
-        .output()
-        .unwrap();
+    let o = prune(
+        &model,
+        &report_dir.join("report.json"),
+        &pruned,
+        &["--threshold", "0.2,1.0"],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("already exists"), "{}", text(&o));
-    let o = bin()
-        .args(["prune", "--threshold", "0.2", "--model"])
-        .arg(&model)
-        .arg("--report")
-        .arg(report_dir.join("report.json"))
-        .arg("-o")
-        .arg(dir.join("y"))
-        .output()
-        .unwrap();
+    let o = prune(
+        &model,
+        &report_dir.join("report.json"),
+        &dir.join("y"),
+        &["--threshold", "0.2"],
+    );
     assert!(!o.status.success());
     assert!(text(&o).contains("PHI,KL"), "{}", text(&o));
     assert!(!dir.join("y").exists());
@@ -314,18 +365,25 @@ fn pruning_nothing_reproduces_the_model_exactly() {
     assert!(o.status.success(), "{}", text(&o));
     // Every depth of the fixture is at most 2: these keep every block.
     let pruned = dir.join("pruned");
-    let o = bin()
-        .args(["prune", "--keep-top-k", "2", "--coarse-depth", "2", "--peam", "none", "-q"])
-        .arg("--model")
-        .arg(&model)
-        .arg("--report")
-        .arg(report.join("report.json"))
-        .arg("-o")
-        .arg(&pruned)
-        .output()
-        .unwrap();
+    let o = prune(
+        &model,
+        &report.join("report.json"),
+        &pruned,
+        &[
+            "--keep-top-k",
+            "2",
+            "--coarse-depth",
+            "2",
+            "--peam",
+            "none",
+            "-q",
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert_eq!(read_json(&pruned.join("prune.json"))["pruned"], serde_json::json!([]));
+    assert_eq!(
+        read_json(&pruned.join("prune.json"))["pruned"],
+        serde_json::json!([])
+    );
     // The checkpoint holds FaithDiff.bin's tensors, unchanged.
     let bytes = std::fs::read(pruned.join("unet.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -338,13 +396,7 @@ fn pruning_nothing_reproduces_the_model_exactly() {
         assert_eq!(values(t.dtype(), t.data()), values(*dtype, bytes), "{k}");
     }
     let converted = dir.join("bundle");
-    let cfg = pruned.join("unet_config.json");
-    let o = convert(
-        &converted,
-        &pruned.join("unet.safetensors"),
-        &["--dtype", "f32", "--unet-config", cfg.to_str().unwrap(), "-q"],
-    );
-    assert!(o.status.success(), "{}", text(&o));
+    convert_pruned(&pruned, &converted, &["--dtype", "f32"]);
     let (a, b) = (dir.join("a.png"), dir.join("b.png"));
     upscale(&model, &a);
     upscale(&converted, &b);

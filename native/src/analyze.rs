@@ -12,9 +12,9 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgp_core::bundle::{Bundle, MANIFEST, sha256_hex};
 use pgp_core::info::unet_flops;
-use pgp_core::models::unet_2d::UNet2DConditionConfig;
 use pgp_core::models::probe::Probe;
-use pgp_core::ppa::{Analysis, ImageMeasures, Report};
+use pgp_core::models::unet_2d::UNet2DConditionConfig;
+use pgp_core::ppa::{Analysis, ImageMeasures, Report, attention_modules};
 use pgp_core::{DirSource, Gpu, LoadOptions, Options, Precision, TileSize, Unit, Upscaler};
 use pgp_wgpu_cli::{input, output};
 use serde::{Deserialize, Serialize};
@@ -39,8 +39,14 @@ pub struct AnalyzeArgs {
 #[derive(Serialize, Deserialize)]
 struct ImageFile {
     image: String,
+    /// SHA-256 of the image file: an image replaced under the same name is measured again.
+    sha256: String,
     settings: Value,
     measures: ImageMeasures,
+}
+
+fn file_sha256(path: &Path) -> Option<String> {
+    std::fs::read(path).ok().map(|b| sha256_hex(&b))
 }
 
 /// The images of a folder (not its subfolders), sorted by name.
@@ -57,34 +63,28 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// The UNet config of a bundle folder and a fingerprint of its manifest.
-fn read_model(dir: &Path) -> Result<(Value, String, String)> {
+/// The SHA-256 of a bundle folder's manifest (which lists every shard's own checksum): the
+/// model's fingerprint in a report's settings.
+pub fn manifest_sha256(dir: &Path) -> Result<String> {
+    let path = dir.join(MANIFEST);
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(sha256_hex(&bytes))
+}
+
+/// The UNet config and the architecture of a bundle folder.
+fn read_model(dir: &Path) -> Result<(Value, String)> {
     let path = dir.join(MANIFEST);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let manifest = Bundle::parse_manifest(&path.display().to_string(), &text)?;
-    Ok((manifest.unet, manifest.arch, sha256_hex(text.as_bytes())))
+    Ok((manifest.unet, manifest.arch))
 }
 
 /// The model as the report describes it.
 pub fn describe_model(unet: &Value, arch: &str) -> Result<Value> {
     let cfg = UNet2DConditionConfig::from_json(unet)?;
     let l = cfg.layout()?;
-    let blocks: usize = l
-        .down_attn
-        .iter()
-        .zip(&l.layers)
-        .zip(&l.down_depth)
-        .filter(|((attn, _), _)| **attn)
-        .map(|((_, layers), depth)| layers * depth)
-        .sum::<usize>()
-        + l.mid_depth
-        + l.up_attn
-            .iter()
-            .zip(&l.up_depth)
-            .filter(|(attn, _)| **attn)
-            .map(|(_, d)| d.iter().sum::<usize>())
-            .sum::<usize>();
+    let blocks: usize = attention_modules(&l).iter().map(|(_, _, d)| d).sum();
     Ok(json!({
         "arch": arch,
         "transformer_layers_per_block": l.down_depth,
@@ -109,7 +109,8 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
     if let Some(n) = a.max_images {
         images.truncate(n);
     }
-    let (unet_json, arch, manifest_sha) = read_model(&a.model)?;
+    let (unet_json, arch) = read_model(&a.model)?;
+    let manifest_sha = manifest_sha256(&a.model)?;
     let cfg = UNet2DConditionConfig::from_json(&unet_json)?;
     let layout = cfg.layout()?;
     let per_image = a.output.join("images");
@@ -125,7 +126,8 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
         "tile": tile,
         "seed": a.options.seed,
         "start": format!("{:?}", a.options.start).to_lowercase(),
-        "precision": format!("{:?}", a.precision).to_lowercase(),
+        "precision": format!("{:?}", a.precision.resolve(a.gpu.device())?).to_lowercase(),
+        "device": format!("{} ({})", a.gpu.info().name, a.gpu.info().backend),
     });
     let file_of = |image: &Path| {
         let name = image.file_name().expect("listed files have names");
@@ -135,7 +137,7 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
     let done = |image: &Path| -> Option<ImageFile> {
         let text = std::fs::read_to_string(file_of(image)).ok()?;
         let f: ImageFile = serde_json::from_str(&text).ok()?;
-        (f.settings == settings).then_some(f)
+        (f.settings == settings && Some(&f.sha256) == file_sha256(image).as_ref()).then_some(f)
     };
     let todo: Vec<&PathBuf> = images.iter().filter(|p| done(p).is_none()).collect();
     if !a.quiet && todo.len() < images.len() {
@@ -158,8 +160,13 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
             );
         }
         for (i, image) in todo.iter().enumerate() {
-            let name = image.file_name().expect("listed").to_string_lossy().to_string();
+            let name = image
+                .file_name()
+                .expect("listed")
+                .to_string_lossy()
+                .to_string();
             let start = std::time::Instant::now();
+            let sha256 = file_sha256(image).unwrap_or_default();
             let result = measure(&a, &upscaler, image, i, todo.len())
                 .inspect(|_| {
                     if !a.quiet {
@@ -174,6 +181,7 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
                 .and_then(|measures| {
                     let f = ImageFile {
                         image: name.clone(),
+                        sha256,
                         settings: settings.clone(),
                         measures,
                     };
@@ -201,9 +209,14 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
         describe_model(&unet_json, &arch)?,
         settings,
     )?;
+    // Everything is rendered before anything is published: a failure leaves the previous
+    // report and figures as they were, together.
+    let figures = figures::render_all(&report)?;
     let text = serde_json::to_string_pretty(&report)?;
+    for (name, bytes) in &figures {
+        output::publish_file(&a.output.join(name), bytes, true)?;
+    }
     output::publish_file(&a.output.join("report.json"), text.as_bytes(), true)?;
-    figures::write_all(&report, &a.output)?;
     if !a.quiet {
         eprintln!(
             "{} images, {} steps → {} (figures: coarse.png/.svg, fine.png/.svg)",

@@ -8,9 +8,9 @@ use anyhow::{Result, bail};
 use pgp_core::burn::tensor::{Device, Distribution, FloatDType, Tensor};
 use pgp_core::device::read_back;
 use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
+use pgp_core::models::unet_2d::UNet2DConditionModel;
 use pgp_core::models::unet_2d::{UNet2DConditionConfig, UNetConditioning};
 use pgp_core::precision::dtype_name;
-use pgp_core::models::unet_2d::UNet2DConditionModel;
 use pgp_core::presets::Arch;
 use pgp_core::profile;
 use pgp_core::weights::{VarBuilder, count_params};
@@ -91,7 +91,9 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
         bail!("--tile must be a positive multiple of 8 and --runs positive");
     }
     if b.profile && !profile::supported(device) {
-        bail!("--profile times ops as they run, which only burn's CPU backend does: use --device cpu");
+        bail!(
+            "--profile times ops as they run, which only burn's CPU backend does: use --device cpu"
+        );
     }
     let (cfg, fd, ctx, pooled) = configs(b)?;
     let peam = b.arch.peam_config();
@@ -143,7 +145,9 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
     let mean = times.iter().sum::<f64>() / times.len() as f64;
     let pools = pool_bytes(device);
     let network = if b.plain { "unet" } else { "faithdiff_unet" };
-    let kinds = b.profile.then(|| op_kinds(&ops, mean * b.runs as f64, b.runs));
+    let kinds = b
+        .profile
+        .then(|| op_kinds(&ops, mean * b.runs as f64, b.runs));
     if b.json {
         println!(
             "{}",
@@ -216,7 +220,11 @@ fn threads() -> String {
 
 /// Seconds per call and calls per call of each kind of op, longest first; what no scope
 /// covered (residual adds, concatenations, embeddings, layout copies) is `other`.
-fn op_kinds(ops: &[(String, profile::Entry)], total_s: f64, runs: usize) -> Vec<(String, f64, u64)> {
+fn op_kinds(
+    ops: &[(String, profile::Entry)],
+    total_s: f64,
+    runs: usize,
+) -> Vec<(String, f64, u64)> {
     let mut kinds: Vec<(String, f64, u64)> = Vec::new();
     for (key, e) in ops {
         let kind = profile::kind(key);
@@ -231,16 +239,33 @@ fn op_kinds(ops: &[(String, profile::Entry)], total_s: f64, runs: usize) -> Vec<
         }
     }
     let covered: f64 = kinds.iter().map(|k| k.1).sum();
-    kinds.push(("other".into(), (total_s / runs as f64 - covered).max(0.0), 0));
+    kinds.push((
+        "other".into(),
+        (total_s / runs as f64 - covered).max(0.0),
+        0,
+    ));
     kinds.sort_by(|a, b| b.1.total_cmp(&a.1));
     kinds
 }
 
-fn print_profile(kinds: &[(String, f64, u64)], ops: &[(String, profile::Entry)], mean: f64, runs: usize) {
+fn print_profile(
+    kinds: &[(String, f64, u64)],
+    ops: &[(String, profile::Entry)],
+    mean: f64,
+    runs: usize,
+) {
     println!("\ntime per call by kind of op (mean of {runs} calls):");
     for (kind, s, calls) in kinds {
-        let calls = if *calls > 0 { format!("{calls:>5} calls") } else { String::new() };
-        println!("  {kind:<20} {:>9.1} ms {:>5.1}%  {calls}", s * 1e3, 100.0 * s / mean);
+        let calls = if *calls > 0 {
+            format!("{calls:>5} calls")
+        } else {
+            String::new()
+        };
+        println!(
+            "  {kind:<20} {:>9.1} ms {:>5.1}%  {calls}",
+            s * 1e3,
+            100.0 * s / mean
+        );
     }
     println!("\nlongest ops (per call):");
     for (key, e) in ops.iter().take(20) {
@@ -620,7 +645,9 @@ pub struct StepsBench {
 pub async fn steps(b: &StepsBench, gpu: &pgp_core::Gpu) -> Result<()> {
     use pgp_core::{DirSource, ImageView, PixelFormat, TileSize, Unit, Upscaler};
     if !profile::supported(gpu.device()) {
-        bail!("bench steps times the UNet calls inside each step, which only burn's CPU backend allows: use --device cpu");
+        bail!(
+            "bench steps times the UNet calls inside each step, which only burn's CPU backend allows: use --device cpu"
+        );
     }
     let img = pgp_wgpu_cli::input::decode(&std::fs::read(&b.image)?, 1, 1 << 28)?.to_rgb8();
     let (w, h) = (img.width() as usize, img.height() as usize);

@@ -340,20 +340,7 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     let Some(target) = storage_dtype(&a.dtype) else {
         bail!("--dtype must be f16 or f32, not `{}`", a.dtype);
     };
-    if a.output.exists() {
-        bail!(
-            "{}: already exists; choose a new output folder",
-            a.output.display()
-        );
-    }
-    let parent = output::parent_dir(&a.output);
-    if !parent.is_dir() {
-        bail!(
-            "{}: the output's parent folder does not exist",
-            parent.display()
-        );
-    }
-    output::check_writable(&parent)?;
+    output::check_new_dir(&a.output)?;
     for (what, dir) in [("--sdxl", &a.sdxl), ("--vae", &a.vae)] {
         if !dir.is_dir() {
             bail!("{what} {}: not a folder", dir.display());

@@ -4,13 +4,14 @@
 //! Each is written as PNG and SVG; text uses an embedded font (a subset of DejaVu Sans,
 //! `assets/`), so no system font library is needed.
 
-use std::path::Path;
 use std::sync::Once;
 
 use anyhow::{Result, anyhow};
 use pgp_core::ppa::Report;
-use pgp_wgpu_cli::output;
 use plotters::coord::Shift;
+use plotters::coord::cartesian::Cartesian2d;
+use plotters::coord::ranged1d::SegmentedCoord;
+use plotters::coord::types::{RangedCoordf32, RangedCoordusize};
 use plotters::prelude::*;
 
 static FONT: &[u8] = include_bytes!("../assets/DejaVuSans-subset.ttf");
@@ -41,6 +42,39 @@ fn top(values: impl Iterator<Item = f64>) -> f32 {
     (values.fold(0.0f64, f64::max) * 1.1).max(1e-6) as f32
 }
 
+type Chart<'a, DB> =
+    ChartContext<'a, DB, Cartesian2d<SegmentedCoord<RangedCoordusize>, RangedCoordf32>>;
+
+/// One panel: a category per label on x, `0..ymax` on y, the mesh drawn.
+fn panel_chart<'a, DB: DrawingBackend>(
+    area: &'a DrawingArea<DB, Shift>,
+    name: &str,
+    labels: &[String],
+    ymax: f32,
+) -> Result<Chart<'a, DB>> {
+    let n = labels.len();
+    let mut chart = ChartBuilder::on(area)
+        .caption(name, (SANS, 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d((0..n.max(1) - 1).into_segmented(), 0f32..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n.max(1))
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .label_style((SANS, 13))
+        .y_label_formatter(&|y| format!("{y:.3}"))
+        .draw()
+        .map_err(err)?;
+    Ok(chart)
+}
+
 fn coarse<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let (title, body) = root.split_vertically(40);
@@ -55,7 +89,6 @@ fn coarse<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Resu
         .map_err(err)?;
     let panels = body.split_evenly((1, 2));
     let labels: Vec<String> = r.coarse.iter().map(|c| short(&c.module)).collect();
-    let n = r.coarse.len();
     for (panel, (name, kl)) in panels.iter().zip([("Φcos", false), ("ΨKL", true)]) {
         let values: Vec<&Vec<f64>> = r
             .coarse
@@ -63,34 +96,23 @@ fn coarse<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Resu
             .map(|c| if kl { &c.psi_kl } else { &c.phi_cos })
             .collect();
         let ymax = top(values.iter().flat_map(|v| v.iter()).copied());
-        let mut chart = ChartBuilder::on(panel)
-            .caption(name, (SANS, 18))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(64)
-            .build_cartesian_2d((0..n.max(1) - 1).into_segmented(), 0f32..ymax)
-            .map_err(err)?;
+        let mut chart = panel_chart(panel, name, &labels, ymax)?;
         chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n.max(1))
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .label_style((SANS, 13))
-            .y_label_formatter(&|y| format!("{y:.3}"))
-            .draw()
-            .map_err(err)?;
-        chart
-            .draw_series(values.iter().enumerate().filter(|(_, v)| !v.is_empty()).map(
-                |(i, v)| {
-                    Boxplot::new_vertical(SegmentValue::CenterOf(i), &Quartiles::new(v.as_slice()))
+            .draw_series(
+                values
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !v.is_empty())
+                    .map(|(i, v)| {
+                        Boxplot::new_vertical(
+                            SegmentValue::CenterOf(i),
+                            &Quartiles::new(v.as_slice()),
+                        )
                         .width(24)
                         .whisker_width(0.6)
                         .style(BLUE)
-                },
-            ))
+                    }),
+            )
             .map_err(err)?;
     }
     root.present().map_err(err)
@@ -110,7 +132,6 @@ fn fine<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Result
             (SANS, 20),
         )
         .map_err(err)?;
-    let n = r.fine.len();
     // `up_blocks.0.attentions.1.transformer_blocks.0` → `up 0.1` at each module's first block.
     let labels: Vec<String> = r
         .fine
@@ -124,25 +145,7 @@ fn fine<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Result
     for (panel, (name, kl)) in panels.iter().zip([("Φcos", false), ("ΨKL", true)]) {
         let pick = |e: &pgp_core::ppa::FineEntry| if kl { e.psi_kl } else { e.phi_cos };
         let ymax = top(r.fine.iter().map(pick));
-        let mut chart = ChartBuilder::on(panel)
-            .caption(name, (SANS, 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(64)
-            .build_cartesian_2d((0..n.max(1) - 1).into_segmented(), 0f32..ymax)
-            .map_err(err)?;
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(n.max(1))
-            .x_label_formatter(&|v| match v {
-                SegmentValue::CenterOf(i) => labels.get(*i).cloned().unwrap_or_default(),
-                _ => String::new(),
-            })
-            .label_style((SANS, 13))
-            .y_label_formatter(&|y| format!("{y:.3}"))
-            .draw()
-            .map_err(err)?;
+        let mut chart = panel_chart(panel, name, &labels, ymax)?;
         for (kept, color) in [(true, BLUE), (false, RED)] {
             chart
                 .draw_series(
@@ -164,9 +167,10 @@ fn fine<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, r: &Report) -> Result
     root.present().map_err(err)
 }
 
-/// Writes `coarse.png`, `coarse.svg`, `fine.png` and `fine.svg` into `dir`.
-pub fn write_all(r: &Report, dir: &Path) -> Result<()> {
+/// `coarse.png`, `coarse.svg`, `fine.png` and `fine.svg`, rendered and encoded in memory.
+pub fn render_all(r: &Report) -> Result<Vec<(String, Vec<u8>)>> {
     register_font();
+    let mut out = Vec::new();
     for (name, size) in [("coarse", (1200u32, 520u32)), ("fine", (1400, 760))] {
         let mut text = String::new();
         let mut pixels = vec![0u8; size.0 as usize * size.1 as usize * 3];
@@ -181,12 +185,12 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<()> {
                 fine(&png, r)?;
             }
         }
-        output::publish_file(&dir.join(format!("{name}.svg")), text.as_bytes(), true)?;
         let img = image::RgbImage::from_raw(size.0, size.1, pixels).expect("sized buffer");
         let mut encoded = std::io::Cursor::new(Vec::new());
         img.write_to(&mut encoded, image::ImageFormat::Png)
             .map_err(|e| anyhow!("encoding {name}.png: {e}"))?;
-        output::publish_file(&dir.join(format!("{name}.png")), encoded.get_ref(), true)?;
+        out.push((format!("{name}.svg"), text.into_bytes()));
+        out.push((format!("{name}.png"), encoded.into_inner()));
     }
-    Ok(())
+    Ok(out)
 }

@@ -156,12 +156,8 @@ enum Command {
         /// Replace existing outputs.
         #[arg(long)]
         overwrite: bool,
-        /// Backend: wgpu or cpu.
-        #[arg(long, default_value = "wgpu")]
-        device: String,
-        /// GPU adapter index, as `pgp-wgpu devices` lists them (default: the best one).
-        #[arg(short, long)]
-        gpu: Option<usize>,
+        #[command(flatten)]
+        compute: Compute,
         /// Device memory budget for -t 0 (e.g. 6G, 8000M): the weights plus one tile's
         /// activations stay within it. Default: none (wgpu does not report device memory); a
         /// tile that runs out of device memory is retried at half the size either way.
@@ -170,9 +166,6 @@ enum Command {
         /// Cap every buffer of the device at this many MiB (simulates a smaller GPU).
         #[arg(long, hide = true)]
         max_buffer_mib: Option<u64>,
-        /// Compute precision: auto (f16 where the adapter has shader-f16, else f32), f16 or f32.
-        #[arg(long, default_value = "auto")]
-        precision: String,
         /// Largest output in megapixels (a 4K image ×4 is 133); bigger outputs are refused
         /// before any work.
         #[arg(long, default_value_t = 256.0)]
@@ -213,15 +206,8 @@ enum Command {
         /// Noise seed.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Backend: wgpu or cpu.
-        #[arg(long, default_value = "wgpu")]
-        device: String,
-        /// GPU adapter index, as `pgp-wgpu devices` lists them.
-        #[arg(short, long)]
-        gpu: Option<usize>,
-        /// Compute precision: auto, f16 or f32.
-        #[arg(long, default_value = "auto")]
-        precision: String,
+        #[command(flatten)]
+        compute: Compute,
         /// Largest output in megapixels.
         #[arg(long, default_value_t = 256.0)]
         max_megapixels: f64,
@@ -245,7 +231,11 @@ enum Command {
         output: std::path::PathBuf,
         /// Keep the K blocks of each decoder transformer that change their input most (the
         /// paper keeps 4 at the smallest decoder scale).
-        #[arg(long, conflicts_with = "threshold", required_unless_present = "threshold")]
+        #[arg(
+            long,
+            conflicts_with = "threshold",
+            required_unless_present = "threshold"
+        )]
         keep_top_k: Option<usize>,
         /// The paper's printed rule: prune a decoder block when Φcos ≥ PHI and ΨKL ≥ KL
         /// (paper: 0.2,1.0).
@@ -308,6 +298,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where and how the networks run (`upscale`, `analyze`).
+#[derive(clap::Args)]
+struct Compute {
+    /// Backend: wgpu or cpu.
+    #[arg(long, default_value = "wgpu")]
+    device: String,
+    /// GPU adapter index, as `pgp-wgpu devices` lists them (default: the best one).
+    #[arg(short, long)]
+    gpu: Option<usize>,
+    /// Compute precision: auto (f16 where the adapter has shader-f16, else f32), f16 or f32.
+    #[arg(long, default_value = "auto")]
+    precision: String,
 }
 
 #[derive(Subcommand)]
@@ -537,11 +541,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             one_step,
             noise,
             overwrite,
-            device,
-            gpu,
+            compute:
+                Compute {
+                    device,
+                    gpu,
+                    precision,
+                },
             max_memory,
             max_buffer_mib,
-            precision,
             max_megapixels,
             quiet,
             dump_stages,
@@ -614,9 +621,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             scale,
             max_images,
             seed,
-            device,
-            gpu,
-            precision,
+            compute:
+                Compute {
+                    device,
+                    gpu,
+                    precision,
+                },
             max_megapixels,
             quiet,
         } => {

@@ -185,6 +185,25 @@ pub fn publish_dir(mut tmp: Partial, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Checks a folder output before any work: it must not exist, and its parent must exist and
+/// be writable (the folder is assembled beside it and published whole, [`publish_dir`]).
+pub fn check_new_dir(path: &Path) -> Result<()> {
+    if path.exists() {
+        bail!(
+            "{}: already exists; choose a new output folder",
+            path.display()
+        );
+    }
+    let parent = parent_dir(path);
+    if !parent.is_dir() {
+        bail!(
+            "{}: the output's parent folder does not exist",
+            parent.display()
+        );
+    }
+    check_writable(&parent)
+}
+
 /// Makes `dir` if needed and proves a file can be created in it.
 pub fn check_writable(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use pgp_core::Gpu;
 use pgp_core::bundle::{convert_dtype, storage_dtype};
-use pgp_core::models::peam::{Peam, PeamConfig};
+use pgp_core::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
+use pgp_core::models::peam::PeamConfig;
 use pgp_core::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
 use pgp_core::ppa::{Plan, Report, Rule};
 use pgp_core::rng::SplitMix64;
@@ -20,7 +21,7 @@ use pgp_core::weights::{VarBuilder, count_params};
 use pgp_wgpu_cli::output;
 use serde_json::{Value, json};
 
-use crate::analyze::describe_model;
+use crate::analyze::{describe_model, manifest_sha256};
 use crate::convert::load_bundle;
 
 /// What to do when the bundle has no PEAM.
@@ -50,28 +51,23 @@ enum Bytes<'a> {
     Owned(Vec<u8>),
 }
 
-/// New PEAM weights at `cfg`'s levels, PyTorch's `Conv2d` initialisation, stored as `dtype`.
+/// New PEAM weights (`peam.*`) for `cfg`, placed as `FaithDiffUNet` places them, initialised
+/// as PyTorch initialises a `Conv2d`, stored as `dtype`.
 fn init_peam(
     unet: &UNet2DConditionConfig,
+    fd: &FaithDiffConfig,
     cfg: &PeamConfig,
     seed: u64,
     dtype: Dtype,
 ) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>> {
     let device = Gpu::cpu().device().clone();
     let shapes = VarBuilder::shapes_only(&device);
-    let c0 = unet.block_out_channels[0];
-    for &level in &cfg.levels {
-        let c = unet
-            .encoder_level_channels(level)
-            .with_context(|| format!("PEAM level {level} is past the UNet's encoder"))?;
-        Peam::new(
-            &shapes.pp("peam").pp(level),
-            cfg,
-            c,
-            (level > 0).then_some(c0),
-        )?;
-    }
-    let wanted = shapes.wanted();
+    FaithDiffUNet::new(&shapes, unet, fd, Some(cfg))?;
+    let wanted: BTreeMap<String, Vec<usize>> = shapes
+        .wanted()
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("peam."))
+        .collect();
     let mut rng = SplitMix64::new(seed);
     let mut out = Vec::new();
     for (key, shape) in &wanted {
@@ -99,26 +95,23 @@ fn init_peam(
 
 /// Runs the pruning.
 pub fn run(a: &PruneArgs) -> Result<()> {
-    if a.output.exists() {
-        bail!(
-            "{}: already exists; choose a new output folder",
-            a.output.display()
-        );
-    }
-    let parent = output::parent_dir(&a.output);
-    if !parent.is_dir() {
-        bail!(
-            "{}: the output's parent folder does not exist",
-            parent.display()
-        );
-    }
-    output::check_writable(&parent)?;
+    output::check_new_dir(&a.output)?;
     let text = std::fs::read_to_string(&a.report)
         .with_context(|| format!("reading {}", a.report.display()))?;
     let report: Report = serde_json::from_str(&text)
         .with_context(|| format!("{}: not an analyze report", a.report.display()))?;
     let bundle = load_bundle(&a.model)?;
     let manifest = &bundle.manifest;
+    let manifest_sha = manifest_sha256(&a.model)?;
+    let same_model = report.settings["manifest_sha256"] == manifest_sha.as_str();
+    if !same_model && !a.quiet {
+        eprintln!(
+            "warning: {} was made with another bundle than {} (the same architecture, so its \
+             measures are applied as they are)",
+            a.report.display(),
+            a.model.display()
+        );
+    }
     let cfg = UNet2DConditionConfig::from_json(&manifest.unet)?;
     let layout = cfg.layout()?;
     let plan = Plan::new(&layout, &report.fine, a.rule, a.coarse_depth)?;
@@ -154,7 +147,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         (Some(p), _) if p.is_active() => (Some(p.clone()), "copied from the bundle".to_string()),
         (_, PeamInit::Init(seed)) => {
             let p = PeamConfig::default();
-            for (key, shape, bytes) in init_peam(&new_cfg, &p, seed, dtype)? {
+            for (key, shape, bytes) in init_peam(&new_cfg, &manifest.faithdiff, &p, seed, dtype)? {
                 after += shape.iter().product::<usize>() as u64;
                 entries.insert(key, (dtype, shape, Bytes::Owned(bytes)));
             }
@@ -170,10 +163,13 @@ pub fn run(a: &PruneArgs) -> Result<()> {
     };
 
     let device = Gpu::cpu().device().clone();
-    let unet_params = |c: &UNet2DConditionConfig| {
-        count_params(&device, |vb| UNet2DConditionModel::new(&vb, c))
+    let unet_params =
+        |c: &UNet2DConditionConfig| count_params(&device, |vb| UNet2DConditionModel::new(&vb, c));
+    let arch = if peam_cfg.is_some() {
+        "pgp"
+    } else {
+        "pgp-coarse"
     };
-    let arch = if peam_cfg.is_some() { "pgp" } else { "pgp-coarse" };
     let file = |name: &str| a.output.join(name).display().to_string();
     let mut convert = format!(
         "pgp-wgpu convert --sdxl SDXL_DIR --vae VAE_DIR --arch {arch} --unet-config {} \
@@ -181,7 +177,10 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         file("unet_config.json"),
         file("unet.safetensors")
     );
-    if peam_cfg.as_ref().is_some_and(|p| *p != PeamConfig::default()) {
+    if peam_cfg
+        .as_ref()
+        .is_some_and(|p| *p != PeamConfig::default())
+    {
         convert.push_str(&format!(" --peam-config {}", file("peam_config.json")));
     }
     convert.push_str(" -o BUNDLE");
@@ -190,6 +189,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         "report": a.report.display().to_string(),
         "report_images": report.images,
         "report_steps": report.steps,
+        "report_made_with_this_bundle": same_model,
         "rule": a.rule,
         "coarse_depth": a.coarse_depth,
         "modules": plan.modules,

@@ -14,8 +14,7 @@ use pgp_core::device::read_back;
 use pgp_core::safetensors::Dtype;
 use pgp_core::weights::WeightFile;
 use pgp_core::{
-    DirSource, Gpu, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages,
-    Unit, Upscaler,
+    DirSource, Gpu, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages, Unit, Upscaler,
 };
 use pgp_wgpu_cli::{input, output};
 

@@ -54,3 +54,22 @@ pub fn at_most(value: usize, max: usize, field: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Sets `fields` in a config dict, and takes them off its `_use_default_values` list: diffusers
+/// drops every key named there before it builds the model, so a depth written but still listed
+/// would be silently replaced by its default.
+pub fn set_fields(
+    config: &mut serde_json::Value,
+    fields: Vec<(&str, serde_json::Value)>,
+) -> Result<()> {
+    let Some(obj) = config.as_object_mut() else {
+        return Err(Error::config("the config is not a JSON object"));
+    };
+    if let Some(serde_json::Value::Array(defaults)) = obj.get_mut("_use_default_values") {
+        defaults.retain(|d| !fields.iter().any(|(k, _)| d.as_str() == Some(*k)));
+    }
+    for (key, value) in fields {
+        obj.insert(key.to_string(), value);
+    }
+    Ok(())
+}

@@ -134,7 +134,11 @@ impl Conv2d {
         let [_, _, h, w] = x.dims();
         let key = move || {
             let stride = self.options.stride[0];
-            let s = if stride > 1 { format!("/{stride}") } else { String::new() };
+            let s = if stride > 1 {
+                format!("/{stride}")
+            } else {
+                String::new()
+            };
             format!("conv2d {k}x{k}{s} {ci}→{co} @{h}x{w}")
         };
         profile::scope(key, || {
@@ -177,7 +181,8 @@ impl Conv2d {
         let cols = unfold4d(x, [k, k], UnfoldOptions::new(stride, [0, 0], [1, 1]));
         let w2 = self.weight.clone().reshape([co, ci * k * k]);
         let mut y = if b == 1 {
-            w2.matmul(cols.reshape([ci * k * k, oh * ow])).unsqueeze::<3>()
+            w2.matmul(cols.reshape([ci * k * k, oh * ow]))
+                .unsqueeze::<3>()
         } else {
             w2.unsqueeze::<3>().matmul(cols)
         };

@@ -338,8 +338,9 @@ pub struct Plan {
     pub modules: Vec<ModulePlan>,
 }
 
-/// The attention modules of a UNet layout with their depths, in forward order.
-fn attention_modules(layout: &UNetLayout) -> Vec<(String, bool, usize)> {
+/// The attention modules of a UNet layout (`down_blocks.1.attentions.0`, …), whether each is
+/// in the decoder, and their depths, in forward order.
+pub fn attention_modules(layout: &UNetLayout) -> Vec<(String, bool, usize)> {
     let n = layout.channels.len();
     let mut out = Vec::new();
     for i in 0..n {
@@ -456,12 +457,17 @@ impl Plan {
         };
         let new = m.keep.iter().position(|&x| x == k)?;
         let sep = if after.is_empty() { "" } else { "." };
-        Some(format!("{prefix}{module}.transformer_blocks.{new}{sep}{after}"))
+        Some(format!(
+            "{prefix}{module}.transformer_blocks.{new}{sep}{after}"
+        ))
     }
 
     /// The UNet `config.json` with the pruned depths: `transformer_layers_per_block` per down
     /// level, `mid_transformer_layers_per_block`, and `reverse_transformer_layers_per_block`
-    /// per up block and layer (levels without attention keep their values).
+    /// per up block and layer (levels without attention keep their values), none of them left
+    /// on `_use_default_values`. diffusers builds the mid block with the last down depth
+    /// (`mid_transformer_layers_per_block` is this project's key); the coarse stage gives both
+    /// the same depth.
     pub fn apply_to_config(&self, config: &Value, layout: &UNetLayout) -> Result<Value> {
         let kept = |module: &str| {
             self.modules
@@ -497,12 +503,14 @@ impl Plan {
             .collect();
         let mid = kept("mid_block.attentions.0").unwrap_or(layout.mid_depth);
         let mut out = config.clone();
-        let Some(obj) = out.as_object_mut() else {
-            return Err(Error::config("the UNet config is not a JSON object"));
-        };
-        obj.insert("transformer_layers_per_block".into(), json!(down));
-        obj.insert("mid_transformer_layers_per_block".into(), json!(mid));
-        obj.insert("reverse_transformer_layers_per_block".into(), json!(reverse));
+        crate::config::set_fields(
+            &mut out,
+            vec![
+                ("transformer_layers_per_block", json!(down)),
+                ("mid_transformer_layers_per_block", json!(mid)),
+                ("reverse_transformer_layers_per_block", json!(reverse)),
+            ],
+        )?;
         Ok(out)
     }
 }
@@ -669,6 +677,7 @@ mod tests {
     use burn::tensor::{Device, TensorData};
 
     use super::*;
+    use crate::models::unet_2d::UNet2DConditionConfig;
     use crate::presets::Arch;
 
     fn t3(v: Vec<f32>, shape: [usize; 3]) -> Tensor<3> {
@@ -685,7 +694,11 @@ mod tests {
         let x = vec![1.0, 2.0, 3.0, -1.0, 0.5, 2.0, 0.0, 1.0, 0.0, 4.0, 4.0, 4.0];
         let y = vec![1.0, 2.0, 3.0, -1.0, 0.5, 2.0, 1.0, 0.0, 0.0, 1.0, 2.0, 3.0];
         let phi = host(phi_cos(t3(x.clone(), [2, 2, 3]), t3(y.clone(), [2, 2, 3])));
-        let kl = host(psi_kl(t3(x.clone(), [2, 2, 3]), t3(y.clone(), [2, 2, 3]), 2));
+        let kl = host(psi_kl(
+            t3(x.clone(), [2, 2, 3]),
+            t3(y.clone(), [2, 2, 3]),
+            2,
+        ));
         // Reference in f64.
         for s in 0..2 {
             let (a, b) = (&x[s * 6..s * 6 + 6], &y[s * 6..s * 6 + 6]);
@@ -695,7 +708,9 @@ mod tests {
             assert!((f64::from(phi[s]) - (1.0 - dot / (na * nb))).abs() < 1e-6);
             let softmax = |v: &[f32]| {
                 let z: f64 = v.iter().map(|&e| f64::from(e).exp()).sum();
-                v.iter().map(|&e| f64::from(e).exp() / z).collect::<Vec<_>>()
+                v.iter()
+                    .map(|&e| f64::from(e).exp() / z)
+                    .collect::<Vec<_>>()
             };
             let mut want = 0.0;
             for pos in 0..2 {
@@ -705,7 +720,11 @@ mod tests {
                 );
                 want += p.iter().zip(&q).map(|(p, q)| p * (p / q).ln()).sum::<f64>() / 2.0;
             }
-            assert!((f64::from(kl[s]) - want).abs() < 1e-6, "{} vs {want}", kl[s]);
+            assert!(
+                (f64::from(kl[s]) - want).abs() < 1e-6,
+                "{} vs {want}",
+                kl[s]
+            );
         }
         // The first sample is identical: both measures vanish.
         assert!(phi[0].abs() < 1e-6 && kl[0].abs() < 1e-6);
@@ -729,11 +748,17 @@ mod tests {
             .into_iter()
             .filter(|(_, decoder, _)| *decoder)
             .flat_map(|(m, _, d)| {
-                (0..d).map(move |k| format!("{m}.transformer_blocks.{k}")).collect::<Vec<_>>()
+                (0..d)
+                    .map(move |k| format!("{m}.transformer_blocks.{k}"))
+                    .collect::<Vec<_>>()
             })
             .map(|name| {
                 let k: f64 = name.rsplit('.').next().unwrap().parse().unwrap();
-                let v = if zero.contains(&name.as_str()) { 0.0 } else { k + 1.0 };
+                let v = if zero.contains(&name.as_str()) {
+                    0.0
+                } else {
+                    k + 1.0
+                };
                 fine_entry(&name, v / 10.0, v)
             })
             .collect()
@@ -762,13 +787,22 @@ mod tests {
             r("unet.up_blocks.0.attentions.0.transformer_blocks.7.attn1.to_q.weight").as_deref(),
             Some("unet.up_blocks.0.attentions.0.transformer_blocks.1.attn1.to_q.weight")
         );
-        assert_eq!(r("unet.up_blocks.0.attentions.0.transformer_blocks.2.ff.net.2.bias"), None);
-        assert_eq!(r("unet.down_blocks.1.attentions.0.transformer_blocks.1.norm1.weight"), None);
+        assert_eq!(
+            r("unet.up_blocks.0.attentions.0.transformer_blocks.2.ff.net.2.bias"),
+            None
+        );
+        assert_eq!(
+            r("unet.down_blocks.1.attentions.0.transformer_blocks.1.norm1.weight"),
+            None
+        );
         assert_eq!(
             r("unet.up_blocks.0.attentions.0.proj_in.weight").as_deref(),
             Some("unet.up_blocks.0.attentions.0.proj_in.weight")
         );
-        assert_eq!(r("denoise_encoder.conv_in.weight").as_deref(), Some("denoise_encoder.conv_in.weight"));
+        assert_eq!(
+            r("denoise_encoder.conv_in.weight").as_deref(),
+            Some("denoise_encoder.conv_in.weight")
+        );
         // The config is the `pgp` preset's.
         let cfg = plan
             .apply_to_config(&Arch::FaithDiff.unet_json(), &layout)
@@ -783,7 +817,14 @@ mod tests {
         }
         // The literal threshold prunes the blocks that change most; a module keeps one.
         let plan = Plan::new(&layout, &fine, Rule::PAPER_THRESHOLD, 1).unwrap();
-        let t = |name: &str| plan.modules.iter().find(|m| m.module == name).unwrap().keep.clone();
+        let t = |name: &str| {
+            plan.modules
+                .iter()
+                .find(|m| m.module == name)
+                .unwrap()
+                .keep
+                .clone()
+        };
         // Blocks 0..=8 measure ≤ 0.9 Φcos: block 1 (0.2, 2.0) onwards meet both bounds.
         assert_eq!(t("up_blocks.0.attentions.0"), vec![0]);
         assert_eq!(t("up_blocks.0.attentions.1"), vec![0, 9]);
@@ -793,5 +834,121 @@ mod tests {
         assert!(Plan::new(&layout, &fine[1..], Rule::KeepTopK(4), 1).is_err());
         assert!(Plan::new(&layout, &fine, Rule::KeepTopK(0), 1).is_err());
         assert!(Plan::new(&layout, &fine, Rule::KeepTopK(4), 0).is_err());
+    }
+
+    #[test]
+    fn analysis_pairs_each_tile_and_branch_with_itself_at_the_next_step() {
+        // Level features `[1, 2, 1, 1]` that differ by step, tile and branch.
+        let v = |s: usize, t: usize, b: usize| {
+            let (s, t, b) = (s as f64, t as f64, b as f64);
+            [
+                1.0 + t + 2.0 * b,
+                (s + 1.0) * (1.0 + b) + t * s - 0.5 * b * s * s,
+            ]
+        };
+        let device = Device::flex();
+        let mut a = Analysis::new();
+        for step in 0..3 {
+            for tile in 0..2 {
+                for branch in 0..2 {
+                    a.begin(CallInfo {
+                        step,
+                        steps: 3,
+                        tile,
+                        branch,
+                    });
+                    let x = v(step, tile, branch).map(|e| e as f32).to_vec();
+                    let x = Tensor::<4>::from_data(TensorData::new(x, [1, 2, 1, 1]), &device);
+                    a.level("down_blocks.0", &x);
+                }
+            }
+        }
+        let m = pollster::block_on(a.finish_image()).unwrap();
+        assert!(m.fine.is_empty());
+        let c = &m.coarse[0];
+        assert_eq!(
+            (c.name.as_str(), c.shape.as_slice()),
+            ("down_blocks.0", &[2, 1, 1][..])
+        );
+        assert_eq!(c.phi_cos.len(), 2, "one value per pair of adjacent steps");
+        for s in 0..2 {
+            let (mut phi, mut kl) = (0.0, 0.0);
+            for t in 0..2 {
+                for b in 0..2 {
+                    let (x, y) = (v(s, t, b), v(s + 1, t, b));
+                    let dot = x[0] * y[0] + x[1] * y[1];
+                    let n = |z: [f64; 2]| (z[0] * z[0] + z[1] * z[1]).sqrt();
+                    phi += (1.0 - dot / (n(x) * n(y))) / 4.0;
+                    let p = |z: [f64; 2]| {
+                        let e = [z[0].exp(), z[1].exp()];
+                        [e[0] / (e[0] + e[1]), e[1] / (e[0] + e[1])]
+                    };
+                    let (p, q) = (p(x), p(y));
+                    kl += (p[0] * (p[0] / q[0]).ln() + p[1] * (p[1] / q[1]).ln()) / 4.0;
+                }
+            }
+            assert!(
+                (c.phi_cos[s] - phi).abs() < 1e-6,
+                "step {s}: {} vs {phi}",
+                c.phi_cos[s]
+            );
+            assert!(
+                (c.psi_kl[s] - kl).abs() < 1e-6,
+                "step {s}: {} vs {kl}",
+                c.psi_kl[s]
+            );
+        }
+        // The analysis starts over: the next image pairs nothing with this one's last step.
+        a.begin(CallInfo {
+            step: 0,
+            steps: 3,
+            tile: 0,
+            branch: 0,
+        });
+        let x = Tensor::<4>::from_data(TensorData::new(vec![1.0f32, 2.0], [1, 2, 1, 1]), &device);
+        a.level("down_blocks.0", &x);
+        let m = pollster::block_on(a.finish_image()).unwrap();
+        assert!(m.coarse[0].phi_cos.is_empty());
+    }
+
+    #[test]
+    fn pruned_configs_are_not_overridden_by_diffusers_defaults() {
+        // Configs saved by diffusers list the keys they left at their defaults, and diffusers
+        // drops those keys when it loads: the new depths must not stay on that list.
+        let mut config = Arch::FaithDiff.unet_json();
+        config["_use_default_values"] =
+            serde_json::json!(["reverse_transformer_layers_per_block", "upcast_attention"]);
+        let layout = UNet2DConditionConfig::from_json(&config)
+            .unwrap()
+            .layout()
+            .unwrap();
+        // Decoder depths that differ within a block: Φcos ≥ 0.35 prunes blocks 3..=9 of each
+        // deep module except the zero-measure block 9 of the last one.
+        let fine = fine_of(&layout, &["up_blocks.0.attentions.2.transformer_blocks.9"]);
+        let rule = Rule::Threshold {
+            phi_cos: 0.35,
+            psi_kl: 0.0,
+        };
+        let plan = Plan::new(&layout, &fine, rule, 1).unwrap();
+        let out = plan.apply_to_config(&config, &layout).unwrap();
+        assert_eq!(
+            out["_use_default_values"],
+            serde_json::json!(["upcast_attention"])
+        );
+        let depths = serde_json::json!([[3, 3, 4], [2, 2, 2], [1, 1, 1]]);
+        assert_eq!(out["reverse_transformer_layers_per_block"], depths);
+        let parsed = UNet2DConditionConfig::from_json(&out)
+            .unwrap()
+            .layout()
+            .unwrap();
+        assert_eq!(parsed.up_depth[0], vec![3, 3, 4]);
+        assert_eq!(parsed.mid_depth, 1);
+        // The presets' own depths are taken off the list too.
+        let mut preset = config.clone();
+        Arch::Pgp.apply_depths(&mut preset).unwrap();
+        assert_eq!(
+            preset["_use_default_values"],
+            serde_json::json!(["upcast_attention"])
+        );
     }
 }

@@ -121,11 +121,17 @@ impl Arch {
                 self.name()
             )));
         }
-        cfg["transformer_layers_per_block"] = json!([1, 1, 1]);
-        cfg["mid_transformer_layers_per_block"] = json!(1);
-        cfg["reverse_transformer_layers_per_block"] =
-            json!([[up_l2, up_l2, up_l2], [2, 2, 2], [1, 1, 1]]);
-        Ok(())
+        crate::config::set_fields(
+            cfg,
+            vec![
+                ("transformer_layers_per_block", json!([1, 1, 1])),
+                ("mid_transformer_layers_per_block", json!(1)),
+                (
+                    "reverse_transformer_layers_per_block",
+                    json!([[up_l2, up_l2, up_l2], [2, 2, 2], [1, 1, 1]]),
+                ),
+            ],
+        )
     }
 
     /// The parsed UNet config.

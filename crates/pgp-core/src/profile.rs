@@ -87,7 +87,9 @@ pub fn kind(key: &str) -> &str {
     let mut words = key.splitn(3, ' ');
     let first = words.next().unwrap_or("");
     match words.next() {
-        Some(second) if second.contains('x') && second.starts_with(|c: char| c.is_ascii_digit()) => {
+        Some(second)
+            if second.contains('x') && second.starts_with(|c: char| c.is_ascii_digit()) =>
+        {
             &key[..first.len() + 1 + second.len()]
         }
         _ => first,
@@ -102,7 +104,10 @@ mod tests {
     fn scopes_add_up_by_key_and_kinds_group_keys() {
         enable(true);
         for _ in 0..3 {
-            scope(|| "linear 4→8".into(), || std::thread::sleep(Duration::from_millis(1)));
+            scope(
+                || "linear 4→8".into(),
+                || std::thread::sleep(Duration::from_millis(1)),
+            );
         }
         let v = scope(|| "conv2d 3x3 4→4 @8²".into(), || 7);
         assert_eq!(v, 7);
