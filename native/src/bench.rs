@@ -99,9 +99,9 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
     let peam = b.arch.peam_config();
     let build = |vb: &VarBuilder| -> pgp_core::Result<Net> {
         Ok(if b.plain {
-            Net::Plain(UNet2DConditionModel::new(vb, &cfg)?)
+            Net::Plain(Box::new(UNet2DConditionModel::new(vb, &cfg)?))
         } else {
-            Net::Fused(FaithDiffUNet::new(vb, &cfg, &fd, peam.as_ref())?)
+            Net::Fused(Box::new(FaithDiffUNet::new(vb, &cfg, &fd, peam.as_ref())?))
         })
     };
     let params = count_params(device, |vb| build(&vb))?;
@@ -202,9 +202,9 @@ pub async fn unet(b: &UnetBench, device: &Device) -> Result<()> {
 /// The network a UNet bench runs.
 enum Net {
     /// FaithDiff's UNet with its fusion (and PGP-DiffSR's PEAM).
-    Fused(FaithDiffUNet),
+    Fused(Box<FaithDiffUNet>),
     /// diffusers' `UNet2DConditionModel` alone.
-    Plain(UNet2DConditionModel),
+    Plain(Box<UNet2DConditionModel>),
 }
 
 /// How many threads burn's CPU backend uses (its rayon pool).

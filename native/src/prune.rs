@@ -51,6 +51,9 @@ enum Bytes<'a> {
     Owned(Vec<u8>),
 }
 
+/// A new tensor: key, shape, bytes.
+type NewTensor = (String, Vec<usize>, Vec<u8>);
+
 /// New PEAM weights (`peam.*`) for `cfg`, placed as `FaithDiffUNet` places them, initialised
 /// as PyTorch initialises a `Conv2d`, stored as `dtype`.
 fn init_peam(
@@ -59,7 +62,7 @@ fn init_peam(
     cfg: &PeamConfig,
     seed: u64,
     dtype: Dtype,
-) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>> {
+) -> Result<Vec<NewTensor>> {
     let device = Gpu::cpu().device().clone();
     let shapes = VarBuilder::shapes_only(&device);
     FaithDiffUNet::new(&shapes, unet, fd, Some(cfg))?;

@@ -40,6 +40,9 @@ pub trait Probe: Send {
     fn block(&mut self, name: &str, input: &Tensor<3>, output: &Tensor<3>);
 }
 
+/// What a transformer calls around block `k` (`k`, input, output).
+pub type TokenProbe<'a> = &'a mut dyn FnMut(usize, &Tensor<3>, &Tensor<3>);
+
 /// What an up block calls with (attention `j`, block `k`, input, output).
 pub type BlockProbe<'a> = &'a mut dyn FnMut(usize, usize, &Tensor<3>, &Tensor<3>);
 

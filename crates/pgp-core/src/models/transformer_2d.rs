@@ -3,6 +3,7 @@
 
 use burn::tensor::Tensor;
 
+use super::probe::TokenProbe;
 use crate::attention::{DIFFUSERS, MultiHeadAttention};
 use crate::nn::{GroupNorm, LayerNorm, Linear, from_tokens, gelu, to_tokens};
 use crate::weights::VarBuilder;
@@ -137,7 +138,7 @@ impl Transformer2DModel {
         &self,
         x: Tensor<4>,
         context: &Tensor<3>,
-        mut probe: Option<&mut dyn FnMut(usize, &Tensor<3>, &Tensor<3>)>,
+        mut probe: Option<TokenProbe<'_>>,
     ) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let mut t = self
