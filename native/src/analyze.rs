@@ -9,8 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
-use pgp_core::bundle::{Bundle, MANIFEST, sha256_hex};
+use pgp_core::bundle::{Bundle, MANIFEST, Manifest, sha256_hex};
 use pgp_core::info::unet_flops;
 use pgp_core::models::probe::Probe;
 use pgp_core::models::unet_2d::UNet2DConditionConfig;
@@ -21,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::figures;
+use crate::upscale::job_bar;
 
 /// What `analyze` was asked to do.
 pub struct AnalyzeArgs {
@@ -63,21 +63,14 @@ fn list_images(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(found)
 }
 
-/// The SHA-256 of a bundle folder's manifest (which lists every shard's own checksum): the
-/// model's fingerprint in a report's settings.
-pub fn manifest_sha256(dir: &Path) -> Result<String> {
-    let path = dir.join(MANIFEST);
-    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(sha256_hex(&bytes))
-}
-
-/// The UNet config and the architecture of a bundle folder.
-fn read_model(dir: &Path) -> Result<(Value, String)> {
+/// A bundle folder's manifest and its SHA-256 (the manifest lists every shard's own checksum,
+/// so this is the model's fingerprint in a report's settings).
+pub fn read_manifest(dir: &Path) -> Result<(Manifest, String)> {
     let path = dir.join(MANIFEST);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let manifest = Bundle::parse_manifest(&path.display().to_string(), &text)?;
-    Ok((manifest.unet, manifest.arch))
+    Ok((manifest, sha256_hex(text.as_bytes())))
 }
 
 /// The model as the report describes it.
@@ -109,9 +102,8 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
     if let Some(n) = a.max_images {
         images.truncate(n);
     }
-    let (unet_json, arch) = read_model(&a.model)?;
-    let manifest_sha = manifest_sha256(&a.model)?;
-    let cfg = UNet2DConditionConfig::from_json(&unet_json)?;
+    let (manifest, manifest_sha) = read_manifest(&a.model)?;
+    let cfg = UNet2DConditionConfig::from_json(&manifest.unet)?;
     let layout = cfg.layout()?;
     let per_image = a.output.join("images");
     output::check_writable(&per_image)?;
@@ -133,13 +125,24 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
         let name = image.file_name().expect("listed files have names");
         per_image.join(format!("{}.json", name.to_string_lossy()))
     };
-    // Images measured before with the same settings are kept.
-    let done = |image: &Path| -> Option<ImageFile> {
-        let text = std::fs::read_to_string(file_of(image)).ok()?;
-        let f: ImageFile = serde_json::from_str(&text).ok()?;
-        (f.settings == settings && Some(&f.sha256) == file_sha256(image).as_ref()).then_some(f)
-    };
-    let todo: Vec<&PathBuf> = images.iter().filter(|p| done(p).is_none()).collect();
+    // Each image's content hash, and its measures from an earlier run with the same settings
+    // and the same content (kept); the others are measured now.
+    let hashes: Vec<String> = images
+        .iter()
+        .map(|p| file_sha256(p).unwrap_or_default())
+        .collect();
+    let mut results: Vec<Option<ImageFile>> = images
+        .iter()
+        .zip(&hashes)
+        .map(|(image, sha256)| {
+            let text = std::fs::read_to_string(file_of(image)).ok()?;
+            let f: ImageFile = serde_json::from_str(&text).ok()?;
+            (f.settings == settings && f.sha256 == *sha256).then_some(f)
+        })
+        .collect();
+    let todo: Vec<usize> = (0..images.len())
+        .filter(|&i| results[i].is_none())
+        .collect();
     if !a.quiet && todo.len() < images.len() {
         eprintln!(
             "{} of {} images were measured before with these settings; resuming",
@@ -159,15 +162,15 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
                 a.model.display()
             );
         }
-        for (i, image) in todo.iter().enumerate() {
+        for (n, &i) in todo.iter().enumerate() {
+            let image = &images[i];
             let name = image
                 .file_name()
                 .expect("listed")
                 .to_string_lossy()
                 .to_string();
             let start = std::time::Instant::now();
-            let sha256 = file_sha256(image).unwrap_or_default();
-            let result = measure(&a, &upscaler, image, i, todo.len())
+            let result = measure(&a, &upscaler, image, n, todo.len())
                 .inspect(|_| {
                     if !a.quiet {
                         let s = start.elapsed().as_secs_f64();
@@ -181,22 +184,26 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
                 .and_then(|measures| {
                     let f = ImageFile {
                         image: name.clone(),
-                        sha256,
+                        sha256: hashes[i].clone(),
                         settings: settings.clone(),
                         measures,
                     };
                     let text = serde_json::to_string(&f)?;
-                    output::publish_file(&file_of(image), text.as_bytes(), true)
+                    output::publish_file(&file_of(image), text.as_bytes(), true)?;
+                    Ok(f)
                 });
-            if let Err(e) = result {
-                failed += 1;
-                eprintln!("error: {}: {e:#}", image.display());
+            match result {
+                Ok(f) => results[i] = Some(f),
+                Err(e) => {
+                    failed += 1;
+                    eprintln!("error: {}: {e:#}", image.display());
+                }
             }
         }
     }
-    let measured: Vec<(String, ImageMeasures)> = images
-        .iter()
-        .filter_map(|p| done(p))
+    let measured: Vec<(String, ImageMeasures)> = results
+        .into_iter()
+        .flatten()
         .map(|f| (f.image, f.measures))
         .collect();
     if measured.is_empty() {
@@ -206,7 +213,7 @@ pub fn run(a: AnalyzeArgs) -> Result<bool> {
         &measured,
         a.options.steps,
         &layout,
-        describe_model(&unet_json, &arch)?,
+        describe_model(&manifest.unet, &manifest.arch)?,
         settings,
     )?;
     // Everything is rendered before anything is published: a failure leaves the previous
@@ -249,16 +256,10 @@ fn measure(
     let pixels = input::load(image, a.options.scale as u64, a.max_pixels)?;
     let mut job = upscaler.start(pixels.view()?, a.options.clone())?;
     let mut analysis = Analysis::new();
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(u64::from(job.total()))
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {msg} {elapsed_precise}")
-            .expect("valid template"),
+    let bar = job_bar(
+        a.quiet,
+        format!("{}/{count} {}", index + 1, image.display()),
     );
-    bar.set_prefix(format!("{}/{count} {}", index + 1, image.display()));
     loop {
         let probe: &mut dyn Probe = &mut analysis;
         let Some(event) = pollster::block_on(job.next_probed(Some(probe))) else {

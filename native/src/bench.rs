@@ -643,15 +643,14 @@ pub struct StepsBench {
 /// time against the time inside its UNet calls; the rest is the pipeline's own per-step work
 /// (slicing tiles, blending, scheduler arithmetic, uploads, waiting for the device).
 pub async fn steps(b: &StepsBench, gpu: &pgp_core::Gpu) -> Result<()> {
-    use pgp_core::{DirSource, ImageView, PixelFormat, TileSize, Unit, Upscaler};
+    use pgp_core::{DirSource, TileSize, Unit, Upscaler};
     if !profile::supported(gpu.device()) {
         bail!(
             "bench steps times the UNet calls inside each step, which only burn's CPU backend allows: use --device cpu"
         );
     }
-    let img = pgp_wgpu_cli::input::decode(&std::fs::read(&b.image)?, 1, 1 << 28)?.to_rgb8();
-    let (w, h) = (img.width() as usize, img.height() as usize);
-    let view = ImageView::packed(img.as_raw(), w, h, PixelFormat::Rgb8)?;
+    let pixels = pgp_wgpu_cli::input::load(&b.image, 1, 1 << 28)?;
+    let view = pixels.view()?;
     let u = Upscaler::load(&DirSource::new(&b.model), gpu, &mut |_| {}).await?;
     let mut options = u.default_options();
     options.steps = b.steps;

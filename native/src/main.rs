@@ -431,6 +431,15 @@ enum BenchWhat {
     },
 }
 
+/// The exit status of a command that ran to its end: failure when any of its items failed.
+fn status(ok: bool) -> ExitCode {
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 /// The device `--device` and `-g` name together (`-g` picks a GPU adapter by index).
 fn device_name(device: String, gpu: Option<usize>) -> Result<String> {
     match gpu {
@@ -486,11 +495,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let gpu = pollster::block_on(Gpu::from_name(&device))?;
             let dtype = Precision::parse(&precision)?.resolve(gpu.device())?;
             let ok = conformance::run(&dirs, &gpu, dtype, verbose)?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(status(ok))
         }
         Command::Convert {
             sdxl,
@@ -606,11 +611,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_pixels: (max_megapixels * 1e6) as u64,
             };
             let ok = upscale::run(args)?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(status(ok))
         }
         Command::Analyze {
             model,
@@ -658,11 +659,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 max_pixels: (max_megapixels * 1e6) as u64,
                 quiet,
             })?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(status(ok))
         }
         Command::Prune {
             model,

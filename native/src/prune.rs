@@ -21,7 +21,7 @@ use pgp_core::weights::{VarBuilder, count_params};
 use pgp_wgpu_cli::output;
 use serde_json::{Value, json};
 
-use crate::analyze::{describe_model, manifest_sha256};
+use crate::analyze::{describe_model, read_manifest};
 use crate::convert::load_bundle;
 
 /// What to do when the bundle has no PEAM.
@@ -105,7 +105,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         .with_context(|| format!("{}: not an analyze report", a.report.display()))?;
     let bundle = load_bundle(&a.model)?;
     let manifest = &bundle.manifest;
-    let manifest_sha = manifest_sha256(&a.model)?;
+    let (_, manifest_sha) = read_manifest(&a.model)?;
     let same_model = report.settings["manifest_sha256"] == manifest_sha.as_str();
     if !same_model && !a.quiet {
         eprintln!(

@@ -202,14 +202,9 @@ fn check_output(a: &UpscaleArgs, input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Upscales one file through the engine (which also upscales the alpha channel). Errors name
-/// the output when it is at fault; the caller names the input.
-fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Result<()> {
-    let format = output_format(output, a.format.as_deref())?;
-    check_output(a, input, output)?;
-    let pixels = input::load(input, a.options.scale as u64, a.max_pixels)?;
-    let view = pixels.view()?;
-    let bar = if a.quiet {
+/// The progress bar of one job (hidden with `-q`): `prefix [bar] unit elapsed`.
+pub fn job_bar(quiet: bool, prefix: String) -> ProgressBar {
+    let bar = if quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(0)
@@ -218,7 +213,18 @@ fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Res
         ProgressStyle::with_template("{prefix} [{bar:30}] {msg} {elapsed_precise}")
             .expect("valid template"),
     );
-    bar.set_prefix(input.display().to_string());
+    bar.set_prefix(prefix);
+    bar
+}
+
+/// Upscales one file through the engine (which also upscales the alpha channel). Errors name
+/// the output when it is at fault; the caller names the input.
+fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Result<()> {
+    let format = output_format(output, a.format.as_deref())?;
+    check_output(a, input, output)?;
+    let pixels = input::load(input, a.options.scale as u64, a.max_pixels)?;
+    let view = pixels.view()?;
+    let bar = job_bar(a.quiet, input.display().to_string());
     let mut job = upscaler.start(view, a.options.clone())?;
     if a.dump_stages.is_some() {
         job.record_stages();

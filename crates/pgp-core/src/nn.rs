@@ -143,8 +143,7 @@ impl Conv2d {
         };
         profile::scope(key, || {
             let x = x.cast(dtype_of(&self.weight));
-            let stride = self.options.stride[0];
-            if self.cpu && k > 1 && (h / stride) * (w / stride) <= 4 * co {
+            if self.takes_unfolded(h, w) {
                 return self.unfolded(x);
             }
             conv2d(
@@ -154,6 +153,14 @@ impl Conv2d {
                 self.options.clone(),
             )
         })
+    }
+
+    /// Whether an `h × w` input runs through [`Conv2d::unfolded`]: on the CPU backend, kernels
+    /// over 1×1 while the output has at most `4·Co` pixels.
+    fn takes_unfolded(&self, h: usize, w: usize) -> bool {
+        let [co, _, k, _] = self.weight.dims();
+        let stride = self.options.stride[0];
+        self.cpu && k > 1 && (h / stride) * (w / stride) <= 4 * co
     }
 
     /// The convolution as `W[Co, Ci·k·k] · unfold(pad(x))` plus the bias: burn's CPU conv
@@ -382,7 +389,14 @@ mod tests {
         ];
         for (ci, co, k, s, pad, b, h, w) in cases {
             let conv = Conv2d::with_padding(&vb.pp("c"), ci, co, k, s, pad);
-            assert!(conv.cpu);
+            // The 3×3 kernels take the unfolded path, but the last, whose 8×8 output is more
+            // than 4·Co = 8 pixels; the 1×1 never does.
+            let unfolded = k > 1 && (ci, h) != (2, 8);
+            assert_eq!(
+                conv.takes_unfolded(h, w),
+                unfolded,
+                "{ci}→{co} k{k} @{h}x{w}"
+            );
             let bias = Tensor::<1>::random([co], n, &device);
             let conv = Conv2d {
                 bias: Some(bias),
