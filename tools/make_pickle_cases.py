@@ -9,6 +9,8 @@ Writes:
   expected.safetensors the same tensors, contiguous (bf16 widened to f32 for safetensors-free
                      comparison is not needed: safetensors stores bf16);
   module.bin         torch.save(nn.Module(...).state_dict()) of a small Linear+Conv stack;
+  nested.bin         OSEDiff's osediff.pkl layout in miniature (state dicts inside the dict, ints,
+                     lists of names); nested_clash.bin a nested key that equals a flat one;
   malicious.bin      a pickle whose object reduces to os.system (must be rejected, never run);
   legacy.bin         the pre-1.6 non-zip format (must be rejected with a clear message).
 Needs torch and safetensors; CI never runs it.
@@ -48,6 +50,13 @@ class Evil:
         return (os.system, ("echo pwned > /tmp/pgp_pwned",))
 
 
+# OSEDiff's osediff.pkl layout in miniature: state dicts inside the dict, plain values beside.
+torch.save({"unet_lora_encoder_modules": ["conv_in", "to_q"], "rank_unet": 4, "flags": (True, 0.5),
+            "state_dict_unet": {"conv_in.base_layer.weight": torch.randn(8, 4, 3, 3, generator=g),
+                                "conv_in.lora_A.default_encoder.weight": torch.randn(4, 3, 3, 3, generator=g)},
+            "state_dict_vae": {"encoder.conv_in.lora_B.default_encoder.weight": torch.randn(2, 4, 1, 1, generator=g)}},
+           os.path.join(out, "nested.bin"))
+torch.save({"a": {"b": torch.zeros(1)}, "a.b": torch.zeros(1)}, os.path.join(out, "nested_clash.bin"))
 torch.save({"x": torch.zeros(1), "evil": Evil()}, os.path.join(out, "malicious.bin"))
 torch.save({"x": torch.zeros(2)}, os.path.join(out, "legacy.bin"), _use_new_zipfile_serialization=False)
 print("wrote", sorted(os.listdir(out)))

@@ -7,6 +7,11 @@
 //! `builtins.getattr`, `INST`, `OBJ`, extensions — rejects the file, naming what it found.
 //! Nothing is ever imported or called: a "global" is just a name checked against the list.
 //!
+//! The root is a dict: a state dict, or a dict of them with plain values beside (OSEDiff's
+//! `osediff.pkl`: `state_dict_unet`, `rank_unet`, lists of module names). Nested dicts are
+//! flattened into dotted keys; plain values (bools, numbers, strings, lists of them) are kept
+//! as [`Meta`]; anything else is refused.
+//!
 //! A hostile file cannot exhaust the reader either: containers nest at most [`MAX_DEPTH`]
 //! deep, copies made by `DUP` and the memo are charged against [`MAX_COST`] (so an 80-byte
 //! `DUP`/`TUPLE` doubling bomb stops after about a million values), duplicate state-dict keys
@@ -14,6 +19,7 @@
 //! computed from a tensor's shape, stride and offset is checked for overflow and against its
 //! storage before anything is allocated.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 
 use safetensors::Dtype;
@@ -619,10 +625,55 @@ fn element_size(dtype: Dtype) -> usize {
     dtype.bitsize() / 8
 }
 
+/// A plain value a checkpoint holds beside its tensors (OSEDiff's LoRA ranks and the lists of
+/// adapted module names, a training script's step count).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Meta {
+    /// `True` / `False`.
+    Bool(bool),
+    /// An int.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A string.
+    Str(String),
+    /// A list or tuple of plain values.
+    List(Vec<Meta>),
+}
+
+impl Meta {
+    /// The value as an int, if it is one.
+    pub fn as_int(&self) -> Option<i64> {
+        match self {
+            Self::Int(i) => Some(*i),
+            _ => None,
+        }
+    }
+
+    /// The value as a list of strings, if it is one.
+    pub fn as_strings(&self) -> Option<Vec<&str>> {
+        match self {
+            Self::List(items) => items
+                .iter()
+                .map(|m| match m {
+                    Self::Str(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        }
+    }
+}
+
+/// What a checkpoint's pickle holds: its tensors by dotted key (a dict inside the dict is
+/// flattened: `state_dict_unet` → `state_dict_unet.conv_in.weight`) and its plain values.
+type Contents = (Vec<(String, TensorRef)>, BTreeMap<String, Meta>);
+
 /// Interprets a bare pickle (an archive's `data.pkl`) as a state dict: its tensors' names,
 /// dtypes and shapes. [`TorchCheckpoint::open`] does this after unzipping.
 pub fn parse_state_dict(name: &str, pickle: &[u8]) -> Result<Vec<TorchTensorInfo>> {
     Ok(entries(name, pickle)?
+        .0
         .into_iter()
         .map(|(name, t)| TorchTensorInfo {
             name,
@@ -632,10 +683,10 @@ pub fn parse_state_dict(name: &str, pickle: &[u8]) -> Result<Vec<TorchTensorInfo
         .collect())
 }
 
-/// The state dict's `(key, tensor)` entries, keys unique.
-fn entries(name: &str, bytes: &[u8]) -> Result<Vec<(String, TensorRef)>> {
+/// The checkpoint's tensors (keys unique, nested dicts flattened) and plain values.
+fn entries(name: &str, bytes: &[u8]) -> Result<Contents> {
     let root = Machine::new(bytes, name).run()?;
-    let Value::Dict(Seq { items, .. }) = root else {
+    if !matches!(root, Value::Dict(_)) {
         return Err(bad(
             name,
             format!(
@@ -643,9 +694,24 @@ fn entries(name: &str, bytes: &[u8]) -> Result<Vec<(String, TensorRef)>> {
                 root.kind()
             ),
         ));
-    };
-    let mut tensors = Vec::with_capacity(items.len() / 2);
+    }
+    let mut out = (Vec::new(), BTreeMap::new());
     let mut seen = std::collections::HashSet::new();
+    flatten(name, "", root, &mut out, &mut seen)?;
+    Ok(out)
+}
+
+/// Adds a dict's entries under `prefix` (the pickle machine bounds the nesting).
+fn flatten(
+    name: &str,
+    prefix: &str,
+    dict: Value,
+    out: &mut Contents,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<()> {
+    let Value::Dict(Seq { items, .. }) = dict else {
+        unreachable!("called on dicts")
+    };
     let mut items = items.into_iter();
     while let (Some(k), Some(v)) = (items.next(), items.next()) {
         let Value::Str(key) = k else {
@@ -654,18 +720,42 @@ fn entries(name: &str, bytes: &[u8]) -> Result<Vec<(String, TensorRef)>> {
                 format!("a state dict key is {}, not a string", k.kind()),
             ));
         };
-        let Value::Tensor(t) = v else {
-            return Err(bad(
-                name,
-                format!("state dict entry `{key}` is {}, not a tensor", v.kind()),
-            ));
-        };
+        let key = format!("{prefix}{key}");
         if !seen.insert(key.clone()) {
             return Err(bad(name, format!("state dict key `{key}` appears twice")));
         }
-        tensors.push((key, t));
+        match v {
+            Value::Tensor(t) => out.0.push((key, t)),
+            d @ Value::Dict(_) => flatten(name, &format!("{key}."), d, out, seen)?,
+            v => {
+                let m = meta(&v).ok_or_else(|| {
+                    bad(
+                        name,
+                        format!(
+                            "state dict entry `{key}` is {}, not a tensor, a dict or a plain                              value",
+                            v.kind()
+                        ),
+                    )
+                })?;
+                out.1.insert(key, m);
+            }
+        }
     }
-    Ok(tensors)
+    Ok(())
+}
+
+/// A plain value (bools, numbers, strings and lists or tuples of them), if `v` is one.
+fn meta(v: &Value) -> Option<Meta> {
+    Some(match v {
+        Value::Bool(b) => Meta::Bool(*b),
+        Value::Int(i) => Meta::Int(*i),
+        Value::Float(f) => Meta::Float(*f),
+        Value::Str(s) => Meta::Str(s.clone()),
+        Value::List(s) | Value::Tuple(s) => {
+            Meta::List(s.items.iter().map(meta).collect::<Option<Vec<_>>>()?)
+        }
+        _ => return None,
+    })
 }
 
 /// An opened `torch.save` checkpoint.
@@ -674,9 +764,15 @@ pub struct TorchCheckpoint<R: Read + Seek> {
     archive: zip::ZipArchive<R>,
     prefix: String,
     tensors: Vec<(String, TensorRef)>,
+    meta: BTreeMap<String, Meta>,
 }
 
 impl<R: Read + Seek> TorchCheckpoint<R> {
+    /// The name it was opened with (used in errors).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Reads the archive's index and interprets its pickle; no tensor data is read yet.
     pub fn open(name: impl Into<String>, reader: R) -> Result<Self> {
         let name = name.into();
@@ -714,13 +810,19 @@ impl<R: Read + Seek> TorchCheckpoint<R> {
             ));
         }
         let bytes = read_entry(&mut archive, &name, &pkl, MAX_PICKLE_BYTES)?;
-        let tensors = entries(&name, &bytes)?;
+        let (tensors, meta) = entries(&name, &bytes)?;
         Ok(Self {
             name,
             archive,
             prefix,
             tensors,
+            meta,
         })
+    }
+
+    /// The plain values beside the tensors, by dotted key.
+    pub fn metadata(&self) -> &BTreeMap<String, Meta> {
+        &self.meta
     }
 
     /// Every tensor, in the file's order.
@@ -843,6 +945,39 @@ mod tests {
             include_bytes!("../../../tests/pickle/module.safetensors"),
             4,
         );
+    }
+
+    #[test]
+    fn reads_nested_state_dicts_and_plain_values() {
+        // OSEDiff's layout: state dicts inside the dict, ranks and module lists beside them.
+        let mut ckpt = open(include_bytes!("../../../tests/pickle/nested.bin")).unwrap();
+        let names: Vec<String> = ckpt.tensors().into_iter().map(|t| t.name).collect();
+        assert_eq!(
+            names,
+            [
+                "state_dict_unet.conv_in.base_layer.weight",
+                "state_dict_unet.conv_in.lora_A.default_encoder.weight",
+                "state_dict_vae.encoder.conv_in.lora_B.default_encoder.weight",
+            ]
+        );
+        let meta = ckpt.metadata();
+        assert_eq!(meta["rank_unet"].as_int(), Some(4));
+        assert_eq!(
+            meta["unet_lora_encoder_modules"].as_strings().unwrap(),
+            ["conv_in", "to_q"]
+        );
+        assert_eq!(meta["flags"], Meta::List(vec![Meta::Bool(true), Meta::Float(0.5)]));
+        let (_, shape, data) = ckpt
+            .read("state_dict_unet.conv_in.lora_A.default_encoder.weight")
+            .unwrap();
+        assert_eq!(shape, [4, 3, 3, 3]);
+        assert_eq!(data.len(), 4 * 27 * 4);
+        // A key that nesting would make twice, and a value that is no plain value: refused.
+        let err = open(include_bytes!("../../../tests/pickle/nested_clash.bin"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("`a.b` appears twice"), "{err}");
     }
 
     #[test]
