@@ -1,13 +1,14 @@
 """Generate conformance cases (reference outputs from diffusers / transformers / torch).
 
-Usage: python make_cases.py OUT_DIR SEED [base|extra|tiled|plain|pgp|ppa]
+Usage: python make_cases.py OUT_DIR SEED [base|extra|tiled|plain|sd21|pgp|ppa]
 Each case is a folder: case.json, weights.safetensors, tensors.safetensors (format: shared/spec/conformance.md).
 
 `base` (the default) writes the cases of shared/conformance (seed as there); `extra` writes the
 project's own cases with other shapes and configs: odd latent sizes, batch 2, f16 weights, other
 head counts, legacy CLIP configs, other schedules, odd FFT sizes, long and single-token attention.
 `tiled` writes VAE cases run with diffusers' enable_tiling() (case.json `"tiling": true`, this
-project's extension of the format); `plain` a UNet without the SDXL add-embedding; `ppa` the pruning analysis's measures
+project's extension of the format); `plain` a UNet without the SDXL add-embedding; `sd21` SD2.1-base's UNet and text-encoder shapes
+(attention at level 0, `last_hidden_state`); `ppa` the pruning analysis's measures
 (kind `ppa_measures`, our extension: two calls as two adjacent steps, hooks on diffusers'
 modules); `pgp` pruned
 FaithDiff UNets with PEAMs (case.json `"peam"`, also our extension; pgp-model.md §2). Needs torch, diffusers and transformers (CPU is enough);
@@ -468,6 +469,35 @@ if __name__ == "__main__":
         ppa_case("ppa_measures_b2", cfg, 2, 12, 10)
     if SET == "tiled":
         vae_tiled_cases("vae_tiled", (16, 32, 32, 32), 8, 88, 72, 32)
+    if SET == "sd21":  # SD2.1-base's shapes: attention at level 0, head lists, no add-embedding
+        cfg = dict(sample_size=16, in_channels=4, out_channels=4,
+                   down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                   up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+                   block_out_channels=[16, 32, 32], layers_per_block=2, attention_head_dim=[2, 4, 4],
+                   cross_attention_dim=24, use_linear_projection=True, norm_num_groups=8,
+                   upcast_attention=False, act_fn="silu", flip_sin_to_cos=True, freq_shift=0)
+        u = UNet2DConditionModel(**cfg).eval()
+        randomize(u)
+        x = dict(sample=rnd(1, 4, 14, 10), timestep=torch.tensor([999.0]), encoder_hidden_states=rnd(1, 77, 24))
+        write("unet_sd21_tiny", "unet", cfg, u.state_dict(), {**x, "expected": u(**x).sample})
+        # OpenCLIP-H's text tower as transformers has it: gelu, no projection; its conditioning is
+        # last_hidden_state (after the final LayerNorm); SD2's tokenizer pads with `!` (id 0).
+        vocab = 1000
+        ids = torch.randint(1, vocab - 2, (2, 77), generator=g)
+        ids[:, 0] = vocab - 2
+        ids[0, 12] = vocab - 1
+        ids[0, 13:] = 0
+        ids[1, 3] = vocab - 1
+        ids[1, 4:] = 0
+        tcfg = CLIPTextConfig(vocab_size=vocab, hidden_size=24, intermediate_size=96, num_hidden_layers=3,
+                              num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
+                              bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=1)
+        m = CLIPTextModel(tcfg).eval()
+        randomize(m, 0.3)
+        o = m(ids, output_hidden_states=True)
+        write("clip_sd21_tiny", "clip_text", tcfg.to_dict(), m.state_dict(),
+              {"input_ids": ids, "expected_penultimate": o.hidden_states[-2], "expected_pooled": o.pooler_output,
+               "expected_last_hidden_state": o.last_hidden_state})
     if SET == "plain":  # a UNet without the SDXL add-embedding (SD-1.x style conditioning)
         cfg = unet_cfg((16, 32, 64), 1, None, (2, 2, 4), 24, 8, 12, 8, 16)
         del cfg["addition_embed_type"], cfg["addition_time_embed_dim"], cfg["projection_class_embeddings_input_dim"]

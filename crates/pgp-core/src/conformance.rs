@@ -234,6 +234,11 @@ pub async fn run_case(
             let out = m.forward(&rows)?;
             c.check("expected_penultimate", out.penultimate).await?;
             c.check("expected_pooled", out.pooled).await?;
+            // SD 2.x cases also give the conditioning SD 2.x uses.
+            if t.shape("expected_last_hidden_state").is_some() {
+                c.check("expected_last_hidden_state", out.last_hidden_state)
+                    .await?;
+            }
         }
         "euler_schedule" => {
             let cfg = EulerConfig::from_json(&case.config)?;

@@ -76,6 +76,9 @@ pub struct ClipOutput {
     /// `pooler_output` (final LayerNorm at the first eos), projected by `text_projection` for
     /// the model with projection, `[B, D or P]`.
     pub pooled: Tensor<2>,
+    /// `last_hidden_state`: the last layer's output after the final LayerNorm, `[B, S, D]`
+    /// (SD 2.x's conditioning).
+    pub last_hidden_state: Tensor<3>,
 }
 
 #[derive(Clone, Debug)]
@@ -241,6 +244,7 @@ impl ClipTextModel {
                 .expect("at least 2 layers")
                 .cast(FloatDType::F32),
             pooled: pooled.cast(FloatDType::F32),
+            last_hidden_state: x.cast(FloatDType::F32),
         })
     }
 }
