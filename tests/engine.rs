@@ -311,6 +311,68 @@ fn one_step_bundles_default_to_one_step() {
     assert_eq!(events.len(), 3 + 15 + 1 + 1);
 }
 
+/// One one-step run's encoded input and output latent, with the manifest's `recipe` set.
+fn one_step_latents(recipe: Option<serde_json::Value>) -> (Vec<f32>, Vec<f32>) {
+    let gpu = Gpu::cpu();
+    let src = with_manifest(&bundle("one-step"), |m| {
+        if let Some(r) = &recipe {
+            m["recipe"] = r.clone();
+        }
+    });
+    let u = pollster::block_on(Upscaler::load(&src, &gpu, &mut |_| {})).unwrap();
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let options = Options {
+        tile: TileSize::Pixels(256),
+        seed: 3,
+        ..u.default_options()
+    };
+    let mut job = u.start(view, options).unwrap();
+    job.record_stages();
+    while let Some(e) = pollster::block_on(job.next()) {
+        e.unwrap();
+    }
+    let stages = job.stages().unwrap();
+    let values = |t: &Option<pgp_core::burn::tensor::Tensor<4>>| {
+        pollster::block_on(pgp_core::device::read_back(t.clone().unwrap()))
+            .unwrap()
+            .0
+    };
+    (values(&stages.start_latent), values(&stages.latent_final))
+}
+
+#[test]
+fn the_one_step_recipe_is_the_manifests() {
+    // No recipe is the standard one, bit for bit.
+    let standard = one_step_latents(None);
+    let explicit = one_step_latents(Some(serde_json::json!({"timestep": 999, "x0": "epsilon"})));
+    assert_eq!(standard, explicit);
+    // At another timestep, x0 = z − ε̂ and the DDPM estimate agree on the same ε̂ (one UNet call,
+    // same z): recover ε̂ from the residual run and form the DDPM estimate by hand.
+    let (z, residual) = one_step_latents(Some(serde_json::json!({"timestep": 500, "x0": "residual"})));
+    let (z2, ddpm) = one_step_latents(Some(serde_json::json!({"timestep": 500, "x0": "epsilon"})));
+    assert_eq!(z, z2);
+    let a = f64::from(pgp_core::schedulers::euler::EulerConfig::default().alphas_cumprod()[500]);
+    let mut worst = 0f64;
+    for ((&z, &r), &d) in z.iter().zip(&residual).zip(&ddpm) {
+        let eps = f64::from(z) - f64::from(r);
+        let expected = (f64::from(z) - eps * (1.0 - a).sqrt()) / a.sqrt();
+        worst = worst.max((expected - f64::from(d)).abs() / expected.abs().max(1.0));
+    }
+    assert!(worst < 1e-4, "worst relative difference {worst}");
+    assert_ne!(residual, ddpm);
+    assert_ne!(ddpm, standard.1, "the timestep changed nothing");
+    // A timestep outside the scheduler's range, an unknown rule: errors naming them.
+    let src = with_manifest(&bundle("one-step"), |m| {
+        m["recipe"] = serde_json::json!({"timestep": 1000, "x0": "epsilon"})
+    });
+    assert!(load_error(&src).contains("timestep 1000"), "{}", load_error(&src));
+    let src = with_manifest(&bundle("one-step"), |m| {
+        m["recipe"] = serde_json::json!({"timestep": 1, "x0": "velocity"})
+    });
+    assert!(load_error(&src).contains("velocity"), "{}", load_error(&src));
+}
+
 #[test]
 fn the_host_device_example_runs_on_lavapipe() {
     // Built by `cargo test` with the other examples (crates/pgp-core/examples/host_device.rs).

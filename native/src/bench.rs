@@ -437,12 +437,9 @@ fn made_up_f16(n: usize, scale: f32, state: &mut u64) -> Vec<u8> {
 /// `bench bundle`: a full-size bundle of `arch` with made-up f16 weights (every component,
 /// the real configs), written by the same writer as `convert`, for `bench load`.
 pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) -> Result<()> {
-    use pgp_core::bundle::{Component, FORMAT, MANIFEST, Manifest, VERSION};
-    use pgp_core::models::clip::{ClipTextConfig, ClipTextModel};
-    use pgp_core::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+    use pgp_core::bundle::{Component, Configs, Contents, Writer};
     use pgp_core::presets;
     use pgp_core::safetensors::Dtype;
-    use pgp_core::weights::wanted_shapes;
     if out.exists() {
         bail!("{}: already exists", out.display());
     }
@@ -453,52 +450,28 @@ pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) ->
         presets::sdxl_text_encoder_json(false),
         presets::sdxl_text_encoder_json(true),
     ];
-    let (unet, fd, peam) = (
-        UNet2DConditionConfig::from_json(&unet_json)?,
+    let cfg = Configs::from_json(
+        &unet_json,
         arch.faithdiff_config(),
         arch.peam_config(),
-    );
-    let vae = AutoencoderKLConfig::from_json(&vae_json)?;
-    let te = [
-        ClipTextConfig::from_json(&te_json[0])?,
-        ClipTextConfig::from_json(&te_json[1])?,
-    ];
-    let shapes = [
-        (
-            Component::Unet,
-            wanted_shapes(&device, |vb| {
-                FaithDiffUNet::new(&vb.pp("unet"), &unet, &fd, peam.as_ref())
-            })?,
-        ),
-        (
-            Component::DenoiseEncoder,
-            wanted_shapes(&device, |vb| {
-                DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae)
-            })?,
-        ),
-        (
-            Component::Vae,
-            wanted_shapes(&device, |vb| AutoencoderKL::new(&vb.pp("vae"), &vae))?,
-        ),
-        (
-            Component::TextEncoder,
-            wanted_shapes(&device, |vb| {
-                ClipTextModel::new(&vb.pp("text_encoder"), &te[0], false, true)
-            })?,
-        ),
-        (
-            Component::TextEncoder2,
-            wanted_shapes(&device, |vb| {
-                ClipTextModel::new(&vb.pp("text_encoder_2"), &te[1], true, true)
-            })?,
-        ),
-    ];
-    let mut w = crate::convert::Writer::new(out, max_shard_bytes, Dtype::F16);
+        &vae_json,
+        [&te_json[0], &te_json[1]],
+    )?;
+    let mut w = Writer::new(
+        crate::convert::FolderSink(out.to_path_buf()),
+        max_shard_bytes,
+        Dtype::F16,
+    )?;
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    for (component, wanted) in &shapes {
-        w.begin(*component)?;
-        for (key, shape) in wanted {
+    for component in Component::ALL {
+        w.begin(component)?;
+        for (key, shape) in component.wanted(&cfg, &device)? {
             let n: usize = shape.iter().product();
+            if component == Component::EmptyPrompt {
+                let values: Vec<f32> = (0..n).map(|i| (i % 7) as f32 * 0.1).collect();
+                w.add_f32(key, shape, &values)?;
+                continue;
+            }
             let fan_in = shape[1..].iter().product::<usize>().max(1);
             let scale = if shape.len() == 1 {
                 0.02
@@ -506,46 +479,27 @@ pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) ->
                 1.0 / (fan_in as f32).sqrt()
             };
             let data = made_up_f16(n, scale, &mut state);
-            w.add(key.clone(), Dtype::F16, shape.clone(), &data)?;
+            w.add(key, Dtype::F16, shape, &data)?;
         }
     }
-    w.begin(Component::EmptyPrompt)?;
-    w.dtype = Dtype::F32;
-    for (key, shape) in [
-        ("empty_prompt.prompt_embeds", vec![1, 77, 2048]),
-        ("empty_prompt.pooled_prompt_embeds", vec![1, 1280]),
-    ] {
-        let n: usize = shape.iter().product();
-        let data: Vec<u8> = (0..n)
-            .flat_map(|i| ((i % 7) as f32 * 0.1).to_le_bytes())
-            .collect();
-        w.add(key.into(), Dtype::F32, shape, &data)?;
-    }
-    w.finish()?;
-    let manifest = Manifest {
-        format: FORMAT.into(),
-        version: VERSION,
-        dtype: "f16".into(),
+    let (manifest, _) = w.finish(Contents {
         arch: arch.name().into(),
         unet: unet_json,
-        faithdiff: fd,
-        peam,
+        faithdiff: cfg.faithdiff.clone(),
+        peam: cfg.peam.clone(),
         vae: vae_json,
-        text_encoder: te_json[0].clone(),
-        text_encoder_2: te_json[1].clone(),
+        text_encoders: te_json,
         pad_tokens: ["<|endoftext|>".into(), "!".into()],
         scheduler: presets::sdxl_scheduler_json(),
-        shards: w.shards.clone(),
-        weight_map: std::mem::take(&mut w.weight_map),
         sources: [("made-up".to_string(), "pgp-wgpu bench bundle".to_string())].into(),
         one_step: false,
-    };
-    std::fs::write(out.join(MANIFEST), serde_json::to_string_pretty(&manifest)?)?;
-    let total: u64 = w.shards.iter().map(|s| s.bytes).sum();
+        recipe: None,
+    })?;
+    let total: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
     eprintln!(
         "wrote {} ({} shards, {:.2} GiB, made-up f16 weights)",
         out.display(),
-        w.shards.len(),
+        manifest.shards.len(),
         total as f64 / (1u64 << 30) as f64
     );
     Ok(())

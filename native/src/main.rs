@@ -7,7 +7,6 @@ mod convert;
 #[cfg(feature = "download")]
 mod download;
 mod figures;
-mod lora;
 mod prune;
 mod upscale;
 

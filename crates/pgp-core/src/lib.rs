@@ -40,6 +40,7 @@ pub mod ppa;
 pub mod precision;
 pub mod presets;
 pub mod profile;
+pub mod prune;
 pub mod rng;
 pub mod schedulers;
 pub mod source;

@@ -98,6 +98,7 @@ impl Upscaler {
             text: None,
             prompts: Vec::new(),
             scheduler: bundle.scheduler()?,
+            one_step: bundle.one_step_recipe()?,
         };
         Ok(Self {
             gpu: gpu.clone(),

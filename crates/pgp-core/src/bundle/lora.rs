@@ -1,20 +1,27 @@
-//! `convert --lora FILE`: a UNet LoRA merged into the weights as they are written, the S1
+//! A UNet LoRA merged into the weights as they are written (`convert --lora`), the S1
 //! recipe of `shared/spec/pgp-model.md` §4: `W += scale · (alpha / r) · B·A` per module, for
 //! linear layers (`A` `[r, in]`, `B` `[out, r]`) and convolutions (`A` `[r, in, kh, kw]`,
 //! `B` `[out, r, 1, 1]`: `ΔW = (B·A)` reshaped to the kernel), computed in f32.
 //!
 //! Layouts read (safetensors): PEFT / diffusers (`M.lora_A.weight`, `M.lora_B.weight`,
 //! optionally prefixed `unet.` or `base_model.model.`) and diffusers' older
-//! `M.lora.down.weight` / `M.lora.up.weight`. `alpha` is `--lora-alpha` where given (files saved
+//! `M.lora.down.weight` / `M.lora.up.weight`. `alpha` is the caller's where given (files saved
 //! without it, e.g. with PEFT's default 8, cannot say), else the module's `M.alpha` scalar, else
-//! `lora_alpha` of an `adapter_config.json` beside the file (PEFT's), else `r` (a factor of 1). Text-encoder LoRAs, DoRA and kohya's
+//! `lora_alpha` of PEFT's `adapter_config.json` ([`adapter_config_alpha`]), else `r` (a factor
+//! of 1). Text-encoder LoRAs, DoRA and kohya's
 //! `lora_unet_*` names are refused with the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 
-use anyhow::{Context, Result, bail};
-use pgp_core::weights::{TensorSource, WeightFile};
+use crate::error::{Error, Result};
+use crate::weights::{TensorSource, WeightFile};
+
+/// Fails with an input error formatted like `format!`.
+macro_rules! bail {
+    ($($t:tt)*) => {
+        return Err(Error::input(format!($($t)*)))
+    };
+}
 
 /// Values and shape of one tensor.
 type Tensor = (Vec<f32>, Vec<usize>);
@@ -40,22 +47,22 @@ pub struct Lora {
 }
 
 /// The module path and the part (`A`, `B`, `alpha`) of a LoRA key, or why it cannot be used.
-fn split_key(key: &str) -> Result<Option<(String, &'static str)>> {
+fn split_key(key: &str) -> std::result::Result<Option<(String, &'static str)>, String> {
     if key.starts_with("lora_unet_") || key.starts_with("lora_te") {
-        bail!(
+        return Err(format!(
             "`{key}`: kohya's layout is not read; save the LoRA in diffusers / PEFT layout \
              (diffusers' `convert_unet_state_dict_to_peft`, or `save_lora_weights`)"
-        );
+        ));
     }
     if key.contains("lora_magnitude_vector") || key.contains("dora_scale") {
-        bail!("`{key}`: DoRA adapters cannot be merged as a plain LoRA");
+        return Err(format!("`{key}`: DoRA adapters cannot be merged as a plain LoRA"));
     }
     let mut k = key;
     for prefix in ["base_model.model.", "unet."] {
         k = k.strip_prefix(prefix).unwrap_or(k);
     }
     if k.starts_with("text_encoder") || k.starts_with("te_") {
-        bail!("`{key}`: text-encoder LoRAs are not supported (S1 adapts the UNet only)");
+        return Err(format!("`{key}`: text-encoder LoRAs are not supported (S1 adapts the UNet only)"));
     }
     for (suffix, part) in [
         (".lora_A.weight", "A"),
@@ -69,27 +76,34 @@ fn split_key(key: &str) -> Result<Option<(String, &'static str)>> {
         }
     }
     if k.ends_with(".lora_A.bias") || k.ends_with(".lora_B.bias") {
-        bail!("`{key}`: LoRA biases are not supported");
+        return Err(format!("`{key}`: LoRA biases are not supported"));
     }
     Ok(None)
 }
 
 impl Lora {
-    /// Reads a LoRA file; `scale` multiplies every update, `alpha` replaces the file's.
-    pub fn read(path: &Path, scale: f32, alpha: Option<f32>) -> Result<Self> {
-        let name = path.display().to_string();
+    /// Reads a LoRA from a safetensors file's bytes (`name` is used in errors); `scale`
+    /// multiplies every update, `alpha` replaces the file's, `config_alpha` (PEFT's
+    /// `adapter_config.json`, [`adapter_config_alpha`]) is used where the file has none.
+    pub fn read(
+        name: &str,
+        bytes: Vec<u8>,
+        scale: f32,
+        alpha: Option<f32>,
+        config_alpha: Option<f32>,
+    ) -> Result<Self> {
+        let name = name.to_string();
         if !scale.is_finite() {
-            bail!("--lora-scale must be a finite number");
+            bail!("the LoRA scale must be a finite number");
         }
         if alpha.is_some_and(|a| !a.is_finite() || a <= 0.0) {
-            bail!("--lora-alpha must be a positive number");
+            bail!("the LoRA alpha must be a positive number");
         }
-        let bytes = std::fs::read(path).with_context(|| format!("reading {name}"))?;
         let file = WeightFile::from_bytes(name.clone(), bytes)?;
         let mut parts: BTreeMap<String, BTreeMap<&str, Tensor>> = BTreeMap::new();
         let mut ignored = Vec::new();
         for key in file.all_keys() {
-            match split_key(key).with_context(|| name.clone())? {
+            match split_key(key).map_err(|e| Error::input(format!("{name}: {e}")))? {
                 Some((module, part)) => {
                     let (values, shape) = file.read_f32(key)?;
                     let slot = parts.entry(module.clone()).or_default();
@@ -107,18 +121,6 @@ impl Lora {
                 ignored[0]
             );
         }
-        // PEFT keeps alpha in adapter_config.json beside the weights.
-        let config_alpha = path
-            .parent()
-            .map(|d| d.join("adapter_config.json"))
-            .filter(|p| p.is_file())
-            .map(|p| -> Result<Option<f32>> {
-                let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&p)?)
-                    .with_context(|| format!("{}: not JSON", p.display()))?;
-                Ok(v["lora_alpha"].as_f64().map(|a| a as f32))
-            })
-            .transpose()?
-            .flatten();
         let mut modules = BTreeMap::new();
         for (module, mut p) in parts {
             let (Some((a, a_shape)), Some((b, b_shape))) = (p.remove("A"), p.remove("B")) else {
@@ -222,4 +224,11 @@ impl Lora {
     pub fn modules(&self) -> usize {
         self.modules.len()
     }
+}
+
+/// `lora_alpha` of PEFT's `adapter_config.json` (the file's bytes), if it names one.
+pub fn adapter_config_alpha(name: &str, json: &[u8]) -> Result<Option<f32>> {
+    let v: serde_json::Value = serde_json::from_slice(json)
+        .map_err(|e| Error::input(format!("{name}: not JSON: {e}")))?;
+    Ok(v["lora_alpha"].as_f64().map(|a| a as f32))
 }

@@ -19,6 +19,17 @@
 //! components it needs, one shard at a time, and can check every header against the manifest.
 //! Version 1 bundles (one shard list, components mixed) still load: every shard is read and
 //! the tensors are picked by key.
+//!
+//! This module is the reader; beside it: [`components`](Component) (the one table of
+//! components: network, key prefix, config, builder), [`Writer`] (shards and the manifest, into
+//! a caller's [`ShardSink`]), [`Checkpoint`] (torch.save and safetensors downloads read without
+//! running code), [`lora`] (merging a LoRA while writing) and [`convert`] (downloads → bundle).
+
+mod checkpoint;
+mod components;
+pub mod convert;
+pub mod lora;
+mod writer;
 
 use std::collections::BTreeMap;
 
@@ -27,17 +38,19 @@ use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use checkpoint::{Checkpoint, Shapes};
+pub use components::{Component, Configs};
+pub use writer::{Contents, MemorySink, ShardPacker, ShardSink, Writer, convert_dtype};
+
 use crate::error::{Error, Result};
-use crate::models::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::clip::ClipTextModel;
 use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use crate::models::peam::PeamConfig;
-use crate::models::unet_2d::UNet2DConditionConfig;
-use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
+use crate::models::vae::{AutoencoderKL, DenoiseEncoder};
+use crate::pipeline::one_step::OneStep;
 use crate::schedulers::euler::EulerConfig;
 use crate::source::ShardSource;
-use crate::weights::{
-    DeviceStore, TensorSource, WeightFile, WeightStore, check, decode_f32, load_prefixed, to_tensor,
-};
+use crate::weights::{DeviceStore, TensorSource, WeightFile, WeightStore, load_prefixed, to_tensor};
 
 /// `format` of every manifest.
 pub const FORMAT: &str = "pgp-wgpu-bundle";
@@ -47,68 +60,6 @@ pub const VERSION: u32 = 2;
 pub const MAX_SHARD_BYTES: usize = 256 << 20;
 /// The manifest's file name inside a bundle folder.
 pub const MANIFEST: &str = "manifest.json";
-
-/// A bundle's parts, each with its own shards (version 2) and key prefix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Component {
-    /// FaithDiff's UNet with its fusion modules (and PEAMs).
-    #[serde(rename = "unet")]
-    Unet,
-    /// FaithDiff's LQ encoder.
-    #[serde(rename = "denoise_encoder")]
-    DenoiseEncoder,
-    /// The VAE.
-    #[serde(rename = "vae")]
-    Vae,
-    /// CLIP ViT-L.
-    #[serde(rename = "text_encoder")]
-    TextEncoder,
-    /// OpenCLIP bigG with projection.
-    #[serde(rename = "text_encoder_2")]
-    TextEncoder2,
-    /// The empty prompt's cached embeddings.
-    #[serde(rename = "empty_prompt")]
-    EmptyPrompt,
-}
-
-impl Component {
-    /// Every component, in the order `convert` writes them.
-    pub const ALL: [Component; 6] = [
-        Component::Unet,
-        Component::DenoiseEncoder,
-        Component::Vae,
-        Component::TextEncoder,
-        Component::TextEncoder2,
-        Component::EmptyPrompt,
-    ];
-    /// What an upscaler needs for the empty prompt (no text encoders).
-    pub const IMAGE: [Component; 4] = [
-        Component::Unet,
-        Component::DenoiseEncoder,
-        Component::Vae,
-        Component::EmptyPrompt,
-    ];
-    /// The two text encoders.
-    pub const TEXT: [Component; 2] = [Component::TextEncoder, Component::TextEncoder2];
-
-    /// Its name in manifests and shard file names (`text_encoder_2`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Unet => "unet",
-            Self::DenoiseEncoder => "denoise_encoder",
-            Self::Vae => "vae",
-            Self::TextEncoder => "text_encoder",
-            Self::TextEncoder2 => "text_encoder_2",
-            Self::EmptyPrompt => "empty_prompt",
-        }
-    }
-
-    /// The component a tensor key belongs to (by its prefix `name.`).
-    pub fn of_key(key: &str) -> Option<Self> {
-        let (head, _) = key.split_once('.')?;
-        Self::ALL.into_iter().find(|c| c.name() == head)
-    }
-}
 
 /// One shard file.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -181,6 +132,10 @@ pub struct Manifest {
     /// A one-step (S1) model: callers' default options run the one-step recipe.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub one_step: bool,
+    /// The one-step recipe (timestep, how x0 is formed); absent: the standard one
+    /// ([`OneStep::standard`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recipe: Option<OneStep>,
 }
 
 /// The element type a manifest's `dtype` (and `convert --dtype`) names: `f16` or `f32`.
@@ -520,38 +475,35 @@ impl Bundle {
         self.store.as_ref()
     }
 
-    fn unet_config(&self) -> Result<UNet2DConditionConfig> {
-        UNet2DConditionConfig::from_json(&self.manifest.unet)
-    }
-    fn vae_config(&self) -> Result<AutoencoderKLConfig> {
-        AutoencoderKLConfig::from_json(&self.manifest.vae)
-    }
-    fn clip_config(&self, second: bool) -> Result<ClipTextConfig> {
-        let v = if second {
-            &self.manifest.text_encoder_2
-        } else {
-            &self.manifest.text_encoder
-        };
-        ClipTextConfig::from_json(v)
+    /// The parsed configs of every component's network.
+    pub fn configs(&self) -> Result<Configs> {
+        let m = &self.manifest;
+        Configs::from_json(
+            &m.unet,
+            m.faithdiff.clone(),
+            m.peam.clone(),
+            &m.vae,
+            [&m.text_encoder, &m.text_encoder_2],
+        )
     }
 
     /// FaithDiff's UNet with its fusion modules.
     pub fn unet(&self, device: &Device) -> Result<FaithDiffUNet> {
-        let (cfg, fd) = (self.unet_config()?, &self.manifest.faithdiff);
+        let cfg = self.configs()?;
         load_prefixed(self.store.as_ref(), "unet.", device, self.dtype, |vb| {
-            FaithDiffUNet::new(&vb.pp("unet"), &cfg, fd, self.manifest.peam.as_ref())
+            cfg.unet(&vb.pp("unet"))
         })
     }
 
     /// FaithDiff's LQ encoder, with its tiling on (as FaithDiff's scripts run it).
     pub fn denoise_encoder(&self, device: &Device) -> Result<DenoiseEncoder> {
-        let cfg = self.vae_config()?;
+        let cfg = self.configs()?;
         let mut m = load_prefixed(
             self.store.as_ref(),
             "denoise_encoder.",
             device,
             self.dtype,
-            |vb| DenoiseEncoder::new(&vb.pp("denoise_encoder"), &cfg),
+            |vb| cfg.denoise_encoder(&vb),
         )?;
         m.set_tiling(true);
         Ok(m)
@@ -560,9 +512,9 @@ impl Bundle {
     /// The VAE, with diffusers' tiling on (as FaithDiff's scripts run it), so memory stays
     /// bounded whatever the image size.
     pub fn vae(&self, device: &Device) -> Result<AutoencoderKL> {
-        let cfg = self.vae_config()?;
+        let cfg = self.configs()?;
         let mut m = load_prefixed(self.store.as_ref(), "vae.", device, self.dtype, |vb| {
-            AutoencoderKL::new(&vb.pp("vae"), &cfg)
+            cfg.vae(&vb.pp("vae"))
         })?;
         m.set_tiling(true);
         Ok(m)
@@ -570,15 +522,14 @@ impl Bundle {
 
     /// One text encoder (`second`: the one with projection).
     pub fn text_encoder(&self, device: &Device, second: bool) -> Result<ClipTextModel> {
-        let cfg = self.clip_config(second)?;
-        let prefix = if second {
-            "text_encoder_2"
+        let cfg = self.configs()?;
+        let c = if second {
+            Component::TextEncoder2
         } else {
-            "text_encoder"
+            Component::TextEncoder
         };
-        let prefix_dot = format!("{prefix}.");
-        load_prefixed(self.store.as_ref(), &prefix_dot, device, self.dtype, |vb| {
-            ClipTextModel::new(&vb.pp(prefix), &cfg, second, true)
+        load_prefixed(self.store.as_ref(), &c.prefix(), device, self.dtype, |vb| {
+            cfg.text_encoder(&vb.pp(c.name()), usize::from(second), true)
         })
     }
 
@@ -598,184 +549,22 @@ impl Bundle {
         EulerConfig::from_json(&self.manifest.scheduler)
     }
 
+    /// The one-step recipe: the manifest's, checked against the scheduler, or the standard.
+    pub fn one_step_recipe(&self) -> Result<OneStep> {
+        let scheduler = self.scheduler()?;
+        match self.manifest.recipe {
+            Some(r) => r.validate(&scheduler).map(|()| r),
+            None => Ok(OneStep::standard(&scheduler)),
+        }
+    }
+
     /// Checks every component's tensors against its config without loading anything.
     pub fn check(&self, device: &Device) -> Result<()> {
-        let (unet, vae, fd) = (
-            self.unet_config()?,
-            self.vae_config()?,
-            &self.manifest.faithdiff,
-        );
-        check(self.store.as_ref(), "unet.", device, |vb| {
-            FaithDiffUNet::new(&vb.pp("unet"), &unet, fd, self.manifest.peam.as_ref())
-        })?;
-        check(self.store.as_ref(), "denoise_encoder.", device, |vb| {
-            DenoiseEncoder::new(&vb.pp("denoise_encoder"), &vae)
-        })?;
-        check(self.store.as_ref(), "vae.", device, |vb| {
-            AutoencoderKL::new(&vb.pp("vae"), &vae)
-        })?;
-        for (second, prefix) in [(false, "text_encoder"), (true, "text_encoder_2")] {
-            let cfg = self.clip_config(second)?;
-            check(self.store.as_ref(), &format!("{prefix}."), device, |vb| {
-                ClipTextModel::new(&vb.pp(prefix), &cfg, second, true)
-            })?;
-        }
-        for key in [
-            "empty_prompt.prompt_embeds",
-            "empty_prompt.pooled_prompt_embeds",
-        ] {
-            if self.store.info(key).is_none() {
-                return Err(Error::config(format!("the bundle lacks `{key}`")));
-            }
+        let cfg = self.configs()?;
+        for c in Component::ALL {
+            c.check(self.store.as_ref(), &cfg, device)?;
         }
         Ok(())
     }
 }
 
-/// Converts raw little-endian tensor bytes between float dtypes (f32, f16, bf16, f64 in;
-/// f32 or f16 out). f16 overflow is an error naming the tensor.
-pub fn convert_dtype(name: &str, from: Dtype, bytes: &[u8], to: Dtype) -> Result<Vec<u8>> {
-    if from == to {
-        return Ok(bytes.to_vec());
-    }
-    let values = match from {
-        Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => {
-            decode_f32(from, bytes).expect("a float dtype")
-        }
-        other => {
-            return Err(Error::input(format!(
-                "`{name}`: cannot convert {other:?} weights"
-            )));
-        }
-    };
-    match to {
-        Dtype::F32 => Ok(values.iter().flat_map(|v| v.to_le_bytes()).collect()),
-        Dtype::F16 => {
-            if let Some(v) = values.iter().find(|v| v.is_finite() && v.abs() > 65504.0) {
-                return Err(Error::input(format!(
-                    "`{name}`: value {v} does not fit in f16; store the weights as f32"
-                )));
-            }
-            Ok(values
-                .iter()
-                .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
-                .collect())
-        }
-        other => Err(Error::input(format!("cannot store weights as {other:?}"))),
-    }
-}
-
-/// Packs tensors into safetensors shards of at most `limit` bytes of data (a tensor larger
-/// than the limit gets a shard of its own).
-pub struct ShardPacker {
-    limit: usize,
-    pending: Vec<(String, Dtype, Vec<usize>, Vec<u8>)>,
-    size: usize,
-}
-
-impl ShardPacker {
-    /// A packer with the given per-shard data limit.
-    pub fn new(limit: usize) -> Self {
-        Self {
-            limit,
-            pending: Vec::new(),
-            size: 0,
-        }
-    }
-
-    /// Adds a tensor; returns a finished shard (bytes, tensor count) when this one would not
-    /// fit in the current shard.
-    pub fn push(
-        &mut self,
-        name: String,
-        dtype: Dtype,
-        shape: Vec<usize>,
-        data: Vec<u8>,
-    ) -> Result<Option<(Vec<u8>, usize)>> {
-        let full = if !self.pending.is_empty() && self.size + data.len() > self.limit {
-            self.flush()?
-        } else {
-            None
-        };
-        self.size += data.len();
-        self.pending.push((name, dtype, shape, data));
-        Ok(full)
-    }
-
-    /// The last shard, if anything is pending.
-    pub fn flush(&mut self) -> Result<Option<(Vec<u8>, usize)>> {
-        if self.pending.is_empty() {
-            return Ok(None);
-        }
-        let pending = std::mem::take(&mut self.pending);
-        self.size = 0;
-        let views = pending
-            .iter()
-            .map(|(n, d, s, b)| {
-                safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| Error::input(format!("`{n}`: {e:?}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, None)
-            .map_err(|e| Error::input(format!("writing a shard: {e:?}")))?;
-        Ok(Some((bytes, pending.len())))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packer_respects_the_limit() {
-        let mut p = ShardPacker::new(10);
-        let t = |n: usize| vec![0u8; n];
-        assert!(
-            p.push("a".into(), Dtype::U8, vec![6], t(6))
-                .unwrap()
-                .is_none()
-        );
-        let (bytes, n) = p
-            .push("b".into(), Dtype::U8, vec![6], t(6))
-            .unwrap()
-            .unwrap();
-        assert_eq!(n, 1);
-        assert!(
-            WeightFile::from_bytes("s", bytes)
-                .unwrap()
-                .shape("a")
-                .is_some()
-        );
-        assert!(
-            p.push("c".into(), Dtype::U8, vec![3], t(3))
-                .unwrap()
-                .is_none()
-        );
-        assert!(
-            p.push("big".into(), Dtype::U8, vec![30], t(30))
-                .unwrap()
-                .is_some()
-        );
-        let (_, n) = p.flush().unwrap().unwrap();
-        assert_eq!(n, 1);
-        assert!(p.flush().unwrap().is_none());
-    }
-
-    #[test]
-    fn dtype_conversion_round_trips_and_refuses_overflow() {
-        let v: Vec<u8> = [1.5f32, -2.25, 0.0]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let h = convert_dtype("x", Dtype::F32, &v, Dtype::F16).unwrap();
-        assert_eq!(h.len(), 6);
-        assert_eq!(convert_dtype("x", Dtype::F16, &h, Dtype::F32).unwrap(), v);
-        let big = 1e6f32.to_le_bytes();
-        let err = convert_dtype("w", Dtype::F32, &big, Dtype::F16).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("`w`: value 1000000 does not fit in f16")
-        );
-    }
-}

@@ -4,5 +4,6 @@
 
 pub mod color_fix;
 pub mod image;
+pub mod one_step;
 pub mod run;
 pub mod tiling;

@@ -6,6 +6,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::color_fix::ColorFix;
+use super::one_step::OneStep;
 use super::image::{
     RgbImage, crop, from_signed, from_unit, pad_to_multiple, resize_lanczos, to_signed_tensor,
     to_unit_tensor,
@@ -81,9 +82,10 @@ pub struct Options {
     /// Seed of the host-side noise generator ([`crate::rng`]): the same seed gives the same
     /// noise on every device.
     pub seed: u64,
-    /// The one-step S1 mode: one UNet call at the last training timestep on the encoded input
-    /// (`z = 0.13025·VAE.sample`), no CFG, `x0 = (z − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ)`. For S1
-    /// checkpoints (LoRA merged); `steps`, `start` and `guidance` are ignored.
+    /// The one-step mode: one UNet call on the encoded input (`z = scaling·VAE.sample`), no
+    /// CFG, the output latent by the model's recipe ([`Models::one_step`]; by default the last
+    /// training timestep and `x0 = (z − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ)`). For S1 checkpoints (LoRA
+    /// merged); `steps`, `start` and `guidance` are ignored.
     pub one_step: bool,
     /// Explicit noise instead of the seeded generator (to reproduce a reference run).
     pub noise: Option<NoiseData>,
@@ -202,6 +204,9 @@ pub struct Models {
     pub prompts: Vec<(String, (Tensor<3>, Tensor<2>))>,
     /// The scheduler config.
     pub scheduler: EulerConfig,
+    /// The one-step recipe (the bundle's, else [`OneStep::standard`]), used when
+    /// [`Options::one_step`] is on.
+    pub one_step: OneStep,
 }
 
 /// SDXL's two text encoders with their tokenizers.
@@ -759,7 +764,7 @@ impl<'a> Run<'a> {
     /// (input scale, timestep) of a step.
     fn step_inputs(&self, step: usize) -> (f64, f64) {
         if self.options.one_step {
-            (1.0, (self.models.scheduler.num_train_timesteps - 1) as f64)
+            (1.0, f64::from(self.models.one_step.timestep))
         } else {
             (
                 input_scale(self.sched.sigmas[step]),
@@ -841,10 +846,8 @@ impl<'a> Run<'a> {
         let eps = acc / self.weight_sum.clone().expect("tiles prepared");
         let latent = self.latent.take().expect("the start latent exists");
         let latent = if self.options.one_step {
-            // S1 (pgp-model.md §4): x0 = (z − sqrt(1 − ᾱ)·ε̂)/sqrt(ᾱ) at the last timestep.
-            let last = self.models.scheduler.num_train_timesteps - 1;
-            let a = f64::from(self.models.scheduler.alphas_cumprod()[last]);
-            (latent - eps * (1.0 - a).sqrt()) / a.sqrt()
+            let models = self.models;
+            models.one_step.x0(&models.scheduler, latent, eps)
         } else {
             let (sigma, sigma_next) = (self.sched.sigmas[step], self.sched.sigmas[step + 1]);
             latent + eps * (sigma_next - sigma)
