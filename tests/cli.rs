@@ -1550,3 +1550,186 @@ fn recursive_walks_do_not_follow_symlink_loops() {
     let as_input = format!("error: {}", out.display());
     assert!(!text(&o).contains(&as_input), "{}", text(&o));
 }
+
+/// OSEDiff's own pipeline on the tiny fixture (tools/make_osediff_fixture.py): the reference's
+/// output PNG, `out_{case}_{fix}.png`, at the model's size (resized back to ×4 by Pillow's
+/// BICUBIC, which pgp_core reproduces exactly, where the multiple-of-8 step trimmed it).
+fn osediff_reference(case: &str, fix: &str, size: (u32, u32)) -> Vec<u8> {
+    let path = root().join(format!("tests/osediff/out_{case}_{fix}.png"));
+    let img = image::open(path).unwrap().to_rgb8();
+    if img.dimensions() == size {
+        return img.into_raw();
+    }
+    let rgb = pgp_core::pipeline::image::RgbImage::new(
+        img.width() as usize,
+        img.height() as usize,
+        img.into_raw(),
+    )
+    .unwrap();
+    pgp_core::pipeline::image::resize(
+        &rgb,
+        size.0 as usize,
+        size.1 as usize,
+        pgp_core::pipeline::image::Filter::Bicubic,
+    )
+    .unwrap()
+    .data
+}
+
+fn convert_osediff(out: &Path, extra: &[&str]) -> std::process::Output {
+    bin()
+        .arg("convert")
+        .arg("--sd21")
+        .arg(hub().join("sd21"))
+        .arg("--osediff")
+        .arg(hub().join("osediff.pkl"))
+        .args(extra)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn osediff_equals_its_own_pipeline() {
+    let dir = scratch("osediff");
+    let bundle = dir.join("osediff.bundle");
+    let o = convert_osediff(&bundle, &["--dtype", "f32", "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["family"], "sd21");
+    assert_eq!(manifest["arch"], "osediff");
+    assert_eq!(manifest["recipe"], serde_json::json!({"timestep": 999, "x0": "epsilon"}));
+    assert_eq!(manifest["pad_tokens"], serde_json::json!(["!"]));
+
+    // The merged weights equal PEFT's merge (and untouched ones SD2.1's).
+    let merged = std::fs::read(root().join("tests/osediff/merged.safetensors")).unwrap();
+    let merged = pgp_core::safetensors::SafeTensors::deserialize(&merged).unwrap();
+    let b = pollster::block_on(pgp_core::bundle::Bundle::read(
+        &pgp_core::DirSource::new(&bundle),
+        &mut |_| {},
+    ))
+    .unwrap();
+    let mut worst = 0f64;
+    for (key, t) in merged.tensors() {
+        let expected: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let (got, shape) = b.source().read_f32(&key).unwrap();
+        assert_eq!(shape, t.shape(), "{key}");
+        worst = worst.max(rel_l2(&got, &expected));
+    }
+    assert!(worst < 1e-6, "merged weights differ from PEFT's: rel L2 {worst}");
+
+    // Upscales through the CLI equal the reference: an even input, and one whose ×4 size
+    // is no multiple of 8 (LANCZOS down to one, then back); every colour fix; both devices.
+    for (case, input, size) in [
+        ("even", root().join("tests/pipeline/input.png"), (96, 64)),
+        ("odd", root().join("tests/osediff/input_odd.png"), (52, 44)),
+    ] {
+        let noise = root().join(format!("tests/osediff/noise_{case}.safetensors"));
+        for (fix, device) in [("none", "cpu"), ("adain", "cpu"), ("wavelet", "cpu"), ("adain", "wgpu")] {
+            let out = dir.join(format!("{case}-{fix}-{device}.png"));
+            let o = bin()
+                .args(["upscale", "-q", "-s", "4", "--precision", "f32", "--device", device])
+                .args(["--color-fix", fix])
+                .arg("-i")
+                .arg(&input)
+                .arg("-o")
+                .arg(&out)
+                .arg("--model")
+                .arg(&bundle)
+                .arg("--noise")
+                .arg(&noise)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{case} {fix} {device}: {}", text(&o));
+            let got = image::open(&out).unwrap().to_rgb8();
+            assert_eq!(got.dimensions(), size, "{case}");
+            let want = osediff_reference(case, fix, size);
+            let max = got
+                .as_raw()
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .unwrap();
+            let mean = support::mean_abs_diff(got.as_raw(), &want);
+            assert!(
+                mean <= 0.5 && max <= 3,
+                "{case} {fix} {device}: |Δ| mean {mean}/255, max {max}/255"
+            );
+        }
+    }
+}
+
+#[test]
+fn osediff_inputs_that_do_not_fit_are_clear_errors() {
+    let dir = scratch("osediff-bad");
+    // A FaithDiff checkpoint is no osediff.pkl.
+    let out = dir.join("a");
+    let o = bin()
+        .arg("convert")
+        .arg("--sd21")
+        .arg(hub().join("sd21"))
+        .arg("--osediff")
+        .arg(hub().join("FaithDiff.bin"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("rank_unet"), "{}", text(&o));
+    assert!(!out.exists());
+    // A folder without its text encoder names the part.
+    let sd21 = dir.join("sd21");
+    for part in ["unet", "vae", "scheduler", "tokenizer"] {
+        copy_dir(&hub().join("sd21").join(part), &sd21.join(part));
+    }
+    let o = bin()
+        .arg("convert")
+        .arg("--sd21")
+        .arg(&sd21)
+        .arg("--osediff")
+        .arg(hub().join("osediff.pkl"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no text_encoder/ folder"), "{}", text(&o));
+    // SD2.1 with another UNet (the SDXL fixture's): the shapes are listed, nothing written.
+    copy_dir(&hub().join("sd21/text_encoder"), &sd21.join("text_encoder"));
+    let _ = std::fs::remove_dir_all(sd21.join("unet"));
+    copy_dir(&hub().join("sdxl/unet"), &sd21.join("unet"));
+    let o = bin()
+        .arg("convert")
+        .arg("--sd21")
+        .arg(&sd21)
+        .arg("--osediff")
+        .arg(hub().join("osediff.pkl"))
+        .arg("-o")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("no added embeddings"), "{}", text(&o));
+    assert!(!out.exists());
+    // FaithDiff's flags do not mix with --sd21.
+    let o = bin()
+        .args(["convert", "--sd21", "x", "--osediff", "y", "--lora", "z", "-o", "w"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for f in std::fs::read_dir(from).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
+    }
+}

@@ -3,6 +3,7 @@
 Usage: python make_image_cases.py OUT_DIR
   lanczos.safetensors  u8 RGB images (H, W, 3) and PIL's Image.LANCZOS resize of each
                        (`in_{i}`, `out_{i}`), up and down, integer and fractional factors;
+  bicubic.safetensors  the same images through Image.BICUBIC;
   color_fix.safetensors `target`, `source` [1, 3, H, W] in [0, 1] and StableSR/FaithDiff's
                        `adain` and `wavelet` colour fix of target towards source (before the
                        final clamp), computed as utils/color_fix.py does.
@@ -68,6 +69,13 @@ if __name__ == "__main__":
         cases[f"in_{i}"] = torch.from_numpy(img.copy())
         cases[f"out_{i}"] = torch.from_numpy(res.copy())
     save_file(cases, os.path.join(out, "lanczos.safetensors"))
+    # The same images through Pillow's BICUBIC (its default for RGB; OSEDiff's ×4 pre-upscale).
+    bicubic = {}
+    for i, ((h, w), (oh, ow)) in enumerate(sizes):
+        img = cases[f"in_{i}"].numpy()
+        bicubic[f"in_{i}"] = cases[f"in_{i}"]
+        bicubic[f"out_{i}"] = torch.from_numpy(np.asarray(Image.fromarray(img).resize((ow, oh), Image.BICUBIC)).copy())
+    save_file(bicubic, os.path.join(out, "bicubic.safetensors"))
 
     g = torch.Generator().manual_seed(5)
     t = {}

@@ -84,11 +84,13 @@ pub fn manifest(data: &[u8]) {
         return;
     };
     if let Ok(unet) = UNet2DConditionConfig::from_json(&m.unet) {
-        build_unet(&unet, &m.faithdiff, m.peam.as_ref());
+        build_unet(&unet, &m.faithdiff.unwrap_or_default(), m.peam.as_ref());
     }
     vae(&m.vae);
     clip(&m.text_encoder);
-    clip(&m.text_encoder_2);
+    if let Some(te) = &m.text_encoder_2 {
+        clip(te);
+    }
     scheduler(&m.scheduler);
 }
 

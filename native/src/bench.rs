@@ -438,6 +438,7 @@ fn made_up_f16(n: usize, scale: f32, state: &mut u64) -> Vec<u8> {
 /// the real configs), written by the same writer as `convert`, for `bench load`.
 pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) -> Result<()> {
     use pgp_core::bundle::{Component, Configs, Contents, Writer};
+    use pgp_core::families::Family;
     use pgp_core::presets;
     use pgp_core::safetensors::Dtype;
     if out.exists() {
@@ -451,11 +452,12 @@ pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) ->
         presets::sdxl_text_encoder_json(true),
     ];
     let cfg = Configs::from_json(
+        Family::FaithDiff,
         &unet_json,
         arch.faithdiff_config(),
         arch.peam_config(),
         &vae_json,
-        [&te_json[0], &te_json[1]],
+        &[&te_json[0], &te_json[1]],
     )?;
     let mut w = Writer::new(
         crate::convert::FolderSink(out.to_path_buf()),
@@ -483,13 +485,14 @@ pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) ->
         }
     }
     let (manifest, _) = w.finish(Contents {
+        family: Family::FaithDiff,
         arch: arch.name().into(),
         unet: unet_json,
-        faithdiff: cfg.faithdiff.clone(),
+        faithdiff: Some(cfg.faithdiff.clone()),
         peam: cfg.peam.clone(),
         vae: vae_json,
-        text_encoders: te_json,
-        pad_tokens: ["<|endoftext|>".into(), "!".into()],
+        text_encoders: te_json.into(),
+        pad_tokens: vec!["<|endoftext|>".into(), "!".into()],
         scheduler: presets::sdxl_scheduler_json(),
         sources: [("made-up".to_string(), "pgp-wgpu bench bundle".to_string())].into(),
         one_step: false,

@@ -287,6 +287,76 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
     Ok(())
 }
 
+/// What `convert --sd21 DIR --osediff FILE` was asked to do.
+pub struct Sd21Args {
+    pub sd21: PathBuf,
+    pub osediff: PathBuf,
+    pub dtype: String,
+    pub output: PathBuf,
+    pub max_shard_bytes: usize,
+    pub quiet: bool,
+}
+
+/// Converts SD2.1-base and OSEDiff's adapters into a one-step bundle.
+pub fn run_sd21(a: &Sd21Args) -> Result<()> {
+    let Some(target) = storage_dtype(&a.dtype) else {
+        bail!("--dtype must be f16 or f32, not `{}`", a.dtype);
+    };
+    output::check_new_dir(&a.output)?;
+    if !a.sd21.is_dir() {
+        bail!("--sd21 {}: not a folder", a.sd21.display());
+    }
+    for part in ["unet", "vae", "text_encoder", "scheduler"] {
+        if !a.sd21.join(part).is_dir() {
+            bail!(
+                "--sd21 {}: no {part}/ folder (a diffusers Stable Diffusion 2.1-base folder has \
+                 unet/, vae/, text_encoder/, tokenizer/ and scheduler/)",
+                a.sd21.display()
+            );
+        }
+    }
+    say(a.quiet, &format!("reading {}", a.osediff.display()));
+    let mut ckpt = open_checkpoint(&a.osediff)?;
+    let adapters = pgp_core::bundle::convert::osediff(&mut ckpt)?;
+    let inputs = pgp_core::bundle::convert::Sd21Inputs {
+        unet_config: read_json(&a.sd21.join("unet/config.json"))?,
+        vae_config: read_json(&a.sd21.join("vae/config.json"))?,
+        text_encoder_config: read_json(&a.sd21.join("text_encoder/config.json"))?,
+        scheduler: read_json(&a.sd21.join("scheduler/scheduler_config.json"))?,
+        pad_token: pad_token(&a.sd21.join("tokenizer"), "!")?,
+        unet: read_component(&a.sd21.join("unet"), "diffusion_pytorch_model")?,
+        vae: read_component(&a.sd21.join("vae"), "diffusion_pytorch_model")?,
+        text_encoder: read_component(&a.sd21.join("text_encoder"), "model")?,
+        sources: [("sd21".to_string(), a.sd21.display().to_string())].into(),
+    };
+    let partial = output::Partial::beside(&a.output);
+    let tmp = partial.path().to_path_buf();
+    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let device = Gpu::cpu().device().clone();
+    let writer = Writer::new(FolderSink(tmp.clone()), a.max_shard_bytes, target)?;
+    let (manifest, _) = pollster::block_on(pgp_core::bundle::convert::sd21(
+        inputs,
+        adapters,
+        writer,
+        &device,
+        &mut |msg| say(a.quiet, msg),
+    ))?;
+    load_bundle(&tmp)?.check(&device)?;
+    output::publish_dir(partial, &a.output)?;
+    let total: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
+    say(
+        a.quiet,
+        &format!(
+            "wrote {} ({} shards, {:.1} MiB, {}, one-step)",
+            a.output.display(),
+            manifest.shards.len(),
+            total as f64 / (1 << 20) as f64,
+            a.dtype
+        ),
+    );
+    Ok(())
+}
+
 /// Reads a bundle folder.
 pub fn load_bundle(dir: &Path) -> Result<Bundle> {
     Ok(pollster::block_on(Bundle::read(

@@ -53,36 +53,44 @@ enum Command {
     Convert {
         /// The SDXL diffusers folder (RealVisXL_V4.0: unet/, text_encoder/, text_encoder_2/,
         /// tokenizer/, tokenizer_2/, scheduler/).
-        #[arg(long)]
-        sdxl: std::path::PathBuf,
+        #[arg(long, required_unless_present = "sd21", conflicts_with = "sd21")]
+        sdxl: Option<std::path::PathBuf>,
         /// The VAE folder (sdxl-vae-fp16-fix).
-        #[arg(long)]
-        vae: std::path::PathBuf,
+        #[arg(long, required_unless_present = "sd21", conflicts_with = "sd21")]
+        vae: Option<std::path::PathBuf>,
         /// FaithDiff.bin (a torch.save state dict; read without running any code), or a
         /// PGP-DiffSR checkpoint in the same layout (`--arch pgp`). Also a .safetensors file.
-        #[arg(long)]
-        faithdiff: std::path::PathBuf,
+        #[arg(long, required_unless_present = "sd21", conflicts_with = "sd21")]
+        faithdiff: Option<std::path::PathBuf>,
+        /// A Stable Diffusion 2.1-base diffusers folder (unet/, vae/, text_encoder/, tokenizer/,
+        /// scheduler/), for the one-step models built on it (with --osediff).
+        #[arg(long, requires = "osediff")]
+        sd21: Option<std::path::PathBuf>,
+        /// OSEDiff's osediff.pkl (its UNet and VAE-encoder LoRAs and trained conv_in), merged
+        /// into SD2.1-base: a one-step bundle (t = 999, x0 from the predicted noise).
+        #[arg(long, requires = "sd21")]
+        osediff: Option<std::path::PathBuf>,
         /// The checkpoint's architecture: faithdiff, pgp-coarse (pruned) or pgp (pruned + PEAM).
-        #[arg(long, default_value = "faithdiff")]
+        #[arg(long, default_value = "faithdiff", conflicts_with = "sd21")]
         arch: String,
         /// The checkpoint's UNet config.json, for pruned checkpoints that ship one; default:
         /// the SDXL folder's unet/config.json with the preset's transformer depths.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sd21")]
         unet_config: Option<std::path::PathBuf>,
         /// PEAM config JSON (levels, variant, hidden, stacked_convs, negative_slope,
         /// keep_faithdiff_fusion); default for `--arch pgp`: one full PEAM after conv_in.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sd21")]
         peam_config: Option<std::path::PathBuf>,
         /// Storage dtype of the weights.
         #[arg(long, default_value = "f16")]
         dtype: String,
         /// Mark the bundle as a one-step (S1) model: `upscale` and the engine's default
         /// options then run the one-step recipe.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sd21")]
         one_step: bool,
         /// A UNet LoRA (diffusers / PEFT layout, safetensors) to merge: W += scale·(alpha/r)·B·A.
         /// The bundle is then one-step (the S1 recipe).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sd21")]
         lora: Option<std::path::PathBuf>,
         /// Multiplies the LoRA's update.
         #[arg(long, default_value_t = 1.0, requires = "lora")]
@@ -149,7 +157,7 @@ enum Command {
         #[arg(long)]
         one_step: bool,
         /// A safetensors file with `latent_noise` and `vae_noise` [1, 4, H/8, W/8] for the
-        /// padded image; no RNG is used.
+        /// padded image (OSEDiff bundles: `vae_noise` alone, the posterior's); no RNG is used.
         #[arg(long)]
         noise: Option<std::path::PathBuf>,
         /// Replace existing outputs.
@@ -497,9 +505,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(status(ok))
         }
         Command::Convert {
-            sdxl,
-            vae,
-            faithdiff,
+            sd21: Some(sd21),
+            osediff: Some(osediff),
+            dtype,
+            output,
+            max_shard_mib,
+            quiet,
+            ..
+        } => {
+            convert::run_sd21(&convert::Sd21Args {
+                sd21,
+                osediff,
+                dtype,
+                output,
+                max_shard_bytes: max_shard_mib.max(1) << 20,
+                quiet,
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Convert {
+            sdxl: Some(sdxl),
+            vae: Some(vae),
+            faithdiff: Some(faithdiff),
             arch,
             unet_config,
             peam_config,
@@ -511,6 +538,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
             max_shard_mib,
             quiet,
+            ..
         } => {
             convert::run(&convert::ConvertArgs {
                 sdxl,
@@ -528,6 +556,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Convert { .. } => anyhow::bail!(
+            "convert takes --sdxl, --vae and --faithdiff (FaithDiff, PGP-DiffSR), or --sd21 and \
+             --osediff (OSEDiff)"
+        ),
         Command::Upscale {
             input,
             output,

@@ -144,7 +144,11 @@ fn load_noise(path: &Path) -> Result<NoiseData> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let f = WeightFile::from_bytes(path.display().to_string(), bytes)?;
     Ok(NoiseData {
-        latent: f.f32_data("latent_noise")?.0,
+        // One-step SD2.1 models use only the posterior's noise.
+        latent: match f.shape("latent_noise") {
+            Some(_) => f.f32_data("latent_noise")?.0,
+            None => Vec::new(),
+        },
         vae: f.f32_data("vae_noise")?.0,
     })
 }

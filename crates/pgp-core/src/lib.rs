@@ -28,6 +28,7 @@ pub mod config;
 pub mod conformance;
 pub mod device;
 pub mod error;
+pub mod families;
 pub mod gpu_io;
 pub mod info;
 pub mod kernels;

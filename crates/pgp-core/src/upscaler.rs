@@ -22,9 +22,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 
-use crate::bundle::{Bundle, Component, LoadProgress};
+use crate::bundle::{Bundle, LoadProgress, Parts};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
+use crate::families::{Family, sd21};
 use crate::gpu_io::GpuImage;
 use crate::models::probe::Probe;
 use crate::pipeline::run::{Event, Models, Options, Run, Stages, TextEncoders};
@@ -55,11 +56,24 @@ impl LoadOptions {
     }
 }
 
+/// The networks of a bundle, by family.
+enum Nets {
+    FaithDiff(Models),
+    Sd21(sd21::Models),
+}
+
+/// A run of either family.
+enum Runs<'a> {
+    FaithDiff(Run<'a>),
+    Sd21(sd21::Run<'a>),
+}
+
 /// A loaded model on one [`Gpu`]: run any number of jobs, one after the other.
 pub struct Upscaler {
     gpu: Gpu,
-    models: Models,
+    models: Nets,
     arch: String,
+    family: Family,
     one_step: bool,
     dtype: FloatDType,
     /// Bytes on the device of the image networks' weights, and of the text encoders' while
@@ -89,21 +103,38 @@ impl Upscaler {
     ) -> Result<Self> {
         let device = gpu.device();
         let dtype = options.precision.resolve(device)?;
-        let bundle = Bundle::stream(source, device, dtype, &Component::IMAGE, on_progress).await?;
-        let models = Models {
-            unet: bundle.unet(device)?,
-            denoise_encoder: bundle.denoise_encoder(device)?,
-            vae: bundle.vae(device)?,
-            empty_prompt: bundle.empty_prompt(device)?,
-            text: None,
-            prompts: Vec::new(),
-            scheduler: bundle.scheduler()?,
-            one_step: bundle.one_step_recipe()?,
+        let bundle = Bundle::stream(source, device, dtype, Parts::Image, on_progress).await?;
+        let models = match bundle.manifest.family {
+            Family::FaithDiff => Nets::FaithDiff(Models {
+                unet: bundle.unet(device)?,
+                denoise_encoder: bundle.denoise_encoder(device)?,
+                vae: bundle.vae(device)?,
+                empty_prompt: bundle.empty_prompt(device)?,
+                text: None,
+                prompts: Vec::new(),
+                scheduler: bundle.scheduler()?,
+                one_step: bundle.one_step_recipe()?,
+            }),
+            Family::Sd21 => {
+                let mut vae = bundle.vae(device)?;
+                vae.set_tiling_at(sd21::VAE_TILE_PX);
+                Nets::Sd21(sd21::Models {
+                    unet: bundle.plain_unet(device)?,
+                    vae,
+                    empty_prompt: bundle.empty_prompt_embeds(device)?,
+                    text: None,
+                    prompts: Vec::new(),
+                    scheduler: bundle.scheduler()?,
+                    recipe: bundle.one_step_recipe()?,
+                })
+            }
         };
         Ok(Self {
             gpu: gpu.clone(),
             arch: bundle.manifest.arch.clone(),
-            one_step: bundle.manifest.one_step,
+            family: bundle.manifest.family,
+            // The SD2.1 family's models are one-step models.
+            one_step: bundle.manifest.one_step || bundle.manifest.family == Family::Sd21,
             image_bytes: bundle.values() * elem_bytes(dtype),
             text_bytes: 0,
             models,
@@ -111,30 +142,40 @@ impl Upscaler {
         })
     }
 
-    /// Loads the two CLIP text encoders (from the same bundle), which a non-empty prompt needs.
+    /// Loads the CLIP text encoders (from the same bundle), which a non-empty prompt needs.
     pub async fn load_text_encoders(
         &mut self,
         source: &impl ShardSource,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<()> {
-        if self.models.text.is_some() {
+        if self.has_text_encoders() {
             return Ok(());
         }
         let device = self.gpu.device();
         let bundle =
-            Bundle::stream(source, device, self.dtype, &Component::TEXT, on_progress).await?;
+            Bundle::stream(source, device, self.dtype, Parts::Text, on_progress).await?;
         let pads = &bundle.manifest.pad_tokens;
         self.text_bytes = bundle.values() * elem_bytes(self.dtype);
-        self.models.text = Some(TextEncoders {
-            first: (
-                bundle.text_encoder(device, false)?,
-                ClipTokenizer::new(&pads[0])?,
-            ),
-            second: (
-                bundle.text_encoder(device, true)?,
-                ClipTokenizer::new(&pads[1])?,
-            ),
-        });
+        match &mut self.models {
+            Nets::FaithDiff(m) => {
+                m.text = Some(TextEncoders {
+                    first: (
+                        bundle.text_encoder(device, false)?,
+                        ClipTokenizer::new(&pads[0])?,
+                    ),
+                    second: (
+                        bundle.text_encoder(device, true)?,
+                        ClipTokenizer::new(&pads[1])?,
+                    ),
+                })
+            }
+            Nets::Sd21(m) => {
+                m.text = Some((
+                    bundle.text_encoder(device, false)?,
+                    ClipTokenizer::new(&pads[0])?,
+                ))
+            }
+        }
         Ok(())
     }
 
@@ -148,35 +189,57 @@ impl Upscaler {
         prompt: &str,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<()> {
-        if prompt.is_empty() || self.models.prompts.iter().any(|(p, _)| p == prompt) {
+        let cached = match &self.models {
+            Nets::FaithDiff(m) => m.prompts.iter().any(|(p, _)| p == prompt),
+            Nets::Sd21(m) => m.prompts.iter().any(|(p, _)| p == prompt),
+        };
+        if prompt.is_empty() || cached {
             return Ok(());
         }
-        let kept = self.models.text.is_some();
+        let kept = self.has_text_encoders();
         if !kept {
             self.load_text_encoders(source, on_progress).await?;
         }
-        let text = self.models.text.as_ref().expect("loaded above");
         // Encoded and awaited before the encoders go, whether it succeeds or not.
-        let encoded: Result<_> = async {
-            let (embeds, pooled) = text.encode(prompt)?;
-            crate::device::settle(&pooled).await?;
-            Ok((embeds, pooled))
+        let encoded: Result<()> = async {
+            match &mut self.models {
+                Nets::FaithDiff(m) => {
+                    let text = m.text.as_ref().expect("loaded above");
+                    let (embeds, pooled) = text.encode(prompt)?;
+                    crate::device::settle(&pooled).await?;
+                    m.prompts.push((prompt.to_string(), (embeds, pooled)));
+                }
+                Nets::Sd21(m) => {
+                    let text = m.text.as_ref().expect("loaded above");
+                    let embeds = sd21::encode(text, prompt)?;
+                    crate::device::settle(&embeds).await?;
+                    m.prompts.push((prompt.to_string(), embeds));
+                }
+            }
+            Ok(())
         }
         .await;
         if !kept {
-            self.models.text = None;
+            match &mut self.models {
+                Nets::FaithDiff(m) => m.text = None,
+                Nets::Sd21(m) => m.text = None,
+            }
             self.text_bytes = 0;
         }
-        let (embeds, pooled) = encoded?;
-        self.models
-            .prompts
-            .push((prompt.to_string(), (embeds, pooled)));
-        Ok(())
+        encoded
     }
 
     /// Whether prompts can be used (text encoders loaded).
     pub fn has_text_encoders(&self) -> bool {
-        self.models.text.is_some()
+        match &self.models {
+            Nets::FaithDiff(m) => m.text.is_some(),
+            Nets::Sd21(m) => m.text.is_some(),
+        }
+    }
+
+    /// The bundle's model family.
+    pub fn family(&self) -> Family {
+        self.family
     }
 
     /// The architecture the bundle was converted as (`faithdiff`, `pgp-coarse`, `pgp`).
@@ -218,19 +281,28 @@ impl Upscaler {
     pub fn start<'a>(&'a self, input: ImageView<'_>, options: Options) -> Result<Job<'a>> {
         let split = Split::new(&input)?;
         let keep_unit = input.format() == PixelFormat::Rgba16;
-        let run = Run::new(
-            &self.models,
-            self.gpu.device(),
-            &split.rgb,
-            &options,
-            TileLimits {
-                buffer_bytes: self.gpu.info().max_buffer_bytes,
-                budget_bytes: options.max_memory,
-                weights_bytes: self.weights_bytes(),
-                elem_bytes: elem_bytes(self.dtype),
-            },
-            keep_unit,
-        )?;
+        let run = match &self.models {
+            Nets::FaithDiff(models) => Runs::FaithDiff(Run::new(
+                models,
+                self.gpu.device(),
+                &split.rgb,
+                &options,
+                TileLimits {
+                    buffer_bytes: self.gpu.info().max_buffer_bytes,
+                    budget_bytes: options.max_memory,
+                    weights_bytes: self.weights_bytes(),
+                    elem_bytes: elem_bytes(self.dtype),
+                },
+                keep_unit,
+            )?),
+            Nets::Sd21(models) => Runs::Sd21(sd21::Run::new(
+                models,
+                self.gpu.device(),
+                &split.rgb,
+                &options,
+                keep_unit,
+            )?),
+        };
         let to = (
             input.width() * options.scale,
             input.height() * options.scale,
@@ -271,7 +343,7 @@ impl CancelToken {
 
 /// One upscale in progress.
 pub struct Job<'a> {
-    run: Run<'a>,
+    run: Runs<'a>,
     alpha: Option<Alpha>,
     format: PixelFormat,
     output: Option<Image>,
@@ -294,7 +366,17 @@ impl Job<'_> {
         if self.over {
             return None;
         }
-        let r = match self.run.next_probed(probe).await {
+        let next = match &mut self.run {
+            Runs::FaithDiff(run) => run.next_probed(probe).await,
+            Runs::Sd21(_) if probe.is_some() => Some(Err(Error::input(
+                "the pruning analysis measures FaithDiff-family models only",
+            ))),
+            Runs::Sd21(run) => run
+                .next()
+                .await
+                .map(|r| r.map(|(unit, done, total)| Event { unit, done, total })),
+        };
+        let r = match next {
             Some(r) => r,
             None => {
                 self.over = true;
@@ -306,9 +388,10 @@ impl Job<'_> {
     }
 
     fn assemble(&mut self) -> Result<()> {
-        let out = self
-            .run
-            .take_output()
+        let out = match &mut self.run {
+            Runs::FaithDiff(run) => run.take_output(),
+            Runs::Sd21(run) => run.take_output(),
+        }
             .ok_or_else(|| Error::input("the job ended without a result"))?;
         if let Some(rgb) = out.tensor {
             let [_, _, h, w] = rgb.dims();
@@ -335,13 +418,19 @@ impl Job<'_> {
 
     /// Units in the whole job.
     pub fn total(&self) -> u32 {
-        self.run.total()
+        match &self.run {
+            Runs::FaithDiff(run) => run.total(),
+            Runs::Sd21(run) => run.total(),
+        }
     }
 
     /// Keeps the result on the device as well ([`Job::take_gpu_image`]), for hosts that draw it
     /// with their own wgpu device.
     pub fn keep_gpu_image(&mut self) {
-        self.run.keep_tensor();
+        match &mut self.run {
+            Runs::FaithDiff(run) => run.keep_tensor(),
+            Runs::Sd21(run) => run.keep_tensor(),
+        }
     }
 
     /// The result on the device (after the job is done, when [`Job::keep_gpu_image`] was
@@ -354,17 +443,25 @@ impl Job<'_> {
     /// cannot allocate them.
     #[doc(hidden)]
     pub fn fail_tiles_over(&mut self, px: usize) {
-        self.run.fail_tiles_over(px);
+        if let Runs::FaithDiff(run) = &mut self.run {
+            run.fail_tiles_over(px);
+        }
     }
 
     /// Keeps the pipeline's intermediate tensors (for parity checks and debugging).
     pub fn record_stages(&mut self) {
-        self.run.record_stages();
+        match &mut self.run {
+            Runs::FaithDiff(run) => run.record_stages(),
+            Runs::Sd21(run) => run.record_stages(),
+        }
     }
 
     /// The intermediate tensors, when recorded.
     pub fn stages(&self) -> Option<&Stages> {
-        self.run.stages()
+        match &self.run {
+            Runs::FaithDiff(run) => run.stages(),
+            Runs::Sd21(run) => run.stages(),
+        }
     }
 
     /// The result, once [`Job::next`] has returned `None`.

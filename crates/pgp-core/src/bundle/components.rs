@@ -6,11 +6,12 @@
 use burn::tensor::Device;
 use serde::{Deserialize, Serialize};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::families::Family;
 use crate::models::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use crate::models::peam::PeamConfig;
-use crate::models::unet_2d::UNet2DConditionConfig;
+use crate::models::unet_2d::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::vae::{AutoencoderKL, AutoencoderKLConfig, DenoiseEncoder};
 use crate::weights::{TensorSource, VarBuilder, check, wanted_shapes};
 
@@ -80,37 +81,57 @@ impl Component {
 /// the converter's inputs before a manifest exists).
 #[derive(Clone, Debug)]
 pub struct Configs {
+    /// The model family: which networks the components are.
+    pub family: Family,
     /// diffusers `UNet2DConditionModel` config of the UNet.
     pub unet: UNet2DConditionConfig,
-    /// FaithDiff's extra hyper-parameters.
+    /// FaithDiff's extra hyper-parameters (the FaithDiff family).
     pub faithdiff: FaithDiffConfig,
     /// PGP-DiffSR's PEAM, if the UNet has one.
     pub peam: Option<PeamConfig>,
     /// diffusers `AutoencoderKL` config (also the `denoise_encoder`'s layout).
     pub vae: AutoencoderKLConfig,
-    /// transformers `CLIPTextConfig` of `text_encoder` and `text_encoder_2`.
-    pub text: [ClipTextConfig; 2],
+    /// transformers `CLIPTextConfig`s of `text_encoder` (and `text_encoder_2`).
+    pub text: Vec<ClipTextConfig>,
 }
 
 impl Configs {
-    /// Parses the config dicts.
+    /// Parses the config dicts; `text` holds one per text encoder of the family.
     pub fn from_json(
+        family: Family,
         unet: &serde_json::Value,
         faithdiff: FaithDiffConfig,
         peam: Option<PeamConfig>,
         vae: &serde_json::Value,
-        text: [&serde_json::Value; 2],
+        text: &[&serde_json::Value],
     ) -> Result<Self> {
+        let encoders = family.text_components().len();
+        if text.len() != encoders {
+            return Err(Error::config(format!(
+                "a {} model has {encoders} text encoders, {} configs were given",
+                family.name(),
+                text.len()
+            )));
+        }
+        if family == Family::Sd21 && peam.is_some() {
+            return Err(Error::config("an SD2.1 model has no PEAM"));
+        }
         Ok(Self {
+            family,
             unet: UNet2DConditionConfig::from_json(unet)?,
             faithdiff,
             peam,
             vae: AutoencoderKLConfig::from_json(vae)?,
-            text: [
-                ClipTextConfig::from_json(text[0])?,
-                ClipTextConfig::from_json(text[1])?,
-            ],
+            text: text
+                .iter()
+                .map(|v| ClipTextConfig::from_json(v))
+                .collect::<Result<_>>()?,
         })
+    }
+
+    /// The plain diffusers UNet (the SD2.1 family); `vb` at the UNet's root.
+    pub fn plain_unet(&self, vb: &VarBuilder<'_>) -> Result<UNet2DConditionModel> {
+        UNet2DConditionModel::new(vb, &self.unet)
     }
 
     /// FaithDiff's UNet with its fusion modules (and PEAMs); `vb` at the UNet's root.
@@ -137,7 +158,11 @@ impl Configs {
         i: usize,
         prefixed: bool,
     ) -> Result<ClipTextModel> {
-        ClipTextModel::new(vb, &self.text[i], i == 1, prefixed)
+        let cfg = self.text.get(i).ok_or_else(|| {
+            Error::config(format!("a {} model has no text encoder {i}", self.family.name()))
+        })?;
+        // SDXL's second encoder has the projection; SD2.1's one encoder has none.
+        ClipTextModel::new(vb, cfg, i == 1, prefixed)
     }
 }
 
@@ -151,20 +176,37 @@ impl Component {
     /// (a loader, a shape lister or a counter); the cached prompt has no network and asks for
     /// its two tensors.
     pub fn declare(self, vb: &VarBuilder<'_>, cfg: &Configs) -> Result<()> {
+        if !cfg.family.components().contains(&self) {
+            return Err(Error::config(format!(
+                "a {} bundle has no {} component",
+                cfg.family.name(),
+                self.name()
+            )));
+        }
         match self {
+            Self::Unet if cfg.family == Family::Sd21 => cfg.plain_unet(&vb.pp("unet")).map(drop),
             Self::Unet => cfg.unet(&vb.pp("unet")).map(drop),
             Self::DenoiseEncoder => cfg.denoise_encoder(vb).map(drop),
             Self::Vae => cfg.vae(&vb.pp("vae")).map(drop),
             Self::TextEncoder => cfg.text_encoder(&vb.pp("text_encoder"), 0, true).map(drop),
             Self::TextEncoder2 => cfg.text_encoder(&vb.pp("text_encoder_2"), 1, true).map(drop),
             Self::EmptyPrompt => {
-                // SDXL's conditioning: both encoders' penultimate states side by side, and the
-                // second's projected pooled output.
                 let vb = vb.pp("empty_prompt");
-                let dim = cfg.text[0].hidden_size + cfg.text[1].hidden_size;
-                let pooled = cfg.text[1].projection_dim.unwrap_or(cfg.text[1].hidden_size);
-                vb.get("prompt_embeds", [1, crate::tokenizer::MAX_LEN, dim]);
-                vb.get("pooled_prompt_embeds", [1, pooled]);
+                let len = crate::tokenizer::MAX_LEN;
+                match cfg.family {
+                    // SDXL's conditioning: both encoders' penultimate states side by side, and
+                    // the second's projected pooled output.
+                    Family::FaithDiff => {
+                        let dim = cfg.text[0].hidden_size + cfg.text[1].hidden_size;
+                        let pooled = cfg.text[1].projection_dim.unwrap_or(cfg.text[1].hidden_size);
+                        vb.get("prompt_embeds", [1, len, dim]);
+                        vb.get("pooled_prompt_embeds", [1, pooled]);
+                    }
+                    // SD 2.x's: the one encoder's last_hidden_state.
+                    Family::Sd21 => {
+                        vb.get("prompt_embeds", [1, len, cfg.text[0].hidden_size]);
+                    }
+                }
                 Ok(())
             }
         }

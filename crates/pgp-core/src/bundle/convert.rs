@@ -8,11 +8,13 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 
 use burn::tensor::{Device, FloatDType};
+use safetensors::Dtype;
 
 use super::lora::Lora;
 use super::{Checkpoint, Component, Configs, Contents, Manifest, ShardSink, Writer};
 use crate::device::read_back;
 use crate::error::{Error, Result};
+use crate::families::Family;
 use crate::models::clip::ClipTextModel;
 use crate::models::faithdiff::FaithDiffConfig;
 use crate::models::peam::PeamConfig;
@@ -20,7 +22,7 @@ use crate::models::vae::AutoencoderKLConfig;
 use crate::pipeline::run::TextEncoders;
 use crate::schedulers::euler::EulerConfig;
 use crate::tokenizer::ClipTokenizer;
-use crate::weights::{WeightFile, check, decode_f32, load_checked};
+use crate::weights::{TensorSource, WeightFile, check, decode_f32, load_checked};
 
 /// What a FaithDiff / PGP-DiffSR bundle is made of, as the caller read it.
 pub struct FaithDiffInputs<R: Read + Seek> {
@@ -68,11 +70,12 @@ pub async fn faithdiff<R: Read + Seek, S: ShardSink>(
         ..FaithDiffConfig::default()
     };
     let cfg = Configs::from_json(
+        Family::FaithDiff,
         &inputs.unet,
         fd.clone(),
         inputs.peam.clone(),
         &inputs.vae_config,
-        [&inputs.text_encoder_configs[0], &inputs.text_encoder_configs[1]],
+        &[&inputs.text_encoder_configs[0], &inputs.text_encoder_configs[1]],
     )?;
 
     // Weights, checked against the configs before anything is written.
@@ -162,16 +165,332 @@ pub async fn faithdiff<R: Read + Seek, S: ShardSink>(
     writer.add_f32("empty_prompt.pooled_prompt_embeds".into(), pooled_shape, &pooled)?;
     let one_step = inputs.one_step || inputs.lora.is_some();
     writer.finish(Contents {
+        family: Family::FaithDiff,
         arch: inputs.arch,
         unet: inputs.unet,
-        faithdiff: fd,
+        faithdiff: Some(fd),
         peam: inputs.peam,
         vae: inputs.vae_config,
-        text_encoders: inputs.text_encoder_configs,
-        pad_tokens: inputs.pad_tokens,
+        text_encoders: inputs.text_encoder_configs.into(),
+        pad_tokens: inputs.pad_tokens.into(),
         scheduler: inputs.scheduler,
         sources: inputs.sources,
         one_step,
         recipe: None,
     })
+}
+
+/// What an SD2.1 one-step model adds to SD2.1-base: LoRAs merged into the UNet and the VAE,
+/// base weights it trained (OSEDiff's `conv_in`), and its recipe.
+pub struct Adapters {
+    /// The architecture's name for the manifest (`osediff`).
+    pub arch: String,
+    /// The UNet's LoRA (every adapter group).
+    pub unet: Lora,
+    /// UNet weights that replace SD2.1's (`conv_in.weight` …): dtype, shape, bytes.
+    pub unet_replace: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+    /// The VAE's LoRA (OSEDiff: its encoder and `quant_conv`).
+    pub vae: Option<Lora>,
+    /// Where its file came from, for the manifest's `sources`.
+    pub source: (String, String),
+}
+
+/// OSEDiff's `osediff.pkl` as its `save_model` writes it: `state_dict_unet` (PEFT keys of the
+/// adapters `default_encoder`, `default_decoder`, `default_others`, and the trained
+/// `conv_in.base_layer.*`), `state_dict_vae` (adapter `default_encoder`), `rank_unet`,
+/// `rank_vae` and the lists of adapted modules, which are checked against the state dicts.
+/// OSEDiff's `LoraConfig` sets no alpha, so PEFT's default (8) applies: scale 8 / r.
+pub fn osediff<R: Read + Seek>(ckpt: &mut Checkpoint<R>) -> Result<Adapters> {
+    const PEFT_ALPHA: f32 = 8.0;
+    let name = ckpt.name().to_string();
+    let Checkpoint::Pickle(pickle) = &*ckpt else {
+        return Err(Error::input(format!(
+            "{name}: OSEDiff's weights are a torch.save file (osediff.pkl)"
+        )));
+    };
+    let meta = pickle.metadata().clone();
+    let int = |key: &str| -> Result<usize> {
+        meta.get(key)
+            .and_then(|m| m.as_int())
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| Error::input(format!("{name}: no integer `{key}`: not an osediff.pkl")))
+    };
+    let ranks = [int("rank_unet")?, int("rank_vae")?];
+    let mut unet_lora = Vec::new();
+    let mut vae_lora = Vec::new();
+    let mut unet_replace = BTreeMap::new();
+    for (key, ..) in ckpt.tensors() {
+        let (dtype, shape, bytes) = ckpt.read(&key)?;
+        let f32s = |what: &str| {
+            decode_f32(dtype, &bytes)
+                .ok_or_else(|| Error::input(format!("{name}: `{key}` is {dtype:?}, not {what}")))
+        };
+        if let Some(k) = key.strip_prefix("state_dict_unet.") {
+            if k.contains(".lora_") {
+                unet_lora.push((k.to_string(), f32s("a float LoRA tensor")?, shape));
+            } else {
+                let base = k.replace(".base_layer.", ".");
+                if unet_replace.insert(base.clone(), (dtype, shape, bytes)).is_some() {
+                    return Err(Error::input(format!("{name}: `{base}` is given twice")));
+                }
+            }
+        } else if let Some(k) = key.strip_prefix("state_dict_vae.") {
+            if !k.contains(".lora_") {
+                return Err(Error::input(format!(
+                    "{name}: `{key}` is not a LoRA tensor (OSEDiff trains only LoRAs in the VAE)"
+                )));
+            }
+            vae_lora.push((k.to_string(), f32s("a float LoRA tensor")?, shape));
+        } else {
+            return Err(Error::input(format!(
+                "{name}: unexpected tensor `{key}` (an osediff.pkl holds state_dict_unet and \
+                 state_dict_vae)"
+            )));
+        }
+    }
+    let rank_of = |t: &[(String, Vec<f32>, Vec<usize>)]| {
+        t.iter()
+            .find(|(k, ..)| k.contains(".lora_A."))
+            .map(|(_, _, s)| s[0])
+    };
+    for (what, t, r) in [("unet", &unet_lora, ranks[0]), ("vae", &vae_lora, ranks[1])] {
+        if let Some(found) = rank_of(t)
+            && found != r
+        {
+            return Err(Error::input(format!(
+                "{name}: rank_{what} is {r}, its LoRA matrices have rank {found}"
+            )));
+        }
+    }
+    let unet = Lora::from_tensors(
+        &format!("{name} (UNet)"),
+        unet_lora,
+        1.0,
+        None,
+        Some(PEFT_ALPHA),
+    )?;
+    let vae = if vae_lora.is_empty() {
+        None
+    } else {
+        Some(Lora::from_tensors(
+            &format!("{name} (VAE)"),
+            vae_lora,
+            1.0,
+            None,
+            Some(PEFT_ALPHA),
+        )?)
+    };
+    // Every module the lists name has its adapter in the state dict.
+    for (list, lora) in [
+        ("unet_lora_encoder_modules", Some(&unet)),
+        ("unet_lora_decoder_modules", Some(&unet)),
+        ("unet_lora_others_modules", Some(&unet)),
+        ("vae_lora_encoder_modules", vae.as_ref()),
+    ] {
+        let names = meta
+            .get(list)
+            .and_then(|m| m.as_strings())
+            .ok_or_else(|| Error::input(format!("{name}: no list `{list}`: not an osediff.pkl")))?;
+        let have: std::collections::BTreeSet<&str> =
+            lora.map(|l| l.module_paths().collect()).unwrap_or_default();
+        if let Some(missing) = names.iter().find(|n| !have.contains(**n)) {
+            return Err(Error::input(format!(
+                "{name}: `{list}` names `{missing}`, which has no LoRA in the state dict"
+            )));
+        }
+    }
+    Ok(Adapters {
+        arch: "osediff".into(),
+        unet,
+        unet_replace,
+        vae,
+        source: ("osediff".into(), name),
+    })
+}
+
+/// An SD2.1-base diffusers folder's parts, as the caller read them.
+pub struct Sd21Inputs {
+    /// `unet/config.json`.
+    pub unet_config: serde_json::Value,
+    /// `vae/config.json`.
+    pub vae_config: serde_json::Value,
+    /// `text_encoder/config.json`.
+    pub text_encoder_config: serde_json::Value,
+    /// `scheduler/scheduler_config.json` (PNDM / DDPM / Euler: only the betas are used).
+    pub scheduler: serde_json::Value,
+    /// The tokenizer's pad token (SD 2.x: `!`).
+    pub pad_token: String,
+    /// The UNet's weights.
+    pub unet: WeightFile,
+    /// The VAE's weights.
+    pub vae: WeightFile,
+    /// The text encoder's weights.
+    pub text_encoder: WeightFile,
+    /// Where each part came from, for the manifest.
+    pub sources: BTreeMap<String, String>,
+}
+
+/// The scheduler classes whose `scaled_linear` betas an SD2.1 one-step model uses.
+const SD21_SCHEDULERS: [&str; 4] = [
+    "PNDMScheduler",
+    "DDPMScheduler",
+    "DDIMScheduler",
+    "EulerDiscreteScheduler",
+];
+
+/// Converts SD2.1-base with a one-step model's `adapters` into a bundle (the SD2.1 family)
+/// through `writer`; the CPU `device` encodes the empty prompt. Every check runs before the
+/// first shard is written.
+pub async fn sd21<S: ShardSink>(
+    mut inputs: Sd21Inputs,
+    mut adapters: Adapters,
+    mut writer: Writer<S>,
+    device: &Device,
+    say: &mut dyn FnMut(&str),
+) -> Result<(Manifest, S)> {
+    // Only the training betas matter: one UNet call, no sampler.
+    let class = inputs.scheduler["_class_name"].as_str().unwrap_or("");
+    if !SD21_SCHEDULERS.contains(&class) {
+        return Err(Error::config(format!(
+            "scheduler `{class}`: an SD2.1 folder's scheduler is one of {}",
+            SD21_SCHEDULERS.join(", ")
+        )));
+    }
+    let mut scheduler = inputs.scheduler.clone();
+    if let Some(o) = scheduler.as_object_mut() {
+        o.insert("_class_name".into(), "EulerDiscreteScheduler".into());
+        for k in ["clip_sample", "set_alpha_to_one", "skip_prk_steps", "variance_type", "thresholding"] {
+            o.remove(k);
+        }
+    }
+    let sched = EulerConfig::from_json(&scheduler)?;
+    let recipe = crate::pipeline::one_step::OneStep::standard(&sched);
+    let cfg = Configs::from_json(
+        Family::Sd21,
+        &inputs.unet_config,
+        FaithDiffConfig::default(),
+        None,
+        &inputs.vae_config,
+        &[&inputs.text_encoder_config],
+    )?;
+    if let Some(kind) = &cfg.unet.addition_embed_type {
+        return Err(Error::config(format!(
+            "the UNet has added embeddings (`{kind}`: an SDXL UNet); SD2.1's has no added \
+             embeddings"
+        )));
+    }
+    let cross = cfg.unet.layout()?.cross;
+    let hidden = cfg.text[0].hidden_size;
+    if cross.iter().any(|&c| c != hidden) {
+        return Err(Error::config(format!(
+            "the UNet attends to {cross:?}-wide text, the text encoder gives {hidden}"
+        )));
+    }
+    check(&inputs.unet, "", device, |vb| cfg.plain_unet(&vb))?;
+    check(&inputs.vae, "", device, |vb| cfg.vae(&vb))?;
+    let te = &inputs.text_encoder;
+    let prefixed = ClipTextModel::has_prefix(te);
+    check(te, "", device, |vb| cfg.text_encoder(&vb, 0, prefixed))?;
+    for (key, (_, shape, _)) in &adapters.unet_replace {
+        match inputs.unet.info(key) {
+            Some((_, s)) if s == shape.as_slice() => {}
+            Some((_, s)) => {
+                return Err(Error::input(format!(
+                    "{}: `{key}` is {shape:?}, SD2.1's is {s:?}",
+                    adapters.source.1
+                )));
+            }
+            None => {
+                return Err(Error::input(format!(
+                    "{}: `{key}` replaces no weight of SD2.1's UNet",
+                    adapters.source.1
+                )));
+            }
+        }
+    }
+
+    say("encoding the empty prompt");
+    let text = (
+        load_checked(te, device, FloatDType::F32, |vb| cfg.text_encoder(&vb, 0, prefixed))?,
+        ClipTokenizer::new(&inputs.pad_token)?,
+    );
+    let empty = crate::families::sd21::encode(&text, "")?;
+    drop(text);
+    let (empty, empty_shape) = read_back(empty).await?;
+
+    say("writing the UNet, the VAE and the text encoder");
+    writer.begin(Component::Unet)?;
+    let keys: Vec<String> = inputs.unet.keys().map(str::to_string).collect();
+    for key in &keys {
+        let (dtype, shape, bytes) = match adapters.unet_replace.remove(key) {
+            Some(t) => t,
+            None => {
+                let (d, s) = inputs.unet.info(key).expect("listed key");
+                (d, s.to_vec(), inputs.unet.raw(key)?.to_vec())
+            }
+        };
+        write_merged(&mut writer, &mut Some(&mut adapters.unet), "unet.", key, dtype, shape, &bytes)?;
+    }
+    adapters.unet.check_all_merged()?;
+    writer.begin(Component::Vae)?;
+    let keys: Vec<String> = inputs.vae.keys().map(str::to_string).collect();
+    for key in &keys {
+        let (d, s) = inputs.vae.info(key).expect("listed key");
+        let (d, s) = (d, s.to_vec());
+        let bytes = inputs.vae.raw(key)?.to_vec();
+        write_merged(&mut writer, &mut adapters.vae.as_mut(), "vae.", key, d, s, &bytes)?;
+    }
+    if let Some(l) = &adapters.vae {
+        l.check_all_merged()?;
+    }
+    say(&format!(
+        "merged {} UNet and {} VAE modules' LoRAs",
+        adapters.unet.modules(),
+        adapters.vae.as_ref().map_or(0, Lora::modules)
+    ));
+    writer.begin(Component::TextEncoder)?;
+    writer.add_file(te, "text_encoder.", |k| {
+        if prefixed {
+            k.to_string()
+        } else {
+            format!("text_model.{k}")
+        }
+    })?;
+    writer.begin(Component::EmptyPrompt)?;
+    writer.add_f32("empty_prompt.prompt_embeds".into(), empty_shape, &empty)?;
+    inputs.sources.insert(adapters.source.0, adapters.source.1);
+    writer.finish(Contents {
+        family: Family::Sd21,
+        arch: adapters.arch,
+        unet: inputs.unet_config,
+        faithdiff: None,
+        peam: None,
+        vae: inputs.vae_config,
+        text_encoders: vec![inputs.text_encoder_config],
+        pad_tokens: vec![inputs.pad_token],
+        scheduler,
+        sources: inputs.sources,
+        one_step: true,
+        recipe: Some(recipe),
+    })
+}
+
+/// Writes one tensor as `prefix + key`, with `lora`'s update merged in when it adapts it.
+fn write_merged<S: ShardSink>(
+    writer: &mut Writer<S>,
+    lora: &mut Option<&mut Lora>,
+    prefix: &str,
+    key: &str,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    bytes: &[u8],
+) -> Result<()> {
+    if let Some(l) = lora.as_deref_mut() {
+        let mut values = decode_f32(dtype, bytes)
+            .ok_or_else(|| Error::input(format!("`{key}`: {dtype:?} is not a float dtype")))?;
+        if l.merge(key, &shape, &mut values)? {
+            return writer.add_f32(format!("{prefix}{key}"), shape, &values);
+        }
+    }
+    writer.add(format!("{prefix}{key}"), dtype, shape, bytes)
 }

@@ -43,9 +43,11 @@ pub use components::{Component, Configs};
 pub use writer::{Contents, MemorySink, ShardPacker, ShardSink, Writer, convert_dtype};
 
 use crate::error::{Error, Result};
+use crate::families::Family;
 use crate::models::clip::ClipTextModel;
 use crate::models::faithdiff::{FaithDiffConfig, FaithDiffUNet};
 use crate::models::peam::PeamConfig;
+use crate::models::unet_2d::UNet2DConditionModel;
 use crate::models::vae::{AutoencoderKL, DenoiseEncoder};
 use crate::pipeline::one_step::OneStep;
 use crate::schedulers::euler::EulerConfig;
@@ -101,13 +103,17 @@ pub struct Manifest {
     pub version: u32,
     /// Storage dtype of the weights (`f16` or `f32`); computation is f32 either way.
     pub dtype: String,
-    /// The UNet architecture preset it was converted as (`faithdiff`, `pgp-coarse`, `pgp`); the
-    /// configs below are what is used.
+    /// The model family (absent in older bundles: FaithDiff).
+    #[serde(default)]
+    pub family: Family,
+    /// The architecture it was converted as (`faithdiff`, `pgp-coarse`, `pgp`, `osediff`, …);
+    /// the configs below are what is used.
     pub arch: String,
     /// diffusers `UNet2DConditionModel` config.
     pub unet: serde_json::Value,
-    /// FaithDiff's extra hyper-parameters.
-    pub faithdiff: FaithDiffConfig,
+    /// FaithDiff's extra hyper-parameters (the FaithDiff family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub faithdiff: Option<FaithDiffConfig>,
     /// PGP-DiffSR's PEAM (`pgp` models; keys `unet.peam.{level}.*`), absent for FaithDiff.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peam: Option<PeamConfig>,
@@ -115,10 +121,11 @@ pub struct Manifest {
     pub vae: serde_json::Value,
     /// transformers `CLIPTextConfig` of `text_encoder`.
     pub text_encoder: serde_json::Value,
-    /// transformers `CLIPTextConfig` of `text_encoder_2`.
-    pub text_encoder_2: serde_json::Value,
-    /// Pad tokens of `tokenizer` and `tokenizer_2`.
-    pub pad_tokens: [String; 2],
+    /// transformers `CLIPTextConfig` of `text_encoder_2` (the FaithDiff family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder_2: Option<serde_json::Value>,
+    /// Pad tokens of `tokenizer` (and `tokenizer_2`): one per text encoder.
+    pub pad_tokens: Vec<String>,
     /// diffusers scheduler config.
     pub scheduler: serde_json::Value,
     /// The shards, in order (grouped by component in version 2).
@@ -170,7 +177,26 @@ fn safe_relative_path(file: &str) -> bool {
 impl Manifest {
     /// The manifest's own consistency: safe shard paths, and for version 2 a component and a
     /// checksum per shard and a `weight_map` that agrees with the shards.
-    fn validate(&self) -> std::result::Result<(), String> {
+    pub(crate) fn validate(&self) -> std::result::Result<(), String> {
+        let encoders = self.family.text_components().len();
+        let has = |v: bool, what: &str| {
+            if v == (self.family == Family::FaithDiff) {
+                Ok(())
+            } else if v {
+                Err(format!("a {} bundle has no `{what}`", self.family.name()))
+            } else {
+                Err(format!("a {} bundle needs `{what}`", self.family.name()))
+            }
+        };
+        has(self.faithdiff.is_some(), "faithdiff")?;
+        has(self.text_encoder_2.is_some(), "text_encoder_2")?;
+        if self.pad_tokens.len() != encoders {
+            return Err(format!(
+                "{} pad tokens, a {} bundle has {encoders} text encoders",
+                self.pad_tokens.len(),
+                self.family.name()
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for s in &self.shards {
             if !safe_relative_path(&s.file) {
@@ -300,6 +326,28 @@ pub struct LoadProgress {
     pub total_bytes: u64,
 }
 
+/// Which of a bundle's components to read (the family, in the manifest, says which they are).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parts {
+    /// Every component.
+    All,
+    /// What an upscaler needs for the empty prompt.
+    Image,
+    /// The text encoders.
+    Text,
+}
+
+impl Parts {
+    /// The components these are in a bundle of `family`.
+    pub fn of(self, family: Family) -> &'static [Component] {
+        match self {
+            Self::All => family.components(),
+            Self::Image => family.image_components(),
+            Self::Text => family.text_components(),
+        }
+    }
+}
+
 /// A loaded bundle: its manifest and its shards as one key space.
 pub struct Bundle {
     /// The parsed manifest.
@@ -349,7 +397,7 @@ impl Bundle {
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         let mut shards = Vec::new();
-        let (name, manifest) = Self::walk(source, &Component::ALL, true, on_progress, &mut |f| {
+        let (name, manifest) = Self::walk(source, Parts::All, true, on_progress, &mut |f, _| {
             shards.push(f);
             Ok(())
         })
@@ -357,7 +405,7 @@ impl Bundle {
         Self::new(&name, manifest, shards)
     }
 
-    /// Reads the `components` of a bundle through `source` shard by shard, uploading each
+    /// Reads the `parts` of a bundle through `source` shard by shard, uploading each
     /// shard's tensors to `device` as `dtype` before the next is read: only one shard is ever on
     /// the host (the browser has 4 GiB at most). A version 2 bundle's other components are not
     /// read at all; each shard's size and header are checked against the manifest (the
@@ -366,13 +414,14 @@ impl Bundle {
         source: &impl ShardSource,
         device: &Device,
         dtype: FloatDType,
-        components: &[Component],
+        parts: Parts,
         on_progress: &mut dyn FnMut(LoadProgress),
     ) -> Result<Self> {
         let mut store = DeviceStore::new(source.describe(), device, dtype);
-        let keep = |key: &str| Component::of_key(key).is_some_and(|c| components.contains(&c));
-        let (_, manifest) = Self::walk(source, components, false, on_progress, &mut |file| {
-            store.add(&file, keep)
+        let (_, manifest) = Self::walk(source, parts, false, on_progress, &mut |file, wanted| {
+            store.add(&file, |key: &str| {
+                Component::of_key(key).is_some_and(|c| wanted.contains(&c))
+            })
         })
         .await?;
         Ok(Self {
@@ -382,15 +431,15 @@ impl Bundle {
         })
     }
 
-    /// The manifest, then each shard holding `components` (every shard of a version 1 bundle),
-    /// its size, header and (with `verify`) checksum checked against the manifest, handed to
-    /// `take`.
+    /// The manifest, then each shard holding `parts` (every shard of a version 1 bundle), its
+    /// size, header and (with `verify`) checksum checked against the manifest, handed to `take`
+    /// with the components wanted.
     async fn walk(
         source: &impl ShardSource,
-        components: &[Component],
+        parts: Parts,
         verify: bool,
         on_progress: &mut dyn FnMut(LoadProgress),
-        take: &mut dyn FnMut(WeightFile) -> Result<()>,
+        take: &mut dyn FnMut(WeightFile, &[Component]) -> Result<()>,
     ) -> Result<(String, Manifest)> {
         let name = source.describe();
         let text = source.read(MANIFEST).await.map_err(|e| match e {
@@ -403,6 +452,7 @@ impl Bundle {
         let text = String::from_utf8(text)
             .map_err(|_| Error::config(format!("{name}/{MANIFEST}: not UTF-8 text")))?;
         let manifest = Self::parse_manifest(&format!("{name}/{MANIFEST}"), &text)?;
+        let components = parts.of(manifest.family);
         let wanted: Vec<&ShardInfo> = manifest
             .shards
             .iter()
@@ -448,7 +498,7 @@ impl Bundle {
                 manifest.check_header(s, &file).map_err(bad)?;
             }
             file.check_finite()?;
-            take(file)?;
+            take(file, components)?;
             on_progress(LoadProgress {
                 file: s.file.clone(),
                 done: i + 2,
@@ -478,12 +528,15 @@ impl Bundle {
     /// The parsed configs of every component's network.
     pub fn configs(&self) -> Result<Configs> {
         let m = &self.manifest;
+        let text: Vec<&serde_json::Value> =
+            std::iter::once(&m.text_encoder).chain(&m.text_encoder_2).collect();
         Configs::from_json(
+            m.family,
             &m.unet,
-            m.faithdiff.clone(),
+            m.faithdiff.clone().unwrap_or_default(),
             m.peam.clone(),
             &m.vae,
-            [&m.text_encoder, &m.text_encoder_2],
+            &text,
         )
     }
 
@@ -492,6 +545,14 @@ impl Bundle {
         let cfg = self.configs()?;
         load_prefixed(self.store.as_ref(), "unet.", device, self.dtype, |vb| {
             cfg.unet(&vb.pp("unet"))
+        })
+    }
+
+    /// The plain diffusers UNet (the SD2.1 family).
+    pub fn plain_unet(&self, device: &Device) -> Result<UNet2DConditionModel> {
+        let cfg = self.configs()?;
+        load_prefixed(self.store.as_ref(), "unet.", device, self.dtype, |vb| {
+            cfg.plain_unet(&vb.pp("unet"))
         })
     }
 
@@ -544,6 +605,13 @@ impl Bundle {
         ))
     }
 
+    /// The cached `prompt_embeds` of the empty prompt alone, `[1, 77, D]` in f32 (the SD2.1
+    /// family's conditioning).
+    pub fn empty_prompt_embeds(&self, device: &Device) -> Result<Tensor<3>> {
+        Ok(to_tensor::<3>(self.store.as_ref(), "empty_prompt.prompt_embeds", device)?
+            .cast(FloatDType::F32))
+    }
+
     /// The scheduler config.
     pub fn scheduler(&self) -> Result<EulerConfig> {
         EulerConfig::from_json(&self.manifest.scheduler)
@@ -561,7 +629,7 @@ impl Bundle {
     /// Checks every component's tensors against its config without loading anything.
     pub fn check(&self, device: &Device) -> Result<()> {
         let cfg = self.configs()?;
-        for c in Component::ALL {
+        for &c in self.manifest.family.components() {
             c.check(self.store.as_ref(), &cfg, device)?;
         }
         Ok(())

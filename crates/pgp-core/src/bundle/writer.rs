@@ -10,6 +10,7 @@ use safetensors::Dtype;
 
 use super::{Component, FORMAT, MANIFEST, Manifest, ShardInfo, VERSION, WeightEntry, sha256_hex};
 use crate::error::{Error, Result};
+use crate::families::Family;
 use crate::models::faithdiff::FaithDiffConfig;
 use crate::models::peam::PeamConfig;
 use crate::weights::{TensorSource, WeightFile, decode_f32, first_non_finite};
@@ -50,25 +51,27 @@ impl MemorySink {
 /// What a manifest says besides the shards: the model's configs and where it came from.
 #[derive(Clone, Debug)]
 pub struct Contents {
-    /// The UNet architecture preset (`faithdiff`, `pgp-coarse`, `pgp`).
+    /// The model family.
+    pub family: Family,
+    /// The architecture (`faithdiff`, `pgp-coarse`, `pgp`, `osediff`, …).
     pub arch: String,
     /// diffusers `UNet2DConditionModel` config.
     pub unet: serde_json::Value,
-    /// FaithDiff's extra hyper-parameters.
-    pub faithdiff: FaithDiffConfig,
+    /// FaithDiff's extra hyper-parameters (the FaithDiff family).
+    pub faithdiff: Option<FaithDiffConfig>,
     /// PGP-DiffSR's PEAM, if any.
     pub peam: Option<PeamConfig>,
     /// diffusers `AutoencoderKL` config.
     pub vae: serde_json::Value,
-    /// transformers `CLIPTextConfig`s of `text_encoder` and `text_encoder_2`.
-    pub text_encoders: [serde_json::Value; 2],
-    /// Pad tokens of `tokenizer` and `tokenizer_2`.
-    pub pad_tokens: [String; 2],
+    /// transformers `CLIPTextConfig`s, one per text encoder of the family.
+    pub text_encoders: Vec<serde_json::Value>,
+    /// Pad tokens of the tokenizers, one per text encoder.
+    pub pad_tokens: Vec<String>,
     /// diffusers scheduler config.
     pub scheduler: serde_json::Value,
     /// Where each part came from, for the record.
     pub sources: BTreeMap<String, String>,
-    /// A one-step (S1) model.
+    /// A one-step model.
     pub one_step: bool,
     /// Its recipe, where it is not the standard one.
     pub recipe: Option<crate::pipeline::one_step::OneStep>,
@@ -210,17 +213,19 @@ impl<S: ShardSink> Writer<S> {
             Dtype::F16 => "f16",
             _ => "f32",
         };
+        let mut text = contents.text_encoders.into_iter();
         let manifest = Manifest {
             format: FORMAT.into(),
             version: VERSION,
             dtype: dtype.into(),
+            family: contents.family,
             arch: contents.arch,
             unet: contents.unet,
             faithdiff: contents.faithdiff,
             peam: contents.peam,
             vae: contents.vae,
-            text_encoder: contents.text_encoders[0].clone(),
-            text_encoder_2: contents.text_encoders[1].clone(),
+            text_encoder: text.next().unwrap_or_default(),
+            text_encoder_2: text.next(),
             pad_tokens: contents.pad_tokens,
             scheduler: contents.scheduler,
             shards: self.shards,
@@ -229,6 +234,10 @@ impl<S: ShardSink> Writer<S> {
             one_step: contents.one_step,
             recipe: contents.recipe,
         };
+        // What a reader would refuse is never written.
+        manifest
+            .validate()
+            .map_err(|reason| Error::config(format!("the manifest to write: {reason}")))?;
         let json = serde_json::to_string_pretty(&manifest)
             .map_err(|e| Error::input(format!("writing the manifest: {e}")))?;
         self.sink.write(MANIFEST, json.as_bytes())?;

@@ -478,6 +478,14 @@ impl AutoencoderKL {
     pub fn set_tiling(&mut self, on: bool) {
         self.tiling = on.then_some(self.tile_sizes);
     }
+
+    /// Tiling on, with tiles of `image_px` (latent tiles of `image_px / 8`) instead of the
+    /// config's `sample_size`: images up to that size are encoded and decoded whole.
+    pub fn set_tiling_at(&mut self, image_px: usize) {
+        let down = self.tile_sizes.0 / self.tile_sizes.1.max(1);
+        self.tile_sizes = (image_px, image_px / down.max(1));
+        self.tiling = Some(self.tile_sizes);
+    }
     /// Keys as diffusers names them (`encoder.*`, `quant_conv`, `post_quant_conv`, `decoder.*`).
     pub fn new(vb: &VarBuilder, cfg: &AutoencoderKLConfig) -> Result<Self> {
         cfg.validate()?;
@@ -629,6 +637,14 @@ impl DenoiseEncoder {
     /// single tile is the whole image, so only larger images are actually split.
     pub fn set_tiling(&mut self, on: bool) {
         self.tiling = on.then_some(self.tile_sizes);
+    }
+
+    /// Tiling on, with tiles of `image_px` (latent tiles of `image_px / 8`) instead of the
+    /// config's `sample_size`: images up to that size are encoded and decoded whole.
+    pub fn set_tiling_at(&mut self, image_px: usize) {
+        let down = self.tile_sizes.0 / self.tile_sizes.1.max(1);
+        self.tile_sizes = (image_px, image_px / down.max(1));
+        self.tiling = Some(self.tile_sizes);
     }
 
     /// `[B, 3, H, W]` in [-1, 1] → LQ features `[B, C, H/8, W/8]` (f32, tiles blended in f32).

@@ -53,12 +53,49 @@ fn lanczos(x: f64) -> f64 {
     }
 }
 
+/// Pillow's `bicubic_filter` (a = −0.5).
+fn bicubic(x: f64) -> f64 {
+    let a = -0.5;
+    let x = x.abs();
+    if x < 1.0 {
+        ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    } else if x < 2.0 {
+        (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    } else {
+        0.0
+    }
+}
+
+/// A Pillow resampling filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// `Image.LANCZOS` (support 3).
+    Lanczos,
+    /// `Image.BICUBIC` (support 2; Pillow's default for RGB images).
+    Bicubic,
+}
+
+impl Filter {
+    fn support(self) -> f64 {
+        match self {
+            Self::Lanczos => 3.0,
+            Self::Bicubic => 2.0,
+        }
+    }
+    fn weight(self, x: f64) -> f64 {
+        match self {
+            Self::Lanczos => lanczos(x),
+            Self::Bicubic => bicubic(x),
+        }
+    }
+}
+
 /// Pillow's `precompute_coeffs` for one axis: for each output position, the first input index
 /// and the normalised weights.
-fn float_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
+fn filter_coefficients(filter: Filter, in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
-    let support = 3.0 * filterscale;
+    let support = filter.support() * filterscale;
     (0..out_size)
         .map(|xx| {
             let center = (xx as f64 + 0.5) * scale;
@@ -66,7 +103,7 @@ fn float_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)>
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
             let mut k: Vec<f64> = (xmin..xmax)
-                .map(|x| lanczos((x as f64 - center + 0.5) * ss))
+                .map(|x| filter.weight((x as f64 - center + 0.5) * ss))
                 .collect();
             let ww: f64 = k.iter().sum();
             if ww != 0.0 {
@@ -77,9 +114,9 @@ fn float_coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)>
         .collect()
 }
 
-/// [`float_coefficients`] in Pillow's fixed point (`normalize_coeffs_8bpc`).
-fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
-    float_coefficients(in_size, out_size)
+/// [`filter_coefficients`] in Pillow's fixed point (`normalize_coeffs_8bpc`).
+fn coefficients(filter: Filter, in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
+    filter_coefficients(filter, in_size, out_size)
         .into_iter()
         .map(|(xmin, k)| {
             let fixed = k
@@ -98,13 +135,23 @@ fn coefficients(in_size: usize, out_size: usize) -> Vec<(usize, Vec<i32>)> {
 /// Pillow's fixed point and 8-bit intermediate: for 16-bit channels. No clamping.
 pub fn resize_lanczos_plane(
     plane: &[f32],
+    from: (usize, usize),
+    to: (usize, usize),
+) -> Result<Vec<f32>> {
+    resize_plane(plane, from, to, Filter::Lanczos)
+}
+
+/// [`resize_lanczos_plane`] with any of Pillow's filters.
+pub fn resize_plane(
+    plane: &[f32],
     (w0, h0): (usize, usize),
     (width, height): (usize, usize),
+    filter: Filter,
 ) -> Result<Vec<f32>> {
     if width == 0 || height == 0 || plane.len() != w0 * h0 || plane.is_empty() {
         return Err(Error::input("cannot resize an empty or mis-sized plane"));
     }
-    let horiz = float_coefficients(w0, width);
+    let horiz = filter_coefficients(filter, w0, width);
     let mut mid = Vec::with_capacity(h0 * width);
     for y in 0..h0 {
         let row = &plane[y * w0..(y + 1) * w0];
@@ -118,7 +165,7 @@ pub fn resize_lanczos_plane(
         }
     }
     let mut out = Vec::with_capacity(height * width);
-    for (ymin, k) in float_coefficients(h0, height) {
+    for (ymin, k) in filter_coefficients(filter, h0, height) {
         for x in 0..width {
             let acc: f64 = k
                 .iter()
@@ -138,16 +185,22 @@ fn clip8(acc: i64) -> u8 {
 /// `Image.resize((width, height), Image.LANCZOS)` exactly as Pillow computes it: separable,
 /// horizontal pass first, 22-bit fixed-point weights, 8-bit intermediate.
 pub fn resize_lanczos(img: &RgbImage, width: usize, height: usize) -> Result<RgbImage> {
+    resize(img, width, height, Filter::Lanczos)
+}
+
+/// `Image.resize((width, height), filter)` exactly as Pillow computes it (see
+/// [`resize_lanczos`]); the same size is a copy, as in Pillow.
+pub fn resize(img: &RgbImage, width: usize, height: usize, filter: Filter) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(Error::input("cannot resize to an empty image"));
     }
     let (w0, h0) = (img.width, img.height);
     let round = 1i64 << (PRECISION_BITS - 1);
-    let vert = coefficients(h0, height);
+    let vert = coefficients(filter, h0, height);
     // Rows the vertical pass reads (Pillow only resamples those horizontally).
     let (first, last) = (vert[0].0, vert[height - 1].0 + vert[height - 1].1.len());
     let mid: Vec<u8> = if width != w0 {
-        let horiz = coefficients(w0, width);
+        let horiz = coefficients(filter, w0, width);
         let mut out = Vec::with_capacity((last - first) * width * 3);
         for y in first..last {
             let row = &img.data[y * w0 * 3..(y + 1) * w0 * 3];
@@ -267,7 +320,21 @@ mod tests {
 
     #[test]
     fn lanczos_matches_pillow_exactly() {
-        let bytes = include_bytes!("../../../../tests/image/lanczos.safetensors");
+        matches_pillow(
+            include_bytes!("../../../../tests/image/lanczos.safetensors"),
+            Filter::Lanczos,
+        );
+    }
+
+    #[test]
+    fn bicubic_matches_pillow_exactly() {
+        matches_pillow(
+            include_bytes!("../../../../tests/image/bicubic.safetensors"),
+            Filter::Bicubic,
+        );
+    }
+
+    fn matches_pillow(bytes: &[u8], filter: Filter) {
         let st = safetensors::SafeTensors::deserialize(bytes).unwrap();
         let mut checked = 0;
         for i in 0.. {
@@ -277,7 +344,7 @@ mod tests {
             let output = st.tensor(&format!("out_{i}")).unwrap();
             let (s, o) = (input.shape(), output.shape());
             let img = RgbImage::new(s[1], s[0], input.data().to_vec()).unwrap();
-            let got = resize_lanczos(&img, o[1], o[0]).unwrap();
+            let got = resize(&img, o[1], o[0], filter).unwrap();
             let diff = got
                 .data
                 .iter()
