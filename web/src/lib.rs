@@ -24,7 +24,7 @@ use std::rc::Rc;
 use js_sys::{Function, Reflect};
 use pgp_core::{ColorFix, Error, Gpu, GpuOptions, ImageView, PixelFormat, TileSize};
 use wasm_bindgen::prelude::*;
-use wasm_bindgen::{Clamped, JsCast};
+use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 use crate::fetch::FetchSource;
@@ -296,7 +296,11 @@ impl Upscaler {
             } else if !prompt.is_undefined() && !prompt.is_null() {
                 return Err(js_error("option `prompt` must be a string"));
             }
-            if !opts.prompt.is_empty() && !opts.one_step && !inner.borrow().has_text_encoders() {
+            let needs_text = {
+                let up = inner.borrow();
+                up.uses_prompt(&opts) && !up.has_text_encoders()
+            };
+            if needs_text {
                 // The busy flag keeps every other borrow out while this one is held.
                 let mut up = inner.borrow_mut();
                 up.load_text_encoders(source.as_ref(), &mut |_| {})
@@ -331,12 +335,17 @@ impl Upscaler {
                 }
             }
             let out = job.into_image().map_err(to_js)?;
-            web_sys::ImageData::new_with_u8_clamped_array_and_sh(
-                Clamped(&out.data),
-                out.width as u32,
-                out.height as u32,
-            )
-            .map(JsValue::from)
+            image_data(&out.data, out.width, out.height).map(JsValue::from)
         })
     }
+}
+
+/// An `ImageData` that owns a copy of `rgba`. Never hand JavaScript a view of wasm memory that
+/// outlives its Rust owner (`Clamped(&[u8])` is such a view, and `ImageData` keeps what it is
+/// given): once `rgba` is freed the allocator writes its bookkeeping over the first bytes, and
+/// a later memory growth detaches the rest.
+fn image_data(rgba: &[u8], width: usize, height: usize) -> Result<web_sys::ImageData, JsValue> {
+    let array = js_sys::Uint8ClampedArray::new_with_length(rgba.len() as u32);
+    array.copy_from(rgba);
+    web_sys::ImageData::new_with_js_u8_clamped_array_and_sh(&array, width as u32, height as u32)
 }

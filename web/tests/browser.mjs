@@ -30,6 +30,16 @@ const hub = join(root, 'tests/hub');
 execFileSync(bin, ['convert', '--sdxl', join(hub, 'sdxl'), '--vae', join(hub, 'vae'),
   '--faithdiff', join(hub, 'FaithDiff.bin'), '--dtype', 'f32', '-q', '-o', bundle]);
 const settings = { scale: 2, steps: 3, tile: 32, seed: 7 };
+// The largest per-channel difference allowed between the page (SwiftShader, f32) and the native
+// CPU backend (f32) on the same seed: float sums run in another order, nothing more.
+const MAX_DIFF = 2;
+// OSEDiff's tiny fixture (the SD2.1 family, one step) and its native output at ×4, seed 7.
+const osediff = join(work, 'osediff');
+execFileSync(bin, ['convert', '--sd21', join(hub, 'sd21'), '--osediff', join(hub, 'osediff.pkl'),
+  '--dtype', 'f32', '-q', '-o', osediff]);
+const osediffOut = join(work, 'osediff.png');
+execFileSync(bin, ['upscale', '-q', '--device', 'cpu', '-i', join(root, 'tests/pipeline/input.png'),
+  '-o', osediffOut, '--model', osediff, '-s', '4', '--seed', '7']);
 const nativeOut = join(work, 'native.png');
 execFileSync(bin, ['upscale', '-q', '--device', 'cpu', '-i', join(root, 'tests/pipeline/input.png'),
   '-o', nativeOut, '--model', bundle, '-s', '2', '--steps', '3', '-t', '32', '--seed', '7']);
@@ -43,6 +53,8 @@ const server = createServer((req, res) => {
   requests.push(path);
   let file;
   if (path.startsWith('/models/')) file = join(bundle, path.slice(8));
+  else if (path.startsWith('/osediff/')) file = join(osediff, path.slice(9));
+  else if (path === '/t/osediff.png') file = osediffOut;
   else if (path === '/t/input.png') file = join(root, 'tests/pipeline/input.png');
   else if (path === '/t/native.png') file = nativeOut;
   else file = join(dist, path === '/' ? 'index.html' : path.slice(1));
@@ -109,17 +121,63 @@ await test('(a) same bundle, settings and seed: the browser equals the native bi
     const ref = await decode('/t/native.png');
     // SwiftShader has no shader-f16: auto computes in f32, as the native CPU reference does.
     if (up.precision !== (up.shaderF16 ? 'f16' : 'f32')) return { precision: up.precision };
-    let sum = 0, n = 0;
-    for (let i = 0; i < out.data.length; i++) {
-      if (i % 4 === 3) continue;
-      sum += Math.abs(out.data[i] - ref.data[i]); n++;
-    }
+    // Every channel of every pixel, alpha included (the input is opaque, so is the output):
+    // the worst pixel, not only the mean, so a few corrupt bytes cannot hide in an average.
+    const compare = (data) => {
+      let sum = 0, max = 0, at = -1;
+      for (let i = 0; i < data.length; i++) {
+        const d = Math.abs(data[i] - ref.data[i]);
+        sum += d;
+        if (d > max) { max = d; at = i; }
+      }
+      return { mean: sum / data.length, max, at };
+    };
+    const first = compare(out.data);
+    const snapshot = new Uint8ClampedArray(out.data);
+    // The result must own its pixels: more wasm allocations and another run leave it as it was.
+    const again = await up.upscale(input, settings);
+    const changed = out.data.findIndex((v, i) => v !== snapshot[i]);
+    const second = compare(again.data);
     up.free();
-    return { w: out.width, h: out.height, rw: ref.width, rh: ref.height, mean: sum / n };
+    return { w: out.width, h: out.height, rw: ref.width, rh: ref.height, first, second, changed,
+      head: Array.from(out.data.slice(0, 8)), refHead: Array.from(ref.data.slice(0, 8)) };
   }, settings);
   assert(r.w === 48 && r.h === 32 && r.rw === 48 && r.rh === 32, JSON.stringify(r));
-  assert(r.mean <= 1, `mean |Δ| = ${r.mean}/255`);
-  console.log(`     mean |Δ| browser vs native: ${r.mean.toFixed(4)}/255`);
+  assert(r.changed === -1, `the first result changed at byte ${r.changed} during a second run`);
+  for (const c of [r.first, r.second]) {
+    assert(c.mean <= 1 && c.max <= MAX_DIFF,
+      `|Δ| mean ${c.mean}/255, max ${c.max}/255 at byte ${c.at}; first bytes ${r.head} vs ${r.refHead}`);
+  }
+  console.log(`     |Δ| browser vs native: mean ${r.first.mean.toFixed(4)}/255, max ${r.first.max}/255`);
+});
+
+await test('(i) a one-step SD2.1 model (OSEDiff) equals the native binary', async () => {
+  const r = await page.evaluate(async () => {
+    const decode = async (url) => {
+      const bmp = await createImageBitmap(await (await fetch(url)).blob());
+      const c = new OffscreenCanvas(bmp.width, bmp.height).getContext('2d');
+      c.drawImage(bmp, 0, 0);
+      return c.getImageData(0, 0, bmp.width, bmp.height);
+    };
+    const up = await window.pgp.Upscaler.load('/osediff/manifest.json', {});
+    const input = await decode('/t/input.png');
+    const units = [];
+    const out = await up.upscale(input, { scale: 4, seed: 7, onProgress: (d, t, s) => units.push(s) });
+    const ref = await decode('/t/osediff.png');
+    let sum = 0, max = 0;
+    for (let i = 0; i < out.data.length; i++) {
+      const d = Math.abs(out.data[i] - ref.data[i]);
+      sum += d; max = Math.max(max, d);
+    }
+    const oneStep = up.oneStep;
+    up.free();
+    return { w: out.width, h: out.height, mean: sum / out.data.length, max, units, oneStep };
+  });
+  assert(r.w === 96 && r.h === 64, JSON.stringify(r));
+  assert(r.oneStep, 'the bundle is not one-step by default');
+  assert(r.units.filter((u) => u.startsWith('step')).length === 1, `units: ${r.units}`);
+  assert(r.mean <= 1 && r.max <= MAX_DIFF, `|Δ| mean ${r.mean}/255, max ${r.max}/255`);
+  console.log(`     OSEDiff |Δ| browser vs native: mean ${r.mean.toFixed(4)}/255, max ${r.max}/255`);
 });
 
 await test('(b) an RGBA input keeps its alpha', async () => {
