@@ -1576,18 +1576,23 @@ fn osediff_reference(case: &str, fix: &str, size: (u32, u32)) -> Vec<u8> {
     .data
 }
 
-fn convert_osediff(out: &Path, extra: &[&str]) -> std::process::Output {
+/// `convert --sd21 SD21 --osediff PKL EXTRA -o OUT`.
+fn convert_sd21(sd21: &Path, pkl: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     bin()
         .arg("convert")
         .arg("--sd21")
-        .arg(hub().join("sd21"))
+        .arg(sd21)
         .arg("--osediff")
-        .arg(hub().join("osediff.pkl"))
+        .arg(pkl)
         .args(extra)
         .arg("-o")
         .arg(out)
         .output()
         .unwrap()
+}
+
+fn convert_osediff(out: &Path, extra: &[&str]) -> std::process::Output {
+    convert_sd21(&hub().join("sd21"), &hub().join("osediff.pkl"), out, extra)
 }
 
 #[test]
@@ -1671,16 +1676,8 @@ fn osediff_inputs_that_do_not_fit_are_clear_errors() {
     let dir = scratch("osediff-bad");
     // A FaithDiff checkpoint is no osediff.pkl.
     let out = dir.join("a");
-    let o = bin()
-        .arg("convert")
-        .arg("--sd21")
-        .arg(hub().join("sd21"))
-        .arg("--osediff")
-        .arg(hub().join("FaithDiff.bin"))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let pkl = hub().join("osediff.pkl");
+    let o = convert_sd21(&hub().join("sd21"), &hub().join("FaithDiff.bin"), &out, &[]);
     assert!(!o.status.success());
     assert!(text(&o).contains("rank_unet"), "{}", text(&o));
     assert!(!out.exists());
@@ -1689,32 +1686,14 @@ fn osediff_inputs_that_do_not_fit_are_clear_errors() {
     for part in ["unet", "vae", "scheduler", "tokenizer"] {
         copy_dir(&hub().join("sd21").join(part), &sd21.join(part));
     }
-    let o = bin()
-        .arg("convert")
-        .arg("--sd21")
-        .arg(&sd21)
-        .arg("--osediff")
-        .arg(hub().join("osediff.pkl"))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = convert_sd21(&sd21, &pkl, &out, &[]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no text_encoder/ folder"), "{}", text(&o));
-    // SD2.1 with another UNet (the SDXL fixture's): the shapes are listed, nothing written.
+    // SD2.1 with another UNet (the SDXL fixture's): refused, nothing written.
     copy_dir(&hub().join("sd21/text_encoder"), &sd21.join("text_encoder"));
     let _ = std::fs::remove_dir_all(sd21.join("unet"));
     copy_dir(&hub().join("sdxl/unet"), &sd21.join("unet"));
-    let o = bin()
-        .arg("convert")
-        .arg("--sd21")
-        .arg(&sd21)
-        .arg("--osediff")
-        .arg(hub().join("osediff.pkl"))
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .unwrap();
+    let o = convert_sd21(&sd21, &pkl, &out, &[]);
     assert!(!o.status.success());
     assert!(text(&o).contains("no added embeddings"), "{}", text(&o));
     assert!(!out.exists());

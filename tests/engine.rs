@@ -374,6 +374,27 @@ fn the_one_step_recipe_is_the_manifests() {
 }
 
 #[test]
+fn manifests_agree_with_their_family() {
+    let dir = bundle("f32");
+    let e = load_error(&with_manifest(&dir, |m| {
+        m.as_object_mut().unwrap().remove("text_encoder_2");
+    }));
+    assert!(e.contains("a faithdiff bundle needs `text_encoder_2`"), "{e}");
+    let e = load_error(&with_manifest(&dir, |m| m["family"] = "sd21".into()));
+    assert!(e.contains("a sd21 bundle has no `faithdiff`"), "{e}");
+    let e = load_error(&with_manifest(&dir, |m| m["pad_tokens"] = serde_json::json!(["!"])));
+    assert!(e.contains("1 pad tokens, a faithdiff bundle has 2 text encoders"), "{e}");
+    let e = load_error(&with_manifest(&dir, |m| m["family"] = "sd3".into()));
+    assert!(e.contains("sd3"), "{e}");
+    // Today's bundles (no family field) are FaithDiff's.
+    let src = with_manifest(&dir, |m| {
+        m.as_object_mut().unwrap().remove("family");
+    });
+    let u = pollster::block_on(Upscaler::load(&src, &Gpu::cpu(), &mut |_| {})).unwrap();
+    assert_eq!(u.family(), pgp_core::families::Family::FaithDiff);
+}
+
+#[test]
 fn the_host_device_example_runs_on_lavapipe() {
     // Built by `cargo test` with the other examples (crates/pgp-core/examples/host_device.rs).
     let deps = std::env::current_exe().unwrap();

@@ -259,29 +259,42 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         one_step: a.one_step,
     };
 
-    let partial = output::Partial::beside(&a.output);
+    write_bundle(&a.output, a.max_shard_bytes, (&a.dtype, target), a.quiet, |writer, device| {
+        pollster::block_on(pgp_core::bundle::convert::faithdiff(
+            inputs,
+            writer,
+            device,
+            &mut |msg| say(a.quiet, msg),
+        ))
+    })
+}
+
+/// Writes a bundle into a temporary folder beside `output` (removed on failure or Ctrl-C)
+/// with `convert`, reads it back and checks every component, then publishes it.
+fn write_bundle(
+    output: &Path,
+    max_shard_bytes: usize,
+    (dtype, target): (&str, pgp_core::safetensors::Dtype),
+    quiet: bool,
+    convert: impl FnOnce(Writer<FolderSink>, &pgp_core::burn::tensor::Device) -> pgp_core::Result<(pgp_core::bundle::Manifest, FolderSink)>,
+) -> Result<()> {
+    let partial = output::Partial::beside(output);
     let tmp = partial.path().to_path_buf();
     std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let device = Gpu::cpu().device().clone();
-    let writer = Writer::new(FolderSink(tmp.clone()), a.max_shard_bytes, target)?;
-    let (manifest, _) = pollster::block_on(pgp_core::bundle::convert::faithdiff(
-        inputs,
-        writer,
-        &device,
-        &mut |msg| say(a.quiet, msg),
-    ))?;
-    // Read the result back and check every component before publishing it.
+    let writer = Writer::new(FolderSink(tmp.clone()), max_shard_bytes, target)?;
+    let (manifest, _) = convert(writer, &device)?;
     load_bundle(&tmp)?.check(&device)?;
-    output::publish_dir(partial, &a.output)?;
+    output::publish_dir(partial, output)?;
     let total: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
+    let kind = if manifest.one_step { ", one-step" } else { "" };
     say(
-        a.quiet,
+        quiet,
         &format!(
-            "wrote {} ({} shards, {:.1} MiB, {})",
-            a.output.display(),
+            "wrote {} ({} shards, {:.1} MiB, {dtype}{kind})",
+            output.display(),
             manifest.shards.len(),
             total as f64 / (1 << 20) as f64,
-            a.dtype
         ),
     );
     Ok(())
@@ -329,32 +342,15 @@ pub fn run_sd21(a: &Sd21Args) -> Result<()> {
         text_encoder: read_component(&a.sd21.join("text_encoder"), "model")?,
         sources: [("sd21".to_string(), a.sd21.display().to_string())].into(),
     };
-    let partial = output::Partial::beside(&a.output);
-    let tmp = partial.path().to_path_buf();
-    std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let device = Gpu::cpu().device().clone();
-    let writer = Writer::new(FolderSink(tmp.clone()), a.max_shard_bytes, target)?;
-    let (manifest, _) = pollster::block_on(pgp_core::bundle::convert::sd21(
-        inputs,
-        adapters,
-        writer,
-        &device,
-        &mut |msg| say(a.quiet, msg),
-    ))?;
-    load_bundle(&tmp)?.check(&device)?;
-    output::publish_dir(partial, &a.output)?;
-    let total: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
-    say(
-        a.quiet,
-        &format!(
-            "wrote {} ({} shards, {:.1} MiB, {}, one-step)",
-            a.output.display(),
-            manifest.shards.len(),
-            total as f64 / (1 << 20) as f64,
-            a.dtype
-        ),
-    );
-    Ok(())
+    write_bundle(&a.output, a.max_shard_bytes, (&a.dtype, target), a.quiet, |writer, device| {
+        pollster::block_on(pgp_core::bundle::convert::sd21(
+            inputs,
+            adapters,
+            writer,
+            device,
+            &mut |msg| say(a.quiet, msg),
+        ))
+    })
 }
 
 /// Reads a bundle folder.

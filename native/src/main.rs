@@ -761,20 +761,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             b.check(Gpu::cpu().device())?;
             let m = &b.manifest;
             println!("bundle        {}", bundle.display());
-            println!("architecture  {} ({} weights)", m.arch, m.dtype);
+            println!(
+                "architecture  {} ({} family, {} weights{})",
+                m.arch,
+                m.family.name(),
+                m.dtype,
+                if m.one_step { ", one-step" } else { "" }
+            );
             let src = b.source();
-            for prefix in [
-                "unet.",
-                "denoise_encoder.",
-                "vae.",
-                "text_encoder.",
-                "text_encoder_2.",
-                "empty_prompt.",
-            ] {
+            for prefix in m.family.components().iter().map(|c| c.prefix()) {
                 let (n, params) = src
                     .all_keys()
                     .iter()
-                    .filter(|k| k.starts_with(prefix))
+                    .filter(|k| k.starts_with(prefix.as_str()))
                     .filter_map(|k| src.info(k))
                     .fold((0usize, 0u64), |(n, p), (_, s)| {
                         (n + 1, p + s.iter().product::<usize>() as u64)

@@ -46,7 +46,9 @@ pub fn run(a: &PruneArgs) -> Result<()> {
             a.model.display()
         );
     }
-    let pruned = pgp_core::prune::prune(&bundle, &report, a.rule, a.coarse_depth, a.peam)?;
+    let device = pgp_core::Gpu::cpu().device().clone();
+    let pruned =
+        pgp_core::prune::prune(&bundle, &report, a.rule, a.coarse_depth, a.peam, &device)?;
     let (plan, peam_cfg, arch) = (&pruned.plan, &pruned.peam, pruned.arch);
     let file = |name: &str| a.output.join(name).display().to_string();
     let mut convert = format!(

@@ -311,7 +311,7 @@ pub fn run(mut a: UpscaleArgs) -> Result<bool> {
         pollster::block_on(Upscaler::load_with(&source, &a.gpu, &load, &mut |_| {}))?;
     a.options.one_step |= upscaler.is_one_step();
     // One prompt for the whole batch: encoded once, the text encoders released after.
-    if !a.options.prompt.is_empty() && !a.options.one_step {
+    if upscaler.uses_prompt(&a.options) {
         let prompt = a.options.prompt.clone();
         pollster::block_on(upscaler.prepare_prompt(&source, &prompt, &mut |_| {}))?;
     }

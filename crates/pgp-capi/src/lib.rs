@@ -210,8 +210,13 @@ fn options_of(u: &mut PgpUpscaler, o: &PgpOptions) -> Result<Options, (PgpStatus
         2 => false,
         other => return Err(input_err(&format!("one_step {other}: 0, 1 or 2"))),
     };
-    // The one-step recipe uses no prompt: its text encoders are not loaded.
-    if !prompt.is_empty() && !one_step {
+    // FaithDiff's one-step recipe uses no prompt: its text encoders are not loaded then.
+    let probe = Options {
+        prompt: prompt.to_string(),
+        one_step,
+        ..Options::default()
+    };
+    if u.upscaler.uses_prompt(&probe) {
         pollster::block_on(u.upscaler.load_text_encoders(&u.source, &mut |_| {}))
             .map_err(core_err)?;
     }

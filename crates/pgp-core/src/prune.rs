@@ -7,6 +7,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use burn::tensor::Device;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::Value;
@@ -79,9 +80,9 @@ fn init_peam(
     cfg: &Configs,
     seed: u64,
     dtype: Dtype,
+    device: &Device,
 ) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>> {
-    let device = crate::Gpu::cpu().device().clone();
-    let shapes = VarBuilder::shapes_only(&device);
+    let shapes = VarBuilder::shapes_only(device);
     cfg.unet(&shapes)?;
     let wanted: BTreeMap<String, Vec<usize>> = shapes
         .wanted()
@@ -114,13 +115,15 @@ fn init_peam(
 }
 
 /// Prunes `bundle`'s UNet (read on the host, [`Bundle::read`]) by `report`'s measures: the
-/// decoder's blocks by `rule`, the encoder's and the bottleneck's to `coarse_depth`.
+/// decoder's blocks by `rule`, the encoder's and the bottleneck's to `coarse_depth`. `device`
+/// only holds the placeholders of the shape pass (any device; the CPU's natively).
 pub fn prune<'a>(
     bundle: &'a Bundle,
     report: &Report,
     rule: Rule,
     coarse_depth: usize,
     peam: PeamInit,
+    device: &Device,
 ) -> Result<Pruned<'a>> {
     let manifest = &bundle.manifest;
     let cfg = UNet2DConditionConfig::from_json(&manifest.unet)?;
@@ -168,7 +171,7 @@ pub fn prune<'a>(
             let mut configs = bundle.configs()?;
             configs.unet = new_cfg.clone();
             configs.peam = Some(p.clone());
-            for (key, shape, bytes) in init_peam(&configs, seed, dtype)? {
+            for (key, shape, bytes) in init_peam(&configs, seed, dtype, device)? {
                 after += shape.iter().product::<usize>() as u64;
                 checkpoint.insert(
                     key,
@@ -189,9 +192,8 @@ pub fn prune<'a>(
         }
         (_, PeamInit::None) => (None, "none".to_string()),
     };
-    let device = crate::Gpu::cpu().device().clone();
     let unet_params =
-        |c: &UNet2DConditionConfig| count_params(&device, |vb| UNet2DConditionModel::new(&vb, c));
+        |c: &UNet2DConditionConfig| count_params(device, |vb| UNet2DConditionModel::new(&vb, c));
     Ok(Pruned {
         arch: if peam_cfg.is_some() {
             "pgp"

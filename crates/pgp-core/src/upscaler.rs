@@ -242,6 +242,13 @@ impl Upscaler {
         self.family
     }
 
+    /// Whether a run with `options` conditions on its prompt, so that the text encoders (or a
+    /// prepared prompt) are needed: a non-empty prompt, except in the FaithDiff family's
+    /// one-step mode (no CFG); the SD2.1 family's one-step models use it.
+    pub fn uses_prompt(&self, options: &Options) -> bool {
+        !options.prompt.is_empty() && (self.family == Family::Sd21 || !options.one_step)
+    }
+
     /// The architecture the bundle was converted as (`faithdiff`, `pgp-coarse`, `pgp`).
     pub fn arch(&self) -> &str {
         &self.arch
