@@ -1551,11 +1551,11 @@ fn recursive_walks_do_not_follow_symlink_loops() {
     assert!(!text(&o).contains(&as_input), "{}", text(&o));
 }
 
-/// OSEDiff's own pipeline on the tiny fixture (tools/make_osediff_fixture.py): the reference's
-/// output PNG, `out_{case}_{fix}.png`, at the model's size (resized back to ×4 by Pillow's
-/// BICUBIC, which pgp_core reproduces exactly, where the multiple-of-8 step trimmed it).
-fn osediff_reference(case: &str, fix: &str, size: (u32, u32)) -> Vec<u8> {
-    let path = root().join(format!("tests/osediff/out_{case}_{fix}.png"));
+/// A one-step reference's output PNG (tools/make_osediff_fixture.py, make_pisa_fixture.py)
+/// at `size`: resized back to ×4 by Pillow's BICUBIC, which pgp_core reproduces exactly, where
+/// the multiple-of-8 step trimmed it.
+fn osediff_reference(file: &str, size: (u32, u32)) -> Vec<u8> {
+    let path = root().join(file);
     let img = image::open(path).unwrap().to_rgb8();
     if img.dimensions() == size {
         return img.into_raw();
@@ -1638,37 +1638,103 @@ fn osediff_equals_its_own_pipeline() {
         let noise = root().join(format!("tests/osediff/noise_{case}.safetensors"));
         for (fix, device) in [("none", "cpu"), ("adain", "cpu"), ("wavelet", "cpu"), ("adain", "wgpu")] {
             let out = dir.join(format!("{case}-{fix}-{device}.png"));
-            let o = bin()
-                .args(["upscale", "-q", "-s", "4", "--precision", "f32", "--device", device])
-                .args(["--color-fix", fix])
-                .arg("-i")
-                .arg(&input)
-                .arg("-o")
-                .arg(&out)
-                .arg("--model")
-                .arg(&bundle)
-                .arg("--noise")
-                .arg(&noise)
-                .output()
-                .unwrap();
-            assert!(o.status.success(), "{case} {fix} {device}: {}", text(&o));
-            let got = image::open(&out).unwrap().to_rgb8();
-            assert_eq!(got.dimensions(), size, "{case}");
-            let want = osediff_reference(case, fix, size);
-            let max = got
-                .as_raw()
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| a.abs_diff(*b))
-                .max()
-                .unwrap();
-            let mean = support::mean_abs_diff(got.as_raw(), &want);
-            assert!(
-                mean <= 0.5 && max <= 3,
-                "{case} {fix} {device}: |Δ| mean {mean}/255, max {max}/255"
-            );
+            let want = osediff_reference(&format!("tests/osediff/out_{case}_{fix}.png"), size);
+            upscale_matches(&bundle, &input, &noise, fix, device, &out, &want, size);
         }
     }
+}
+
+/// `upscale -s 4 --precision f32` of `input` with `noise` and colour fix `fix` on `device`
+/// gives `want` (`size`) within 0.5/255 mean and 3/255 max.
+#[allow(clippy::too_many_arguments)]
+fn upscale_matches(
+    bundle: &Path,
+    input: &Path,
+    noise: &Path,
+    fix: &str,
+    device: &str,
+    out: &Path,
+    want: &[u8],
+    size: (u32, u32),
+) {
+    let o = bin()
+        .args(["upscale", "-q", "-s", "4", "--precision", "f32", "--device", device])
+        .args(["--color-fix", fix])
+        .arg("-i")
+        .arg(input)
+        .arg("-o")
+        .arg(out)
+        .arg("--model")
+        .arg(bundle)
+        .arg("--noise")
+        .arg(noise)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{fix} {device}: {}", text(&o));
+    let got = image::open(out).unwrap().to_rgb8();
+    assert_eq!(got.dimensions(), size, "{}", out.display());
+    let max = got
+        .as_raw()
+        .iter()
+        .zip(want)
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    let mean = support::mean_abs_diff(got.as_raw(), want);
+    assert!(
+        mean <= 0.5 && max <= 3,
+        "{} ({fix}, {device}): |Δ| mean {mean}/255, max {max}/255",
+        out.display()
+    );
+}
+
+#[test]
+fn pisa_sr_equals_its_own_pipeline() {
+    let dir = scratch("pisa");
+    let bundle = dir.join("pisa.bundle");
+    let o = convert_sd21(
+        &hub().join("sd21"),
+        &hub().join("pisa_sr.pkl"),
+        &bundle,
+        &["--dtype", "f32", "-q"],
+    );
+    assert!(!o.status.success(), "--osediff given a PiSA-SR file: {}", text(&o));
+    let o = bin()
+        .arg("convert")
+        .arg("--sd21")
+        .arg(hub().join("sd21"))
+        .arg("--pisa")
+        .arg(hub().join("pisa_sr.pkl"))
+        .args(["--dtype", "f32", "-q", "-o"])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["arch"], "pisa-sr");
+    assert_eq!(manifest["recipe"], serde_json::json!({"timestep": 1, "x0": "residual"}));
+    let input = root().join("tests/pipeline/input.png");
+    let noise = root().join("tests/pisa/noise.safetensors");
+    for (fix, device) in [("none", "cpu"), ("adain", "cpu"), ("wavelet", "wgpu")] {
+        let want = osediff_reference(&format!("tests/pisa/out_{fix}.png"), (96, 64));
+        let out = dir.join(format!("{fix}-{device}.png"));
+        upscale_matches(&bundle, &input, &noise, fix, device, &out, &want, (96, 64));
+    }
+    // The adjustable mode is refused with the reason.
+    let o = bin()
+        .arg("convert")
+        .arg("--sd21")
+        .arg(hub().join("sd21"))
+        .arg("--pisa")
+        .arg(hub().join("pisa_sr.pkl"))
+        .args(["--pisa-weights", "1,0.5", "-o"])
+        .arg(dir.join("adjustable"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(text(&o).contains("two UNet calls"), "{}", text(&o));
+    assert!(!dir.join("adjustable").exists());
 }
 
 #[test]

@@ -32,6 +32,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 sys.path.insert(0, os.path.dirname(__file__))
 from make_image_cases import adain, wavelet  # StableSR's colour fixes, as OSEDiff ships them
+from lora_targets import unet_targets, vae_targets
 
 torch.set_grad_enabled(False)
 root = sys.argv[1]
@@ -87,41 +88,8 @@ save(os.path.join(hub, "vae"), dict(vae.config), vae.state_dict(), "diffusion_py
 json.dump({"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.10.0.dev0"},
           open(os.path.join(hub, "model_index.json"), "w"))
 
-# --- OSEDiff's adapters: its target selection, its adapter names, PEFT's default alpha (8) ------
-def unet_targets(model):
-    patterns = ["to_k", "to_q", "to_v", "to_out.0", "conv", "conv1", "conv2", "conv_in", "conv_shortcut",
-                "conv_out", "proj_out", "proj_in", "ff.net.2", "ff.net.0.proj"]
-    enc, dec, oth = [], [], []
-    for n, p in model.named_parameters():
-        if "bias" in n or "norm" in n:
-            continue
-        for pattern in patterns:
-            if pattern in n and ("down_blocks" in n or "conv_in" in n):
-                enc.append(n.replace(".weight", ""))
-                break
-            elif pattern in n and ("up_blocks" in n or "conv_out" in n):
-                dec.append(n.replace(".weight", ""))
-                break
-            elif pattern in n:
-                oth.append(n.replace(".weight", ""))
-                break
-    return enc, dec, oth
-
-
-def vae_targets(model):
-    patterns = ["conv1", "conv2", "conv_in", "conv_shortcut", "conv", "conv_out", "to_k", "to_q", "to_v", "to_out.0"]
-    out = []
-    for n, p in model.named_parameters():
-        if "bias" in n or "norm" in n:
-            continue
-        for pattern in patterns:
-            if pattern in n and "encoder" in n:
-                out.append(n.replace(".weight", ""))
-            elif "quant_conv" in n and "post_quant_conv" not in n:
-                out.append(n.replace(".weight", ""))
-    return out
-
-
+# --- OSEDiff's adapters: its target selection (lora_targets.py), its adapter names, PEFT's
+# default alpha (8) -------------------------------------------------------------------------------
 rank = 4
 enc, dec, oth = unet_targets(unet)
 vae_mods = vae_targets(vae)

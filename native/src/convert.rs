@@ -300,17 +300,42 @@ fn write_bundle(
     Ok(())
 }
 
-/// What `convert --sd21 DIR --osediff FILE` was asked to do.
+/// The one-step model `convert --sd21` merges.
+pub enum Sd21Model {
+    /// `--osediff osediff.pkl`.
+    OseDiff(PathBuf),
+    /// `--pisa pisa_sr.pkl`.
+    Pisa(PathBuf),
+}
+
+/// `--pisa-weights PIX,SEM`: only PiSA-SR's default mode (1,1) is a merge.
+pub fn check_pisa_weights(s: &str) -> Result<()> {
+    let parsed: Vec<f32> = s
+        .split(',')
+        .map(|v| v.trim().parse::<f32>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(|| format!("--pisa-weights takes PIX,SEM (two numbers), not `{s}`"))?;
+    match parsed.as_slice() {
+        [pix, sem] if *pix == 1.0 && *sem == 1.0 => Ok(()),
+        [_, _] => bail!(
+            "--pisa-weights {s}: PiSA-SR's adjustable mode (weights other than 1,1) takes two UNet \
+             calls per tile, which pgp-wgpu does not run; its default mode, 1,1, is a merge"
+        ),
+        _ => bail!("--pisa-weights takes PIX,SEM (two numbers), not `{s}`"),
+    }
+}
+
+/// What `convert --sd21 DIR --osediff FILE` (or `--pisa FILE`) was asked to do.
 pub struct Sd21Args {
     pub sd21: PathBuf,
-    pub osediff: PathBuf,
+    pub model: Sd21Model,
     pub dtype: String,
     pub output: PathBuf,
     pub max_shard_bytes: usize,
     pub quiet: bool,
 }
 
-/// Converts SD2.1-base and OSEDiff's adapters into a one-step bundle.
+/// Converts SD2.1-base and a one-step model's adapters (OSEDiff, PiSA-SR) into a bundle.
 pub fn run_sd21(a: &Sd21Args) -> Result<()> {
     let Some(target) = storage_dtype(&a.dtype) else {
         bail!("--dtype must be f16 or f32, not `{}`", a.dtype);
@@ -328,9 +353,16 @@ pub fn run_sd21(a: &Sd21Args) -> Result<()> {
             );
         }
     }
-    say(a.quiet, &format!("reading {}", a.osediff.display()));
-    let mut ckpt = open_checkpoint(&a.osediff)?;
-    let adapters = pgp_core::bundle::convert::osediff(&mut ckpt)?;
+    let adapters = match &a.model {
+        Sd21Model::OseDiff(path) => {
+            say(a.quiet, &format!("reading {}", path.display()));
+            pgp_core::bundle::convert::osediff(&mut open_checkpoint(path)?)?
+        }
+        Sd21Model::Pisa(path) => {
+            say(a.quiet, &format!("reading {}", path.display()));
+            pgp_core::bundle::convert::pisa(&mut open_checkpoint(path)?)?
+        }
+    };
     let inputs = pgp_core::bundle::convert::Sd21Inputs {
         unet_config: read_json(&a.sd21.join("unet/config.json"))?,
         vae_config: read_json(&a.sd21.join("vae/config.json"))?,

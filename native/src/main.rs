@@ -64,12 +64,20 @@ enum Command {
         faithdiff: Option<std::path::PathBuf>,
         /// A Stable Diffusion 2.1-base diffusers folder (unet/, vae/, text_encoder/, tokenizer/,
         /// scheduler/), for the one-step models built on it (with --osediff).
-        #[arg(long, requires = "osediff")]
+        #[arg(long)]
         sd21: Option<std::path::PathBuf>,
         /// OSEDiff's osediff.pkl (its UNet and VAE-encoder LoRAs and trained conv_in), merged
         /// into SD2.1-base: a one-step bundle (t = 999, x0 from the predicted noise).
-        #[arg(long, requires = "sd21")]
+        #[arg(long, requires = "sd21", conflicts_with = "pisa")]
         osediff: Option<std::path::PathBuf>,
+        /// PiSA-SR's pisa_sr.pkl (pixel and semantic LoRA groups), merged into SD2.1-base: a
+        /// one-step bundle (t = 1, x0 = z − the prediction).
+        #[arg(long, requires = "sd21")]
+        pisa: Option<std::path::PathBuf>,
+        /// PiSA-SR's guidance weights PIX,SEM; only 1,1 (its default mode, both groups merged):
+        /// other weights need two UNet calls per tile, which is not implemented.
+        #[arg(long, requires = "pisa", default_value = "1,1")]
+        pisa_weights: String,
         /// The checkpoint's architecture: faithdiff, pgp-coarse (pruned) or pgp (pruned + PEAM).
         #[arg(long, default_value = "faithdiff", conflicts_with = "sd21")]
         arch: String,
@@ -506,16 +514,26 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Convert {
             sd21: Some(sd21),
-            osediff: Some(osediff),
+            osediff,
+            pisa,
+            pisa_weights,
             dtype,
             output,
             max_shard_mib,
             quiet,
             ..
         } => {
+            let model = match (osediff, pisa) {
+                (Some(p), None) => convert::Sd21Model::OseDiff(p),
+                (None, Some(p)) => {
+                    convert::check_pisa_weights(&pisa_weights)?;
+                    convert::Sd21Model::Pisa(p)
+                }
+                _ => anyhow::bail!("--sd21 needs the one-step model: --osediff FILE or --pisa FILE"),
+            };
             convert::run_sd21(&convert::Sd21Args {
                 sd21,
-                osediff,
+                model,
                 dtype,
                 output,
                 max_shard_bytes: max_shard_mib.max(1) << 20,
@@ -557,8 +575,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Convert { .. } => anyhow::bail!(
-            "convert takes --sdxl, --vae and --faithdiff (FaithDiff, PGP-DiffSR), or --sd21 and \
-             --osediff (OSEDiff)"
+            "convert takes --sdxl, --vae and --faithdiff (FaithDiff, PGP-DiffSR), or --sd21 with \
+             --osediff (OSEDiff) or --pisa (PiSA-SR)"
         ),
         Command::Upscale {
             input,

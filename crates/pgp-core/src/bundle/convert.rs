@@ -19,6 +19,7 @@ use crate::models::clip::ClipTextModel;
 use crate::models::faithdiff::FaithDiffConfig;
 use crate::models::peam::PeamConfig;
 use crate::models::vae::AutoencoderKLConfig;
+use crate::pipeline::one_step::{OneStep, X0};
 use crate::pipeline::run::TextEncoders;
 use crate::schedulers::euler::EulerConfig;
 use crate::tokenizer::ClipTokenizer;
@@ -193,6 +194,8 @@ pub struct Adapters {
     pub vae: Option<Lora>,
     /// Where its file came from, for the manifest's `sources`.
     pub source: (String, String),
+    /// Its one-step recipe; `None`: the standard one (the last training timestep, x0 by DDPM).
+    pub recipe: Option<OneStep>,
 }
 
 /// OSEDiff's `osediff.pkl` as its `save_model` writes it: `state_dict_unet` (PEFT keys of the
@@ -305,6 +308,79 @@ pub fn osediff<R: Read + Seek>(ckpt: &mut Checkpoint<R>) -> Result<Adapters> {
         unet_replace,
         vae,
         source: ("osediff".into(), name),
+        recipe: None,
+    })
+}
+
+/// PiSA-SR's `pisa_sr.pkl` as its `save_model` writes it: `state_dict_unet` with the PEFT keys of
+/// the pixel and semantic adapter groups (`default_{encoder,decoder,others}_{pix,sem}`),
+/// `lora_rank_unet_pix`, `lora_rank_unet_sem` and the six lists of adapted modules. Both groups
+/// are merged at weight 1 (its default mode: W0 + Δpix + Δsem, alpha 8 over each group's rank);
+/// the recipe is one UNet call at t = 1 and x0 = z − ε̂; the VAE has no adapter.
+pub fn pisa<R: Read + Seek>(ckpt: &mut Checkpoint<R>) -> Result<Adapters> {
+    const PEFT_ALPHA: f32 = 8.0;
+    let name = ckpt.name().to_string();
+    let Checkpoint::Pickle(pickle) = &*ckpt else {
+        return Err(Error::input(format!(
+            "{name}: PiSA-SR's weights are a torch.save file (pisa_sr.pkl)"
+        )));
+    };
+    let meta = pickle.metadata().clone();
+    let mut lora = Vec::new();
+    for (key, ..) in ckpt.tensors() {
+        let Some(k) = key.strip_prefix("state_dict_unet.").filter(|k| k.contains(".lora_")) else {
+            return Err(Error::input(format!(
+                "{name}: unexpected tensor `{key}` (a pisa_sr.pkl holds the UNet's LoRAs in \
+                 state_dict_unet)"
+            )));
+        };
+        let (dtype, shape, bytes) = ckpt.read(&key)?;
+        let values = decode_f32(dtype, &bytes)
+            .ok_or_else(|| Error::input(format!("{name}: `{key}` is {dtype:?}, not a float")))?;
+        lora.push((k.to_string(), values, shape));
+    }
+    for group in ["pix", "sem"] {
+        let key = format!("lora_rank_unet_{group}");
+        let rank = meta
+            .get(&key)
+            .and_then(|m| m.as_int())
+            .ok_or_else(|| Error::input(format!("{name}: no integer `{key}`: not a pisa_sr.pkl")))?;
+        let adapter = format!(".lora_A.default_encoder_{group}.");
+        if let Some((_, _, s)) = lora.iter().find(|(k, ..)| k.contains(&adapter))
+            && s[0] as i64 != rank
+        {
+            return Err(Error::input(format!(
+                "{name}: {key} is {rank}, its LoRA matrices have rank {}",
+                s[0]
+            )));
+        }
+    }
+    let unet = Lora::from_tensors(&format!("{name} (UNet)"), lora, 1.0, None, Some(PEFT_ALPHA))?;
+    for group in ["pix", "sem"] {
+        for part in ["encoder", "decoder", "others"] {
+            let list = format!("unet_lora_{part}_modules_{group}");
+            let names = meta
+                .get(&list)
+                .and_then(|m| m.as_strings())
+                .ok_or_else(|| Error::input(format!("{name}: no list `{list}`: not a pisa_sr.pkl")))?;
+            let have: std::collections::BTreeSet<&str> = unet.module_paths().collect();
+            if let Some(missing) = names.iter().find(|n| !have.contains(**n)) {
+                return Err(Error::input(format!(
+                    "{name}: `{list}` names `{missing}`, which has no LoRA in the state dict"
+                )));
+            }
+        }
+    }
+    Ok(Adapters {
+        arch: "pisa-sr".into(),
+        unet,
+        unet_replace: BTreeMap::new(),
+        vae: None,
+        source: ("pisa".into(), name),
+        recipe: Some(OneStep {
+            timestep: 1,
+            x0: X0::Residual,
+        }),
     })
 }
 
@@ -364,7 +440,8 @@ pub async fn sd21<S: ShardSink>(
         }
     }
     let sched = EulerConfig::from_json(&scheduler)?;
-    let recipe = crate::pipeline::one_step::OneStep::standard(&sched);
+    let recipe = adapters.recipe.unwrap_or_else(|| OneStep::standard(&sched));
+    recipe.validate(&sched)?;
     let cfg = Configs::from_json(
         Family::Sd21,
         &inputs.unet_config,
