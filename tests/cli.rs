@@ -1639,27 +1639,31 @@ fn osediff_equals_its_own_pipeline() {
         for (fix, device) in [("none", "cpu"), ("adain", "cpu"), ("wavelet", "cpu"), ("adain", "wgpu")] {
             let out = dir.join(format!("{case}-{fix}-{device}.png"));
             let want = osediff_reference(&format!("tests/osediff/out_{case}_{fix}.png"), size);
-            upscale_matches(&bundle, &input, &noise, fix, device, &out, &want, size);
+            let args = ["--color-fix", fix, "--device", device];
+            upscale_matches((&bundle, &input, &noise), &args, &out, &want, size);
         }
     }
+    // OSEDiff's latent tiles (at a tile of 4 latent pixels, so that the fixture is tiled).
+    let input = root().join("tests/pipeline/input.png");
+    let noise = root().join("tests/osediff/noise_even.safetensors");
+    let want = osediff_reference("tests/osediff/out_even_tiled_none.png", (96, 64));
+    let args = ["--color-fix", "none", "--device", "cpu", "-t", "32"];
+    let out = dir.join("tiled.png");
+    upscale_matches((&bundle, &input, &noise), &args, &out, &want, (96, 64));
 }
 
-/// `upscale -s 4 --precision f32` of `input` with `noise` and colour fix `fix` on `device`
-/// gives `want` (`size`) within 0.5/255 mean and 3/255 max.
-#[allow(clippy::too_many_arguments)]
+/// `upscale -s 4 --precision f32 ARGS` of `input` with `noise` gives `want` (`size`) within
+/// 0.5/255 mean and 3/255 max.
 fn upscale_matches(
-    bundle: &Path,
-    input: &Path,
-    noise: &Path,
-    fix: &str,
-    device: &str,
+    (bundle, input, noise): (&Path, &Path, &Path),
+    args: &[&str],
     out: &Path,
     want: &[u8],
     size: (u32, u32),
 ) {
     let o = bin()
-        .args(["upscale", "-q", "-s", "4", "--precision", "f32", "--device", device])
-        .args(["--color-fix", fix])
+        .args(["upscale", "-q", "-s", "4", "--precision", "f32"])
+        .args(args)
         .arg("-i")
         .arg(input)
         .arg("-o")
@@ -1670,7 +1674,7 @@ fn upscale_matches(
         .arg(noise)
         .output()
         .unwrap();
-    assert!(o.status.success(), "{fix} {device}: {}", text(&o));
+    assert!(o.status.success(), "{args:?}: {}", text(&o));
     let got = image::open(out).unwrap().to_rgb8();
     assert_eq!(got.dimensions(), size, "{}", out.display());
     let max = got
@@ -1683,7 +1687,7 @@ fn upscale_matches(
     let mean = support::mean_abs_diff(got.as_raw(), want);
     assert!(
         mean <= 0.5 && max <= 3,
-        "{} ({fix}, {device}): |Δ| mean {mean}/255, max {max}/255",
+        "{} ({args:?}): |Δ| mean {mean}/255, max {max}/255",
         out.display()
     );
 }
@@ -1719,7 +1723,8 @@ fn pisa_sr_equals_its_own_pipeline() {
     for (fix, device) in [("none", "cpu"), ("adain", "cpu"), ("wavelet", "wgpu")] {
         let want = osediff_reference(&format!("tests/pisa/out_{fix}.png"), (96, 64));
         let out = dir.join(format!("{fix}-{device}.png"));
-        upscale_matches(&bundle, &input, &noise, fix, device, &out, &want, (96, 64));
+        let args = ["--color-fix", fix, "--device", device];
+        upscale_matches((&bundle, &input, &noise), &args, &out, &want, (96, 64));
     }
     // The adjustable mode is refused with the reason.
     let o = bin()

@@ -164,6 +164,54 @@ for case, size in [("even", (24, 16)), ("odd", (13, 11))]:
     tensors[f"{case}.prompt_embeds"] = cond
 save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(ref, "stages.safetensors"))
 
+
+# OSEDiff's latent tiling (its `forward`'s tiled branch), at a tile of 4 overlapping by 2 so the
+# tiny even case (an 8 × 12 latent) is tiled: tiles of min(tile, h, w), offsets i·(tile − overlap),
+# the last flush with the edge, `for row (x) … for col (y)`, f64 Gaussian weights (var 0.01, x
+# centred at (W − 1)/2, y at H/2), the noise prediction summed and divided by the weights' sum.
+def gaussian(tw, th):
+    var = 0.01
+    xs = [np.exp(-(x - (tw - 1) / 2) ** 2 / (tw * tw) / (2 * var)) / np.sqrt(2 * np.pi * var) for x in range(tw)]
+    ys = [np.exp(-(y - th / 2) ** 2 / (th * th) / (2 * var)) / np.sqrt(2 * np.pi * var) for y in range(th)]
+    return torch.tensor(np.outer(ys, xs))
+
+
+def tiled_eps(z, cond, tile, overlap):
+    _, _, h, w = z.shape
+    tile = min(tile, min(h, w))
+    weights = gaussian(tile, tile)
+    def count(n):
+        k, cur = 0, 0
+        while cur < n:
+            cur = max(k * tile - overlap * k, 0) + tile
+            k += 1
+        return k
+    rows, cols = count(w), count(h)
+    pred = torch.zeros_like(z)
+    contributors = torch.zeros_like(z)
+    for row in range(rows):
+        for col in range(cols):
+            ofs_x = max(row * tile - overlap * row, 0)
+            ofs_y = max(col * tile - overlap * col, 0)
+            if row == rows - 1:
+                ofs_x = w - tile
+            if col == cols - 1:
+                ofs_y = h - tile
+            part = z[:, :, ofs_y:ofs_y + tile, ofs_x:ofs_x + tile]
+            e = unet_unmerged(part, torch.tensor([999]).long(), encoder_hidden_states=cond).sample
+            pred[:, :, ofs_y:ofs_y + tile, ofs_x:ofs_x + tile] += e * weights
+            contributors[:, :, ofs_y:ofs_y + tile, ofs_x:ofs_x + tile] += weights
+    return pred / contributors
+
+
+unet_unmerged = unet  # still unmerged here
+z = tensors["even.start_latent"]
+eps = tiled_eps(z, tensors["even.prompt_embeds"], 4, 2)
+x0 = (z - (1 - a) ** 0.5 * eps) / a ** 0.5
+decoded = vae.decode(x0 / vae.config.scaling_factor).sample.clamp(-1, 1)
+Image.fromarray(to_u8(decoded * 0.5 + 0.5)[0].permute(1, 2, 0).numpy()).save(
+    os.path.join(ref, "out_even_tiled_none.png"))
+
 # What PEFT's merge gives (the converter merges the same way): a few weights of each kind.
 unet.merge_and_unload() if hasattr(unet, "merge_and_unload") else None
 from peft.tuners.tuners_utils import BaseTunerLayer

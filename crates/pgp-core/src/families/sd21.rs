@@ -6,8 +6,11 @@
 //! 2. `ToTensor()·2 − 1`, the VAE posterior sample (`mean + std·ε`, ε from the seed or given)
 //!    × `scaling_factor`;
 //! 3. one UNet call at the recipe's timestep with the prompt's `last_hidden_state` (the cached
-//!    empty prompt by default), in OSEDiff's latent tiles when the latent is larger than
-//!    96 × 96 (tiles of 96 overlapping by 32, Gaussian weights with its `H/2` centre);
+//!    empty prompt by default), in OSEDiff's latent tiles when the latent's area is over 96²
+//!    (square tiles of `min(96, h, w)` overlapping by 32, the last flush with the edge, summed
+//!    column by column as OSEDiff's loops go, Gaussian weights with its `H/2` centre; OSEDiff
+//!    adds its f64 weights in f64, here they are f32 — WebGPU has no f64 —, a difference of at
+//!    most an ulp per add);
 //! 4. the recipe's x0 ([`OneStep`]), decode, clamp, `(x·0.5 + 0.5)·255` truncated to u8 (as
 //!    torchvision's `ToPILImage`);
 //! 5. the colour fix against the resized input, clamped and truncated again;
@@ -65,8 +68,8 @@ pub fn encode(text: &(ClipTextModel, ClipTokenizer), prompt: &str) -> Result<Ten
 }
 
 /// OSEDiff's latent tiles of an `h × w` latent: the whole latent when its area is at most
-/// `tile²`, else tiles of `min(tile, h, w)` overlapping by `overlap`, the last of each row and
-/// column flush with the edge.
+/// `tile²`, else tiles of `min(tile, h, w)` overlapping by `overlap` (at most half a tile), the
+/// last of each row and column flush with the edge, in OSEDiff's order (column by column).
 pub fn latent_tiles(h: usize, w: usize, tile: usize, overlap: usize) -> Vec<Tile> {
     if h * w <= tile * tile {
         return vec![Tile {
@@ -77,7 +80,8 @@ pub fn latent_tiles(h: usize, w: usize, tile: usize, overlap: usize) -> Vec<Tile
         }];
     }
     let t = tile.min(h).min(w);
-    let step = t.saturating_sub(overlap).max(1);
+    // OSEDiff's loop never ends when the overlap reaches the tile (a thin, long latent): cap it.
+    let step = t - overlap.min(t / 2);
     let count = |n: usize| {
         let mut k = 1;
         while (k - 1) * step + t < n {
@@ -91,9 +95,10 @@ pub fn latent_tiles(h: usize, w: usize, tile: usize, overlap: usize) -> Vec<Tile
             .map(|i| if i + 1 == k { n - t } else { i * step })
             .collect()
     };
+    // Column by column, as OSEDiff's `for row … for col …` (its `row` walks x) sums them.
     let mut out = Vec::new();
-    for &top in &starts(h) {
-        for &left in &starts(w) {
+    for &left in &starts(w) {
+        for &top in &starts(h) {
             out.push(Tile {
                 top,
                 left,
@@ -221,6 +226,7 @@ impl<'a> Run<'a> {
             TileSize::Auto => LATENT_TILE,
             TileSize::Pixels(t) => (t / 8).max(1),
         };
+        // A smaller tile than OSEDiff's (`TileSize::Pixels`) keeps the overlap under half of it.
         let grid = latent_tiles(lh, lw, tile, LATENT_OVERLAP.min(tile / 2));
         let fix = usize::from(options.color_fix != ColorFix::None);
         let total = 2 + grid.len() + models.vae.decode_tiles(lh, lw) + fix;
@@ -475,5 +481,59 @@ impl<'a> Run<'a> {
             tensor,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latent_tiles_follow_osediff() {
+        // Untiled up to an area of 96²: a 64 × 144 latent (9216) is one tile, 64 × 145 is not.
+        assert_eq!(latent_tiles(64, 144, 96, 32).len(), 1);
+        let t = latent_tiles(64, 145, 96, 32);
+        // Tiles of min(96, 64, 145) = 64, step 32: x at 0, 32, 64, 81 (flush); y at 0.
+        let lefts: Vec<usize> = t.iter().map(|t| t.left).collect();
+        assert_eq!(lefts, [0, 32, 64, 81]);
+        assert!(t.iter().all(|t| t.top == 0 && t.height == 64 && t.width == 64));
+        // Column by column: every top of the first column before the next column.
+        let t = latent_tiles(200, 200, 96, 32);
+        let order: Vec<(usize, usize)> = t.iter().map(|t| (t.left, t.top)).collect();
+        assert_eq!(&order[..4], &[(0, 0), (0, 64), (0, 104), (64, 0)]);
+        // A thin, long latent ends (OSEDiff's loop would not): the overlap is half the tile.
+        let t = latent_tiles(20, 600, 96, 32);
+        assert_eq!(t.len(), 59);
+        // Every pixel is covered.
+        for (h, w) in [(97, 131), (200, 97), (20, 600)] {
+            let mut seen = vec![false; h * w];
+            for t in latent_tiles(h, w, 96, 32) {
+                assert!(t.top + t.height <= h && t.left + t.width <= w);
+                for y in t.top..t.top + t.height {
+                    for x in t.left..t.left + t.width {
+                        seen[y * w + x] = true;
+                    }
+                }
+            }
+            assert!(seen.iter().all(|&s| s), "{h}×{w}");
+        }
+    }
+
+    #[test]
+    fn tile_weights_are_osediffs_gaussian() {
+        let (h, w) = (4, 6);
+        let wt = tile_weights(h, w);
+        let g = |x: f64, m: f64, n: f64| {
+            (-(x - m).powi(2) / (n * n) / 0.02).exp() / (0.02 * std::f64::consts::PI).sqrt()
+        };
+        for y in 0..h {
+            for x in 0..w {
+                let e = g(y as f64, 2.0, 4.0) * g(x as f64, 2.5, 6.0);
+                assert!((f64::from(wt[y * w + x]) - e).abs() < 1e-6 * e);
+            }
+        }
+        // Symmetric in x about (W − 1)/2, not in y (OSEDiff centres y at H/2).
+        assert_eq!(wt[0], wt[w - 1]);
+        assert_ne!(wt[0], wt[(h - 1) * w]);
     }
 }
