@@ -288,27 +288,18 @@ impl Upscaler {
     pub fn start<'a>(&'a self, input: ImageView<'_>, options: Options) -> Result<Job<'a>> {
         let split = Split::new(&input)?;
         let keep_unit = input.format() == PixelFormat::Rgba16;
+        let limits = TileLimits {
+            buffer_bytes: self.gpu.info().max_buffer_bytes,
+            budget_bytes: options.max_memory,
+            weights_bytes: self.weights_bytes(),
+            elem_bytes: elem_bytes(self.dtype),
+        };
+        let (device, rgb) = (self.gpu.device(), &split.rgb);
         let run = match &self.models {
-            Nets::FaithDiff(models) => Runs::FaithDiff(Run::new(
-                models,
-                self.gpu.device(),
-                &split.rgb,
-                &options,
-                TileLimits {
-                    buffer_bytes: self.gpu.info().max_buffer_bytes,
-                    budget_bytes: options.max_memory,
-                    weights_bytes: self.weights_bytes(),
-                    elem_bytes: elem_bytes(self.dtype),
-                },
-                keep_unit,
-            )?),
-            Nets::Sd21(models) => Runs::Sd21(sd21::Run::new(
-                models,
-                self.gpu.device(),
-                &split.rgb,
-                &options,
-                keep_unit,
-            )?),
+            Nets::FaithDiff(m) => {
+                Runs::FaithDiff(Run::new(m, device, rgb, &options, limits, keep_unit)?)
+            }
+            Nets::Sd21(m) => Runs::Sd21(sd21::Run::new(m, device, rgb, &options, limits, keep_unit)?),
         };
         let to = (
             input.width() * options.scale,

@@ -32,7 +32,7 @@ use crate::pipeline::color_fix::ColorFix;
 use crate::pipeline::image::{Filter, RgbImage, resize, resize_plane};
 use crate::pipeline::one_step::OneStep;
 use crate::pipeline::run::{NoiseData, Options, Output, Stages, TileSize, Unit};
-use crate::pipeline::tiling::Tile;
+use crate::pipeline::tiling::{Tile, TileLimits, largest_tile_px};
 use crate::schedulers::euler::EulerConfig;
 use crate::tokenizer::ClipTokenizer;
 
@@ -189,6 +189,7 @@ impl<'a> Run<'a> {
         device: &Device,
         image: &RgbImage,
         options: &Options,
+        limits: TileLimits,
         keep_unit: bool,
     ) -> Result<Self> {
         options.validate()?;
@@ -223,7 +224,20 @@ impl<'a> Run<'a> {
             )));
         }
         let tile = match options.tile {
-            TileSize::Auto => LATENT_TILE,
+            // OSEDiff's tile, or a smaller one where the device's buffer limit or the memory
+            // budget needs it (the UNet attends at level 0: 9,216 tokens at OSEDiff's tile).
+            TileSize::Auto => {
+                let fit = largest_tile_px(models.unet.layout(), &limits, LATENT_TILE * 8)
+                    .ok_or_else(|| {
+                        Error::input(format!(
+                            "the weights ({} MiB) and the smallest tile do not fit in the memory \
+                             budget of {} MiB",
+                            limits.weights_bytes >> 20,
+                            limits.budget_bytes.unwrap_or(0) >> 20
+                        ))
+                    })?;
+                (fit / 8).clamp(1, LATENT_TILE)
+            }
             TileSize::Pixels(t) => (t / 8).max(1),
         };
         // A smaller tile than OSEDiff's (`TileSize::Pixels`) keeps the overlap under half of it.
