@@ -82,8 +82,12 @@ fn read_pam(path: &Path) -> (u32, u32, Vec<u8>) {
 }
 
 fn run_c(exe: &Path, args: &[&str], dir: &Path) -> Output {
+    run_c_with(exe, &bundle("f32"), args, dir)
+}
+
+fn run_c_with(exe: &Path, model: &Path, args: &[&str], dir: &Path) -> Output {
     Command::new(exe)
-        .arg(bundle("f32"))
+        .arg(model)
         .arg(input_pam(dir))
         .arg(dir.join("out.pam"))
         .args(args)
@@ -171,4 +175,44 @@ fn the_c_callback_cancels_and_errors_are_reported() {
         "{}",
         text(&o)
     );
+}
+
+#[test]
+fn the_c_abi_runs_a_one_step_sd21_model_as_the_cli_does() {
+    let dir = scratch("capi_osediff");
+    let model = dir.join("osediff.bundle");
+    let hub = root().join("tests/hub");
+    let o = bin()
+        .args(["convert", "-q", "--dtype", "f32", "--sd21"])
+        .arg(hub.join("sd21"))
+        .arg("--osediff")
+        .arg(hub.join("osediff.pkl"))
+        .arg("-o")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let exe = compile(&dir);
+    // The bundle's defaults are one-step: the example asks for nothing else.
+    let o = run_c_with(&exe, &model, &["-d", "cpu", "-s", "4", "--seed", "5"], &dir);
+    assert!(o.status.success(), "{}", text(&o));
+    // Encode, prompt, one UNet tile, one decode tile, colour fix.
+    let progress = text(&o).lines().filter(|l| l.starts_with("progress ")).count();
+    assert_eq!(progress, 5, "{}", text(&o));
+    let (w, h, rgba) = read_pam(&dir.join("out.pam"));
+    assert_eq!((w, h), (96, 64));
+    let cli_out = dir.join("cli.png");
+    let o = bin()
+        .args(["upscale", "-q", "--device", "cpu", "-s", "4", "--seed", "5", "-i"])
+        .arg(root().join("tests/pipeline/input.png"))
+        .arg("-o")
+        .arg(&cli_out)
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let cli = image::open(&cli_out).unwrap().to_rgb8();
+    let c_rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    assert_eq!(c_rgb, cli.into_raw(), "the C output differs from the CLI's");
 }

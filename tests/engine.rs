@@ -395,6 +395,59 @@ fn manifests_agree_with_their_family() {
 }
 
 #[test]
+fn an_osediff_run_matches_the_references_stages() {
+    // Converted by the binary; run through the engine with the reference's posterior noise.
+    let dir = support::scratch("engine-osediff");
+    let model = dir.join("osediff.bundle");
+    let o = support::bin()
+        .args(["convert", "-q", "--dtype", "f32", "--sd21"])
+        .arg(root().join("tests/hub/sd21"))
+        .arg("--osediff")
+        .arg(root().join("tests/hub/osediff.pkl"))
+        .arg("-o")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", support::text(&o));
+    let stages = std::fs::read(root().join("tests/osediff/stages.safetensors")).unwrap();
+    let stages = pgp_core::weights::WeightFile::from_bytes("stages", stages).unwrap();
+    let want = |k: &str| stages.f32_data(&format!("even.{k}")).unwrap().0;
+    let u = pollster::block_on(Upscaler::load(&bytes_source(&model), &Gpu::cpu(), &mut |_| {}))
+        .unwrap();
+    assert_eq!(u.family(), pgp_core::families::Family::Sd21);
+    assert!(u.is_one_step() && u.default_options().one_step);
+    let img = input();
+    let view = ImageView::packed(img.as_raw(), 24, 16, PixelFormat::Rgb8).unwrap();
+    let options = Options {
+        scale: 4,
+        noise: Some(pgp_core::NoiseData {
+            latent: Vec::new(),
+            vae: want("vae_noise"),
+        }),
+        ..u.default_options()
+    };
+    let mut job = u.start(view, options).unwrap();
+    job.record_stages();
+    while let Some(e) = pollster::block_on(job.next()) {
+        e.unwrap();
+    }
+    let s = job.stages().unwrap();
+    let got = |t: &Option<pgp_core::burn::tensor::Tensor<4>>| {
+        pollster::block_on(pgp_core::device::read_back(t.clone().unwrap()))
+            .unwrap()
+            .0
+    };
+    for (name, t, tol) in [
+        ("start_latent", &s.start_latent, 1e-5),
+        ("latent_final", &s.latent_final, 1e-4),
+        ("decoded", &s.decoded, 1e-4),
+    ] {
+        let err = pgp_core::conformance::rel_l2(&got(t), &want(name));
+        assert!(err < tol, "{name}: rel L2 {err}");
+    }
+}
+
+#[test]
 fn the_host_device_example_runs_on_lavapipe() {
     // Built by `cargo test` with the other examples (crates/pgp-core/examples/host_device.rs).
     let deps = std::env::current_exe().unwrap();

@@ -91,10 +91,14 @@ pub fn run(a: &PruneArgs) -> Result<()> {
     let partial = output::Partial::beside(&a.output);
     let tmp = partial.path().to_path_buf();
     std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let views = pruned.views()?;
-    let meta = [("format".to_string(), "pt".to_string())].into();
-    pgp_core::safetensors::serialize_to_file(views, Some(meta), &tmp.join("unet.safetensors"))
-        .context("writing unet.safetensors")?;
+    let path = tmp.join("unet.safetensors");
+    let file = std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    pruned.write(&mut out)?;
+    out.into_inner()
+        .map_err(|e| e.into_error())
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))?;
     let write_json = |name: &str, v: &Value| {
         output::write_new(&tmp.join(name), serde_json::to_string_pretty(v)?.as_bytes())
     };

@@ -2,14 +2,14 @@
 //! FaithDiff's own key layout (UNet keys unprefixed, `denoise_encoder.*`), the kept transformer
 //! blocks renumbered, the diffusers config of the new depths, and a PEAM — the bundle's, a new
 //! one initialised as PyTorch initialises a `Conv2d`, or none. The tensors' bytes are the
-//! bundle's own, borrowed; writing the file is the caller's ([`Pruned::views`]).
+//! bundle's own, borrowed; [`Pruned::write`] streams them as a safetensors file into the
+//! caller's writer.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use burn::tensor::Device;
 use safetensors::Dtype;
-use safetensors::tensor::TensorView;
 use serde_json::Value;
 
 use crate::bundle::{Bundle, Configs, convert_dtype, storage_dtype};
@@ -61,16 +61,44 @@ pub struct Pruned<'a> {
 }
 
 impl Pruned<'_> {
-    /// The tensors as safetensors views, in key order, for `safetensors::serialize*`.
-    pub fn views(&self) -> Result<Vec<(String, TensorView<'_>)>> {
-        self.checkpoint
-            .iter()
-            .map(|(k, e)| {
-                TensorView::new(e.dtype, e.shape.clone(), &e.bytes)
-                    .map(|v| (k.clone(), v))
-                    .map_err(|err| Error::input(format!("`{k}`: {err:?}")))
-            })
-            .collect()
+    /// Writes the checkpoint as a safetensors file to `out`, tensor by tensor from the bundle's
+    /// bytes (no second copy of the checkpoint in memory): the header (`__metadata__`
+    /// `{"format": "pt"}`, every tensor's dtype, shape and byte range, padded to 8 bytes), then
+    /// the data in key order.
+    pub fn write(&self, out: &mut dyn std::io::Write) -> Result<()> {
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+        let mut offset = 0u64;
+        for (key, e) in &self.checkpoint {
+            let expected = e.shape.iter().product::<usize>() * e.dtype.bitsize() / 8;
+            if e.bytes.len() != expected {
+                return Err(Error::input(format!(
+                    "`{key}`: {} bytes for {:?} {:?}",
+                    e.bytes.len(),
+                    e.dtype,
+                    e.shape
+                )));
+            }
+            let end = offset + e.bytes.len() as u64;
+            header.insert(
+                key.clone(),
+                serde_json::json!({"dtype": e.dtype, "shape": e.shape, "data_offsets": [offset, end]}),
+            );
+            offset = end;
+        }
+        let mut json = serde_json::to_vec(&header)
+            .map_err(|e| Error::input(format!("the checkpoint's header: {e}")))?;
+        json.resize(json.len().div_ceil(8) * 8, b' ');
+        let io = |e: std::io::Error| Error::Source {
+            file: "unet.safetensors".into(),
+            reason: e.to_string(),
+        };
+        out.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&json).map_err(io)?;
+        for e in self.checkpoint.values() {
+            out.write_all(&e.bytes).map_err(io)?;
+        }
+        out.flush().map_err(io)
     }
 }
 
