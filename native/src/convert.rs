@@ -259,14 +259,20 @@ pub fn run(a: &ConvertArgs) -> Result<()> {
         one_step: a.one_step,
     };
 
-    write_bundle(&a.output, a.max_shard_bytes, (&a.dtype, target), a.quiet, |writer, device| {
-        pollster::block_on(pgp_core::bundle::convert::faithdiff(
-            inputs,
-            writer,
-            device,
-            &mut |msg| say(a.quiet, msg),
-        ))
-    })
+    write_bundle(
+        &a.output,
+        a.max_shard_bytes,
+        (&a.dtype, target),
+        a.quiet,
+        |writer, device| {
+            pollster::block_on(pgp_core::bundle::convert::faithdiff(
+                inputs,
+                writer,
+                device,
+                &mut |msg| say(a.quiet, msg),
+            ))
+        },
+    )
 }
 
 /// Writes a bundle into a temporary folder beside `output` (removed on failure or Ctrl-C)
@@ -276,7 +282,10 @@ fn write_bundle(
     max_shard_bytes: usize,
     (dtype, target): (&str, pgp_core::safetensors::Dtype),
     quiet: bool,
-    convert: impl FnOnce(Writer<FolderSink>, &pgp_core::burn::tensor::Device) -> pgp_core::Result<(pgp_core::bundle::Manifest, FolderSink)>,
+    convert: impl FnOnce(
+        Writer<FolderSink>,
+        &pgp_core::burn::tensor::Device,
+    ) -> pgp_core::Result<(pgp_core::bundle::Manifest, FolderSink)>,
 ) -> Result<()> {
     let partial = output::Partial::beside(output);
     let tmp = partial.path().to_path_buf();
@@ -374,15 +383,21 @@ pub fn run_sd21(a: &Sd21Args) -> Result<()> {
         text_encoder: read_component(&a.sd21.join("text_encoder"), "model")?,
         sources: [("sd21".to_string(), a.sd21.display().to_string())].into(),
     };
-    write_bundle(&a.output, a.max_shard_bytes, (&a.dtype, target), a.quiet, |writer, device| {
-        pollster::block_on(pgp_core::bundle::convert::sd21(
-            inputs,
-            adapters,
-            writer,
-            device,
-            &mut |msg| say(a.quiet, msg),
-        ))
-    })
+    write_bundle(
+        &a.output,
+        a.max_shard_bytes,
+        (&a.dtype, target),
+        a.quiet,
+        |writer, device| {
+            pollster::block_on(pgp_core::bundle::convert::sd21(
+                inputs,
+                adapters,
+                writer,
+                device,
+                &mut |msg| say(a.quiet, msg),
+            ))
+        },
+    )
 }
 
 /// Reads a bundle folder.

@@ -205,14 +205,18 @@ fn fetch_hub(files: &'static [HubFile], quiet: bool) -> Result<Fetched> {
         for path in candidates().filter(|_| found.is_none()) {
             let bar = bar_for(quiet);
             bar.set_message(format!("{}/{path}", f.repo));
-            match api.repo(repo.clone()).download_with_progress(path, bar.clone()) {
+            match api
+                .repo(repo.clone())
+                .download_with_progress(path, bar.clone())
+            {
                 Ok(p) => {
                     bar.finish_and_clear();
                     found = Some(p);
                     break;
                 }
-                Err(e) if e.to_string().contains("status code 404")
-                    && (!f.required || (f.fallback.is_some() && path == f.path)) =>
+                Err(e)
+                    if e.to_string().contains("status code 404")
+                        && (!f.required || (f.fallback.is_some() && path == f.path)) =>
                 {
                     bar.finish_and_clear();
                 }

@@ -530,7 +530,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     convert::check_pisa_weights(&pisa_weights)?;
                     convert::Sd21Model::Pisa(p)
                 }
-                _ => anyhow::bail!("--sd21 needs the one-step model: --osediff FILE or --pisa FILE"),
+                _ => {
+                    anyhow::bail!("--sd21 needs the one-step model: --osediff FILE or --pisa FILE")
+                }
             };
             convert::run_sd21(&convert::Sd21Args {
                 sd21,

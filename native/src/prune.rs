@@ -47,8 +47,7 @@ pub fn run(a: &PruneArgs) -> Result<()> {
         );
     }
     let device = pgp_core::Gpu::cpu().device().clone();
-    let pruned =
-        pgp_core::prune::prune(&bundle, &report, a.rule, a.coarse_depth, a.peam, &device)?;
+    let pruned = pgp_core::prune::prune(&bundle, &report, a.rule, a.coarse_depth, a.peam, &device)?;
     let (plan, peam_cfg, arch) = (&pruned.plan, &pruned.peam, pruned.arch);
     let file = |name: &str| a.output.join(name).display().to_string();
     let mut convert = format!(
@@ -92,7 +91,8 @@ pub fn run(a: &PruneArgs) -> Result<()> {
     let tmp = partial.path().to_path_buf();
     std::fs::create_dir(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     let path = tmp.join("unet.safetensors");
-    let file = std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("writing {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
     pruned.write(&mut out)?;
     out.into_inner()

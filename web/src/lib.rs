@@ -23,8 +23,8 @@ use std::rc::Rc;
 
 use js_sys::{Function, Reflect};
 use pgp_core::{ColorFix, Error, Gpu, GpuOptions, ImageView, PixelFormat, TileSize};
-use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
+use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::{JsFuture, future_to_promise};
 
 use crate::fetch::FetchSource;

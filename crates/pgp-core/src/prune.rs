@@ -93,7 +93,8 @@ impl Pruned<'_> {
             file: "unet.safetensors".into(),
             reason: e.to_string(),
         };
-        out.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+        out.write_all(&(json.len() as u64).to_le_bytes())
+            .map_err(io)?;
         out.write_all(&json).map_err(io)?;
         for e in self.checkpoint.values() {
             out.write_all(&e.bytes).map_err(io)?;
@@ -102,14 +103,12 @@ impl Pruned<'_> {
     }
 }
 
+/// A new tensor: key, shape, bytes.
+type NewTensor = (String, Vec<usize>, Vec<u8>);
+
 /// New PEAM weights (`peam.*`) for `cfg`, placed as `FaithDiffUNet` places them, initialised
 /// as PyTorch initialises a `Conv2d`, stored as `dtype`.
-fn init_peam(
-    cfg: &Configs,
-    seed: u64,
-    dtype: Dtype,
-    device: &Device,
-) -> Result<Vec<(String, Vec<usize>, Vec<u8>)>> {
+fn init_peam(cfg: &Configs, seed: u64, dtype: Dtype, device: &Device) -> Result<Vec<NewTensor>> {
     let shapes = VarBuilder::shapes_only(device);
     cfg.unet(&shapes)?;
     let wanted: BTreeMap<String, Vec<usize>> = shapes
@@ -161,7 +160,10 @@ pub fn prune<'a>(
     let new_cfg = UNet2DConditionConfig::from_json(&unet_config)
         .map_err(|e| Error::config(format!("the pruned UNet config is not valid: {e}")))?;
     let dtype = storage_dtype(&manifest.dtype).ok_or_else(|| {
-        Error::config(format!("the bundle's dtype `{}` is unknown", manifest.dtype))
+        Error::config(format!(
+            "the bundle's dtype `{}` is unknown",
+            manifest.dtype
+        ))
     })?;
 
     let src = bundle.source();

@@ -966,7 +966,10 @@ mod tests {
             meta["unet_lora_encoder_modules"].as_strings().unwrap(),
             ["conv_in", "to_q"]
         );
-        assert_eq!(meta["flags"], Meta::List(vec![Meta::Bool(true), Meta::Float(0.5)]));
+        assert_eq!(
+            meta["flags"],
+            Meta::List(vec![Meta::Bool(true), Meta::Float(0.5)])
+        );
         let (_, shape, data) = ckpt
             .read("state_dict_unet.conv_in.lora_A.default_encoder.weight")
             .unwrap();

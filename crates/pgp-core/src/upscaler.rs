@@ -58,14 +58,14 @@ impl LoadOptions {
 
 /// The networks of a bundle, by family.
 enum Nets {
-    FaithDiff(Models),
-    Sd21(sd21::Models),
+    FaithDiff(Box<Models>),
+    Sd21(Box<sd21::Models>),
 }
 
 /// A run of either family.
 enum Runs<'a> {
-    FaithDiff(Run<'a>),
-    Sd21(sd21::Run<'a>),
+    FaithDiff(Box<Run<'a>>),
+    Sd21(Box<sd21::Run<'a>>),
 }
 
 /// A loaded model on one [`Gpu`]: run any number of jobs, one after the other.
@@ -105,7 +105,7 @@ impl Upscaler {
         let dtype = options.precision.resolve(device)?;
         let bundle = Bundle::stream(source, device, dtype, Parts::Image, on_progress).await?;
         let models = match bundle.manifest.family {
-            Family::FaithDiff => Nets::FaithDiff(Models {
+            Family::FaithDiff => Nets::FaithDiff(Box::new(Models {
                 unet: bundle.unet(device)?,
                 denoise_encoder: bundle.denoise_encoder(device)?,
                 vae: bundle.vae(device)?,
@@ -114,11 +114,11 @@ impl Upscaler {
                 prompts: Vec::new(),
                 scheduler: bundle.scheduler()?,
                 one_step: bundle.one_step_recipe()?,
-            }),
+            })),
             Family::Sd21 => {
                 let mut vae = bundle.vae(device)?;
                 vae.set_tiling_at(sd21::VAE_TILE_PX);
-                Nets::Sd21(sd21::Models {
+                Nets::Sd21(Box::new(sd21::Models {
                     unet: bundle.plain_unet(device)?,
                     vae,
                     empty_prompt: bundle.empty_prompt_embeds(device)?,
@@ -126,7 +126,7 @@ impl Upscaler {
                     prompts: Vec::new(),
                     scheduler: bundle.scheduler()?,
                     recipe: bundle.one_step_recipe()?,
-                })
+                }))
             }
         };
         Ok(Self {
@@ -152,8 +152,7 @@ impl Upscaler {
             return Ok(());
         }
         let device = self.gpu.device();
-        let bundle =
-            Bundle::stream(source, device, self.dtype, Parts::Text, on_progress).await?;
+        let bundle = Bundle::stream(source, device, self.dtype, Parts::Text, on_progress).await?;
         let pads = &bundle.manifest.pad_tokens;
         self.text_bytes = bundle.values() * elem_bytes(self.dtype);
         match &mut self.models {
@@ -296,10 +295,12 @@ impl Upscaler {
         };
         let (device, rgb) = (self.gpu.device(), &split.rgb);
         let run = match &self.models {
-            Nets::FaithDiff(m) => {
-                Runs::FaithDiff(Run::new(m, device, rgb, &options, limits, keep_unit)?)
-            }
-            Nets::Sd21(m) => Runs::Sd21(sd21::Run::new(m, device, rgb, &options, limits, keep_unit)?),
+            Nets::FaithDiff(m) => Runs::FaithDiff(Box::new(Run::new(
+                m, device, rgb, &options, limits, keep_unit,
+            )?)),
+            Nets::Sd21(m) => Runs::Sd21(Box::new(sd21::Run::new(
+                m, device, rgb, &options, limits, keep_unit,
+            )?)),
         };
         let to = (
             input.width() * options.scale,
@@ -390,7 +391,7 @@ impl Job<'_> {
             Runs::FaithDiff(run) => run.take_output(),
             Runs::Sd21(run) => run.take_output(),
         }
-            .ok_or_else(|| Error::input("the job ended without a result"))?;
+        .ok_or_else(|| Error::input("the job ended without a result"))?;
         if let Some(rgb) = out.tensor {
             let [_, _, h, w] = rgb.dims();
             let device = rgb.device();

@@ -28,7 +28,10 @@ impl TensorSource for Shapes {
         self.map.get(key).map(|(d, s)| (*d, s.as_slice()))
     }
     fn read_f32(&self, key: &str) -> Result<(Vec<f32>, Vec<usize>)> {
-        Err(Error::input(format!("{}: `{key}` is not loaded", self.name)))
+        Err(Error::input(format!(
+            "{}: `{key}` is not loaded",
+            self.name
+        )))
     }
 }
 
@@ -90,9 +93,9 @@ impl<R: Read + Seek> Checkpoint<R> {
         match self {
             Self::Pickle(c) => c.read(name),
             Self::Safetensors(f) => {
-                let (d, s) = f
-                    .info(name)
-                    .ok_or_else(|| Error::input(format!("{}: no tensor `{name}`", f.source_name())))?;
+                let (d, s) = f.info(name).ok_or_else(|| {
+                    Error::input(format!("{}: no tensor `{name}`", f.source_name()))
+                })?;
                 Ok((d, s.to_vec(), f.raw(name)?.to_vec()))
             }
         }

@@ -159,7 +159,10 @@ impl Configs {
         prefixed: bool,
     ) -> Result<ClipTextModel> {
         let cfg = self.text.get(i).ok_or_else(|| {
-            Error::config(format!("a {} model has no text encoder {i}", self.family.name()))
+            Error::config(format!(
+                "a {} model has no text encoder {i}",
+                self.family.name()
+            ))
         })?;
         // SDXL's second encoder has the projection; SD2.1's one encoder has none.
         ClipTextModel::new(vb, cfg, i == 1, prefixed)
@@ -189,7 +192,9 @@ impl Component {
             Self::DenoiseEncoder => cfg.denoise_encoder(vb).map(drop),
             Self::Vae => cfg.vae(&vb.pp("vae")).map(drop),
             Self::TextEncoder => cfg.text_encoder(&vb.pp("text_encoder"), 0, true).map(drop),
-            Self::TextEncoder2 => cfg.text_encoder(&vb.pp("text_encoder_2"), 1, true).map(drop),
+            Self::TextEncoder2 => cfg
+                .text_encoder(&vb.pp("text_encoder_2"), 1, true)
+                .map(drop),
             Self::EmptyPrompt => {
                 let vb = vb.pp("empty_prompt");
                 let len = crate::tokenizer::MAX_LEN;
@@ -198,7 +203,9 @@ impl Component {
                     // the second's projected pooled output.
                     Family::FaithDiff => {
                         let dim = cfg.text[0].hidden_size + cfg.text[1].hidden_size;
-                        let pooled = cfg.text[1].projection_dim.unwrap_or(cfg.text[1].hidden_size);
+                        let pooled = cfg.text[1]
+                            .projection_dim
+                            .unwrap_or(cfg.text[1].hidden_size);
                         vb.get("prompt_embeds", [1, len, dim]);
                         vb.get("pooled_prompt_embeds", [1, pooled]);
                     }

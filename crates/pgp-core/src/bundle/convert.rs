@@ -76,14 +76,20 @@ pub async fn faithdiff<R: Read + Seek, S: ShardSink>(
         fd.clone(),
         inputs.peam.clone(),
         &inputs.vae_config,
-        &[&inputs.text_encoder_configs[0], &inputs.text_encoder_configs[1]],
+        &[
+            &inputs.text_encoder_configs[0],
+            &inputs.text_encoder_configs[1],
+        ],
     )?;
 
     // Weights, checked against the configs before anything is written.
     let ckpt = &mut inputs.checkpoint;
     let name = ckpt.name().to_string();
     let is_denoise = |n: &str| n.starts_with("denoise_encoder.");
-    check(&ckpt.shapes(|n| !is_denoise(n)), "", device, |vb| cfg.unet(&vb)).map_err(|e| {
+    check(&ckpt.shapes(|n| !is_denoise(n)), "", device, |vb| {
+        cfg.unet(&vb)
+    })
+    .map_err(|e| {
         Error::config(format!(
             "{name} does not fit the `{}` architecture (its UNet and PEAM configs): {e}",
             inputs.arch
@@ -93,11 +99,34 @@ pub async fn faithdiff<R: Read + Seek, S: ShardSink>(
         cfg.denoise_encoder(&vb)
     })?;
     let te = &inputs.text_encoders;
-    let prefixed = [ClipTextModel::has_prefix(&te[0]), ClipTextModel::has_prefix(&te[1])];
+    let prefixed = [
+        ClipTextModel::has_prefix(&te[0]),
+        ClipTextModel::has_prefix(&te[1]),
+    ];
     for i in 0..2 {
-        check(&te[i], "", device, |vb| cfg.text_encoder(&vb, i, prefixed[i]))?;
+        check(&te[i], "", device, |vb| {
+            cfg.text_encoder(&vb, i, prefixed[i])
+        })?;
     }
     check(&inputs.vae, "", device, |vb| cfg.vae(&vb))?;
+
+    // A LoRA's text-encoder modules merged first (named by the bundle's keys), so that the
+    // cached empty prompt is the merged encoders'.
+    if let Some(l) = inputs.lora.as_mut() {
+        for (i, c) in [Component::TextEncoder, Component::TextEncoder2]
+            .into_iter()
+            .enumerate()
+        {
+            let prefix = c.prefix();
+            if l.module_paths().any(|m| m.starts_with(&prefix)) {
+                let merged = merged_file(&inputs.text_encoders[i], l, |k| {
+                    format!("{prefix}{}", te_key(prefixed[i], k))
+                })?;
+                inputs.text_encoders[i] = merged;
+            }
+        }
+    }
+    let te = &inputs.text_encoders;
 
     // The empty prompt through both text encoders, once.
     say("encoding the empty prompt");
@@ -141,10 +170,7 @@ pub async fn faithdiff<R: Read + Seek, S: ShardSink>(
             writer.add(key, dtype, shape, &data)?;
         }
     }
-    if let Some(l) = &inputs.lora {
-        l.check_all_merged()?;
-        say(&format!("merged the LoRA's {} modules into the UNet", l.modules()));
-    }
+
     say("writing the VAE and the text encoders");
     writer.begin(Component::Vae)?;
     writer.add_file(&inputs.vae, "vae.", str::to_string)?;
@@ -153,17 +179,19 @@ pub async fn faithdiff<R: Read + Seek, S: ShardSink>(
         .enumerate()
     {
         writer.begin(component)?;
-        writer.add_file(&te[i], &component.prefix(), |k| {
-            if prefixed[i] || k.starts_with("text_projection") {
-                k.to_string()
-            } else {
-                format!("text_model.{k}")
-            }
-        })?;
+        writer.add_file(&te[i], &component.prefix(), |k| te_key(prefixed[i], k))?;
+    }
+    if let Some(l) = &inputs.lora {
+        l.check_all_merged()?;
+        say(&format!("merged the LoRA's {} modules", l.modules()));
     }
     writer.begin(Component::EmptyPrompt)?;
     writer.add_f32("empty_prompt.prompt_embeds".into(), prompt_shape, &prompt)?;
-    writer.add_f32("empty_prompt.pooled_prompt_embeds".into(), pooled_shape, &pooled)?;
+    writer.add_f32(
+        "empty_prompt.pooled_prompt_embeds".into(),
+        pooled_shape,
+        &pooled,
+    )?;
     let one_step = inputs.one_step || inputs.lora.is_some();
     writer.finish(Contents {
         family: Family::FaithDiff,
@@ -233,7 +261,10 @@ pub fn osediff<R: Read + Seek>(ckpt: &mut Checkpoint<R>) -> Result<Adapters> {
                 unet_lora.push((k.to_string(), f32s("a float LoRA tensor")?, shape));
             } else {
                 let base = k.replace(".base_layer.", ".");
-                if unet_replace.insert(base.clone(), (dtype, shape, bytes)).is_some() {
+                if unet_replace
+                    .insert(base.clone(), (dtype, shape, bytes))
+                    .is_some()
+                {
                     return Err(Error::input(format!("{name}: `{base}` is given twice")));
                 }
             }
@@ -328,7 +359,10 @@ pub fn pisa<R: Read + Seek>(ckpt: &mut Checkpoint<R>) -> Result<Adapters> {
     let meta = pickle.metadata().clone();
     let mut lora = Vec::new();
     for (key, ..) in ckpt.tensors() {
-        let Some(k) = key.strip_prefix("state_dict_unet.").filter(|k| k.contains(".lora_")) else {
+        let Some(k) = key
+            .strip_prefix("state_dict_unet.")
+            .filter(|k| k.contains(".lora_"))
+        else {
             return Err(Error::input(format!(
                 "{name}: unexpected tensor `{key}` (a pisa_sr.pkl holds the UNet's LoRAs in \
                  state_dict_unet)"
@@ -341,10 +375,9 @@ pub fn pisa<R: Read + Seek>(ckpt: &mut Checkpoint<R>) -> Result<Adapters> {
     }
     for group in ["pix", "sem"] {
         let key = format!("lora_rank_unet_{group}");
-        let rank = meta
-            .get(&key)
-            .and_then(|m| m.as_int())
-            .ok_or_else(|| Error::input(format!("{name}: no integer `{key}`: not a pisa_sr.pkl")))?;
+        let rank = meta.get(&key).and_then(|m| m.as_int()).ok_or_else(|| {
+            Error::input(format!("{name}: no integer `{key}`: not a pisa_sr.pkl"))
+        })?;
         let adapter = format!(".lora_A.default_encoder_{group}.");
         if let Some((_, _, s)) = lora.iter().find(|(k, ..)| k.contains(&adapter))
             && s[0] as i64 != rank
@@ -362,7 +395,9 @@ pub fn pisa<R: Read + Seek>(ckpt: &mut Checkpoint<R>) -> Result<Adapters> {
             let names = meta
                 .get(&list)
                 .and_then(|m| m.as_strings())
-                .ok_or_else(|| Error::input(format!("{name}: no list `{list}`: not a pisa_sr.pkl")))?;
+                .ok_or_else(|| {
+                    Error::input(format!("{name}: no list `{list}`: not a pisa_sr.pkl"))
+                })?;
             let have: std::collections::BTreeSet<&str> = unet.module_paths().collect();
             if let Some(missing) = names.iter().find(|n| !have.contains(**n)) {
                 return Err(Error::input(format!(
@@ -435,7 +470,13 @@ pub async fn sd21<S: ShardSink>(
     let mut scheduler = inputs.scheduler.clone();
     if let Some(o) = scheduler.as_object_mut() {
         o.insert("_class_name".into(), "EulerDiscreteScheduler".into());
-        for k in ["clip_sample", "set_alpha_to_one", "skip_prk_steps", "variance_type", "thresholding"] {
+        for k in [
+            "clip_sample",
+            "set_alpha_to_one",
+            "skip_prk_steps",
+            "variance_type",
+            "thresholding",
+        ] {
             o.remove(k);
         }
     }
@@ -488,7 +529,9 @@ pub async fn sd21<S: ShardSink>(
 
     say("encoding the empty prompt");
     let text = (
-        load_checked(te, device, FloatDType::F32, |vb| cfg.text_encoder(&vb, 0, prefixed))?,
+        load_checked(te, device, FloatDType::F32, |vb| {
+            cfg.text_encoder(&vb, 0, prefixed)
+        })?,
         ClipTokenizer::new(&inputs.pad_token)?,
     );
     let empty = crate::families::sd21::encode(&text, "")?;
@@ -506,7 +549,15 @@ pub async fn sd21<S: ShardSink>(
                 (d, s.to_vec(), inputs.unet.raw(key)?.to_vec())
             }
         };
-        write_merged(&mut writer, &mut Some(&mut adapters.unet), "unet.", key, dtype, shape, &bytes)?;
+        write_merged(
+            &mut writer,
+            &mut Some(&mut adapters.unet),
+            "unet.",
+            key,
+            dtype,
+            shape,
+            &bytes,
+        )?;
     }
     adapters.unet.check_all_merged()?;
     writer.begin(Component::Vae)?;
@@ -515,7 +566,15 @@ pub async fn sd21<S: ShardSink>(
         let (d, s) = inputs.vae.info(key).expect("listed key");
         let (d, s) = (d, s.to_vec());
         let bytes = inputs.vae.raw(key)?.to_vec();
-        write_merged(&mut writer, &mut adapters.vae.as_mut(), "vae.", key, d, s, &bytes)?;
+        write_merged(
+            &mut writer,
+            &mut adapters.vae.as_mut(),
+            "vae.",
+            key,
+            d,
+            s,
+            &bytes,
+        )?;
     }
     if let Some(l) = &adapters.vae {
         l.check_all_merged()?;
@@ -570,4 +629,54 @@ fn write_merged<S: ShardSink>(
         }
     }
     writer.add(format!("{prefix}{key}"), dtype, shape, bytes)
+}
+
+/// A text encoder's key in the bundle, after `text_encoder.`: transformers' `text_model.`
+/// prefix added where the file lacks it.
+fn te_key(prefixed: bool, k: &str) -> String {
+    if prefixed || k.starts_with("text_projection") {
+        k.to_string()
+    } else {
+        format!("text_model.{k}")
+    }
+}
+
+/// `file` with `lora`'s updates merged (the merged tensors in f32), each tensor's module named
+/// by `name(key)`.
+fn merged_file(
+    file: &WeightFile,
+    lora: &mut Lora,
+    name: impl Fn(&str) -> String,
+) -> Result<WeightFile> {
+    let mut tensors = Vec::new();
+    for k in file.keys() {
+        let (dtype, shape) = file.info(k).expect("listed key");
+        let raw = file.raw(k)?;
+        let mut merged = None;
+        if let Some(mut values) = decode_f32(dtype, raw)
+            && lora.merge(&name(k), shape, &mut values)?
+        {
+            merged = Some(
+                values
+                    .iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect::<Vec<u8>>(),
+            );
+        }
+        tensors.push(match merged {
+            Some(bytes) => (k.to_string(), Dtype::F32, shape.to_vec(), bytes),
+            None => (k.to_string(), dtype, shape.to_vec(), raw.to_vec()),
+        });
+    }
+    let views = tensors
+        .iter()
+        .map(|(k, d, s, b)| {
+            safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                .map(|v| (k.clone(), v))
+                .map_err(|e| Error::input(format!("`{k}`: {e:?}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, None)
+        .map_err(|e| Error::input(format!("merging a LoRA: {e:?}")))?;
+    WeightFile::from_bytes(file.source_name().to_string(), bytes)
 }

@@ -1,15 +1,17 @@
-//! A UNet LoRA merged into the weights as they are written (`convert --lora`), the S1
-//! recipe of `shared/spec/pgp-model.md` §4: `W += scale · (alpha / r) · B·A` per module, for
+//! A LoRA merged into the weights as they are written (`convert --lora`; OSEDiff's and
+//! PiSA-SR's adapters), the S1 recipe of `shared/spec/pgp-model.md` §4: `W += scale · (alpha / r) · B·A` per module, for
 //! linear layers (`A` `[r, in]`, `B` `[out, r]`) and convolutions (`A` `[r, in, kh, kw]`,
 //! `B` `[out, r, 1, 1]`: `ΔW = (B·A)` reshaped to the kernel), computed in f32.
 //!
 //! Layouts read (safetensors): PEFT / diffusers (`M.lora_A.weight`, `M.lora_B.weight`,
 //! optionally prefixed `unet.` or `base_model.model.`) and diffusers' older
-//! `M.lora.down.weight` / `M.lora.up.weight`. `alpha` is the caller's where given (files saved
+//! `M.lora.down.weight` / `M.lora.up.weight`, and PEFT's named adapters
+//! (`M.lora_A.<adapter>.weight`). UNet modules are named as in the UNet (`unet.` stripped);
+//! text-encoder modules keep their component (`text_encoder.text_model.…`,
+//! `text_encoder_2.…`), the VAE's are named as in the VAE. `alpha` is the caller's where given (files saved
 //! without it, e.g. with PEFT's default 8, cannot say), else the module's `M.alpha` scalar, else
 //! `lora_alpha` of PEFT's `adapter_config.json` ([`adapter_config_alpha`]), else `r` (a factor
-//! of 1). Text-encoder LoRAs, DoRA and kohya's
-//! `lora_unet_*` names are refused with the reason.
+//! of 1). DoRA and kohya's `lora_unet_*` / `lora_te*` names are refused with the reason.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,14 +70,20 @@ fn split_key(key: &str) -> std::result::Result<Option<(String, &'static str)>, S
         ));
     }
     if key.contains("lora_magnitude_vector") || key.contains("dora_scale") {
-        return Err(format!("`{key}`: DoRA adapters cannot be merged as a plain LoRA"));
+        return Err(format!(
+            "`{key}`: DoRA adapters cannot be merged as a plain LoRA"
+        ));
     }
     let mut k = key;
     for prefix in ["base_model.model.", "unet."] {
         k = k.strip_prefix(prefix).unwrap_or(k);
     }
-    if k.starts_with("text_encoder") || k.starts_with("te_") {
-        return Err(format!("`{key}`: text-encoder LoRAs are not supported (S1 adapts the UNet only)"));
+    // Text-encoder modules keep their component's prefix (`text_encoder.text_model.…`,
+    // `text_encoder_2.…`): the bundle's own key space. kohya's `te_` names are not read.
+    if k.starts_with("te_") || k.starts_with("te1_") || k.starts_with("te2_") {
+        return Err(format!(
+            "`{key}`: kohya's layout is not read; save the LoRA in diffusers / PEFT layout"
+        ));
     }
     for (suffix, part) in [
         (".lora_A.weight", "A"),
@@ -156,7 +164,10 @@ impl Lora {
                     }
                     let slot = parts.entry(module.clone()).or_default();
                     if slot.insert(part, (values, shape)).is_some() {
-                        bail!("{name}: module `{}` has two `{part}` tensors", shown(&module));
+                        bail!(
+                            "{name}: module `{}` has two `{part}` tensors",
+                            shown(&module)
+                        );
                     }
                 }
                 None => ignored.push(key),
@@ -191,19 +202,19 @@ impl Lora {
                 );
             }
             if rank > MAX_RANK {
-                bail!("{name}: module `{module_name}` has rank {rank}; more than {MAX_RANK} is not a LoRA");
+                bail!(
+                    "{name}: module `{module_name}` has rank {rank}; more than {MAX_RANK} is not a LoRA"
+                );
             }
             let path = module.split('\0').next().unwrap_or_default().to_string();
-            modules.entry(path).or_default().push(
-                Module {
-                    a,
-                    b,
-                    rank,
-                    out: b_shape[0],
-                    inner,
-                    alpha: alpha.or(file_alpha).or(config_alpha),
-                },
-            );
+            modules.entry(path).or_default().push(Module {
+                a,
+                b,
+                rank,
+                out: b_shape[0],
+                inner,
+                alpha: alpha.or(file_alpha).or(config_alpha),
+            });
         }
         if modules.is_empty() {
             bail!("{name}: holds no LoRA tensors");
@@ -265,7 +276,7 @@ impl Lora {
             return Ok(());
         }
         bail!(
-            "{}: {} of its {} modules match no UNet weight (first: `{}`): a LoRA for another \
+            "{}: {} of its {} modules match no weight (first: `{}`): a LoRA for another \
              network?",
             self.name,
             unused.len(),
@@ -287,8 +298,8 @@ impl Lora {
 
 /// `lora_alpha` of PEFT's `adapter_config.json` (the file's bytes), if it names one.
 pub fn adapter_config_alpha(name: &str, json: &[u8]) -> Result<Option<f32>> {
-    let v: serde_json::Value = serde_json::from_slice(json)
-        .map_err(|e| Error::input(format!("{name}: not JSON: {e}")))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(json).map_err(|e| Error::input(format!("{name}: not JSON: {e}")))?;
     Ok(v["lora_alpha"].as_f64().map(|a| a as f32))
 }
 
@@ -296,7 +307,13 @@ pub fn adapter_config_alpha(name: &str, json: &[u8]) -> Result<Option<f32>> {
 mod tests {
     use super::*;
 
-    fn pair(module: &str, adapter: &str, r: usize, inner: usize, out: usize) -> Vec<(String, Vec<f32>, Vec<usize>)> {
+    fn pair(
+        module: &str,
+        adapter: &str,
+        r: usize,
+        inner: usize,
+        out: usize,
+    ) -> Vec<(String, Vec<f32>, Vec<usize>)> {
         let infix = |p: &str| {
             if adapter.is_empty() {
                 format!("{module}.lora_{p}.weight")
@@ -305,8 +322,16 @@ mod tests {
             }
         };
         vec![
-            (infix("A"), (0..r * inner).map(|i| i as f32 * 0.1).collect(), vec![r, inner]),
-            (infix("B"), (0..out * r).map(|i| 1.0 - i as f32 * 0.2).collect(), vec![out, r]),
+            (
+                infix("A"),
+                (0..r * inner).map(|i| i as f32 * 0.1).collect(),
+                vec![r, inner],
+            ),
+            (
+                infix("B"),
+                (0..out * r).map(|i| 1.0 - i as f32 * 0.2).collect(),
+                vec![out, r],
+            ),
         ]
     }
 
@@ -335,7 +360,10 @@ mod tests {
     #[test]
     fn hostile_adapters_are_refused() {
         let err = |t: Vec<(String, Vec<f32>, Vec<usize>)>| {
-            Lora::from_tensors("bad", t, 1.0, None, None).err().unwrap().to_string()
+            Lora::from_tensors("bad", t, 1.0, None, None)
+                .err()
+                .unwrap()
+                .to_string()
         };
         let mut nan = pair("m", "a", 1, 2, 2);
         nan[0].1[1] = f32::NAN;
@@ -345,8 +373,16 @@ mod tests {
         rank0[0].1.clear();
         assert!(err(rank0).contains("not a LoRA pair"));
         let big = vec![
-            ("m.lora_A.weight".to_string(), vec![0.0; 5000], vec![5000, 1]),
-            ("m.lora_B.weight".to_string(), vec![0.0; 5000], vec![1, 5000]),
+            (
+                "m.lora_A.weight".to_string(),
+                vec![0.0; 5000],
+                vec![5000, 1],
+            ),
+            (
+                "m.lora_B.weight".to_string(),
+                vec![0.0; 5000],
+                vec![1, 5000],
+            ),
         ];
         assert!(err(big).contains("rank 5000"));
         let mut lonely = pair("m", "a", 1, 2, 2);

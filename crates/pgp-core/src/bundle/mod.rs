@@ -52,7 +52,9 @@ use crate::models::vae::{AutoencoderKL, DenoiseEncoder};
 use crate::pipeline::one_step::OneStep;
 use crate::schedulers::euler::EulerConfig;
 use crate::source::ShardSource;
-use crate::weights::{DeviceStore, TensorSource, WeightFile, WeightStore, load_prefixed, to_tensor};
+use crate::weights::{
+    DeviceStore, TensorSource, WeightFile, WeightStore, load_prefixed, to_tensor,
+};
 
 /// `format` of every manifest.
 pub const FORMAT: &str = "pgp-wgpu-bundle";
@@ -528,8 +530,9 @@ impl Bundle {
     /// The parsed configs of every component's network.
     pub fn configs(&self) -> Result<Configs> {
         let m = &self.manifest;
-        let text: Vec<&serde_json::Value> =
-            std::iter::once(&m.text_encoder).chain(&m.text_encoder_2).collect();
+        let text: Vec<&serde_json::Value> = std::iter::once(&m.text_encoder)
+            .chain(&m.text_encoder_2)
+            .collect();
         Configs::from_json(
             m.family,
             &m.unet,
@@ -608,8 +611,10 @@ impl Bundle {
     /// The cached `prompt_embeds` of the empty prompt alone, `[1, 77, D]` in f32 (the SD2.1
     /// family's conditioning).
     pub fn empty_prompt_embeds(&self, device: &Device) -> Result<Tensor<3>> {
-        Ok(to_tensor::<3>(self.store.as_ref(), "empty_prompt.prompt_embeds", device)?
-            .cast(FloatDType::F32))
+        Ok(
+            to_tensor::<3>(self.store.as_ref(), "empty_prompt.prompt_embeds", device)?
+                .cast(FloatDType::F32),
+        )
     }
 
     /// The scheduler config.
@@ -635,4 +640,3 @@ impl Bundle {
         Ok(())
     }
 }
-

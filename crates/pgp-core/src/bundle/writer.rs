@@ -30,7 +30,11 @@ pub struct MemorySink {
 
 impl ShardSink for MemorySink {
     fn write(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        if self.files.insert(name.to_string(), bytes.to_vec()).is_some() {
+        if self
+            .files
+            .insert(name.to_string(), bytes.to_vec())
+            .is_some()
+        {
             return Err(Error::input(format!("bundle file `{name}` written twice")));
         }
         Ok(())

@@ -63,7 +63,14 @@ pub struct Models {
 
 /// `last_hidden_state` of `prompt` (SD 2.x's conditioning).
 pub fn encode(text: &(ClipTextModel, ClipTokenizer), prompt: &str) -> Result<Tensor<3>> {
-    let ids = vec![text.1.encode(prompt).ids.iter().map(|&i| i64::from(i)).collect()];
+    let ids = vec![
+        text.1
+            .encode(prompt)
+            .ids
+            .iter()
+            .map(|&i| i64::from(i))
+            .collect(),
+    ];
     Ok(text.0.forward(&ids)?.last_hidden_state)
 }
 
@@ -115,7 +122,8 @@ pub fn latent_tiles(h: usize, w: usize, tile: usize, overlap: usize) -> Vec<Tile
 pub fn tile_weights(h: usize, w: usize) -> Vec<f32> {
     let var = 0.01f64;
     let g = |x: f64, m: f64, n: f64| {
-        (-(x - m) * (x - m) / (n * n) / (2.0 * var)).exp() / (2.0 * std::f64::consts::PI * var).sqrt()
+        (-(x - m) * (x - m) / (n * n) / (2.0 * var)).exp()
+            / (2.0 * std::f64::consts::PI * var).sqrt()
     };
     let (mx, my) = ((w as f64 - 1.0) / 2.0, h as f64 / 2.0);
     let mut out = Vec::with_capacity(h * w);
@@ -155,7 +163,11 @@ fn to_u8(planar: &[f32], width: usize, height: usize) -> Result<RgbImage> {
 enum Phase<'a> {
     Encode,
     Prompt,
-    Unet { tile: usize, acc: Tensor<4>, wsum: Tensor<4> },
+    Unet {
+        tile: usize,
+        acc: Tensor<4>,
+        wsum: Tensor<4>,
+    },
     Decode(DecodeRun<'a>),
     ColorFix(RgbImage),
     Done,
@@ -334,7 +346,10 @@ impl<'a> Run<'a> {
                 let cond = if prompt.is_empty() {
                     models.empty_prompt.clone()
                 } else {
-                    match (models.prompts.iter().find(|(p, _)| p == prompt), &models.text) {
+                    match (
+                        models.prompts.iter().find(|(p, _)| p == prompt),
+                        &models.text,
+                    ) {
                         (Some((_, c)), _) => c.clone(),
                         (None, Some(text)) => encode(text, prompt)?,
                         (None, None) => unreachable!("checked by Run::new"),
@@ -405,8 +420,11 @@ impl<'a> Run<'a> {
                         ));
                     }
                     self.stage(|s| s.latent_final = Some(latent.clone()));
-                    self.phase =
-                        Phase::Decode(models.vae.decode_steps(latent / models.vae.scaling_factor)?);
+                    self.phase = Phase::Decode(
+                        models
+                            .vae
+                            .decode_steps(latent / models.vae.scaling_factor)?,
+                    );
                 }
                 Ok(Unit::Denoise {
                     step: 1,
@@ -459,7 +477,12 @@ impl<'a> Run<'a> {
 
     /// The output at the requested size: as it is, or resized back by BICUBIC when the
     /// multiple-of-8 step trimmed it (the float values too, for 16-bit and device outputs).
-    fn finish(&mut self, image: RgbImage, values: Vec<f32>, tensor: Option<Tensor<4>>) -> Result<()> {
+    fn finish(
+        &mut self,
+        image: RgbImage,
+        values: Vec<f32>,
+        tensor: Option<Tensor<4>>,
+    ) -> Result<()> {
         let (w, h) = self.size;
         let (w8, h8) = (image.width, image.height);
         if (w, h) == (w8, h8) {
@@ -510,7 +533,10 @@ mod tests {
         // Tiles of min(96, 64, 145) = 64, step 32: x at 0, 32, 64, 81 (flush); y at 0.
         let lefts: Vec<usize> = t.iter().map(|t| t.left).collect();
         assert_eq!(lefts, [0, 32, 64, 81]);
-        assert!(t.iter().all(|t| t.top == 0 && t.height == 64 && t.width == 64));
+        assert!(
+            t.iter()
+                .all(|t| t.top == 0 && t.height == 64 && t.width == 64)
+        );
         // Column by column: every top of the first column before the next column.
         let t = latent_tiles(200, 200, 96, 32);
         let order: Vec<(usize, usize)> = t.iter().map(|t| (t.left, t.top)).collect();

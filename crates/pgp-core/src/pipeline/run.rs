@@ -6,11 +6,11 @@
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::color_fix::ColorFix;
-use super::one_step::OneStep;
 use super::image::{
     RgbImage, crop, from_signed, from_unit, pad_to_multiple, resize_lanczos, to_signed_tensor,
     to_unit_tensor,
 };
+use super::one_step::OneStep;
 use super::tiling::{Tile, TileLimits, gaussian_weights, largest_tile_px, tile_grid};
 use crate::device::{read_back, settle};
 use crate::error::{Error, Result};
