@@ -668,15 +668,6 @@ fn merged_file(
             None => (k.to_string(), dtype, shape.to_vec(), raw.to_vec()),
         });
     }
-    let views = tensors
-        .iter()
-        .map(|(k, d, s, b)| {
-            safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                .map(|v| (k.clone(), v))
-                .map_err(|e| Error::input(format!("`{k}`: {e:?}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, None)
-        .map_err(|e| Error::input(format!("merging a LoRA: {e:?}")))?;
+    let bytes = super::writer::serialize(&tensors)?;
     WeightFile::from_bytes(file.source_name().to_string(), bytes)
 }

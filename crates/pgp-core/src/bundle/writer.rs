@@ -326,18 +326,22 @@ impl ShardPacker {
         }
         let pending = std::mem::take(&mut self.pending);
         self.size = 0;
-        let views = pending
-            .iter()
-            .map(|(n, d, s, b)| {
-                safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                    .map(|v| (n.clone(), v))
-                    .map_err(|e| Error::input(format!("`{n}`: {e:?}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let bytes = safetensors::serialize(views, None)
-            .map_err(|e| Error::input(format!("writing a shard: {e:?}")))?;
-        Ok(Some((bytes, pending.len())))
+        Ok(Some((serialize(&pending)?, pending.len())))
     }
+}
+
+/// One safetensors file of `tensors` (name, dtype, shape, little-endian bytes).
+pub(super) fn serialize(tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)]) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::input(format!("`{n}`: {e:?}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    safetensors::serialize(views, None)
+        .map_err(|e| Error::input(format!("writing a safetensors file: {e:?}")))
 }
 
 #[cfg(test)]
