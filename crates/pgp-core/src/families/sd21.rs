@@ -32,7 +32,7 @@ use crate::pipeline::color_fix::ColorFix;
 use crate::pipeline::image::{Filter, RgbImage, resize, resize_plane};
 use crate::pipeline::one_step::OneStep;
 use crate::pipeline::run::{NoiseData, Options, Output, Stages, TileSize, Unit};
-use crate::pipeline::tiling::{Tile, TileLimits, largest_tile_px};
+use crate::pipeline::tiling::{Tile, TileLimits, gaussian_weights, largest_tile_px, tile_starts};
 use crate::schedulers::euler::EulerConfig;
 use crate::tokenizer::ClipTokenizer;
 
@@ -88,48 +88,19 @@ pub fn latent_tiles(h: usize, w: usize, tile: usize, overlap: usize) -> Vec<Tile
     }
     let t = tile.min(h).min(w);
     // OSEDiff's loop never ends when the overlap reaches the tile (a thin, long latent): cap it.
+    // Its offsets are `tile_starts`': `i·step` while a tile ends short of the edge, then flush.
     let step = t - overlap.min(t / 2);
-    let count = |n: usize| {
-        let mut k = 1;
-        while (k - 1) * step + t < n {
-            k += 1;
-        }
-        k
-    };
-    let starts = |n: usize| -> Vec<usize> {
-        let k = count(n);
-        (0..k)
-            .map(|i| if i + 1 == k { n - t } else { i * step })
-            .collect()
-    };
+    let (lefts, tops) = (tile_starts(w, t, step), tile_starts(h, t, step));
     // Column by column, as OSEDiff's `for row … for col …` (its `row` walks x) sums them.
     let mut out = Vec::new();
-    for &left in &starts(w) {
-        for &top in &starts(h) {
+    for &left in &lefts {
+        for &top in &tops {
             out.push(Tile {
                 top,
                 left,
                 height: t,
                 width: t,
             });
-        }
-    }
-    out
-}
-
-/// OSEDiff's Gaussian tile weights (variance 0.01, in f64): along x centred at `(W − 1)/2`,
-/// along y at `H/2` (its code's asymmetry), `[h · w]` row-major.
-pub fn tile_weights(h: usize, w: usize) -> Vec<f32> {
-    let var = 0.01f64;
-    let g = |x: f64, m: f64, n: f64| {
-        (-(x - m) * (x - m) / (n * n) / (2.0 * var)).exp()
-            / (2.0 * std::f64::consts::PI * var).sqrt()
-    };
-    let (mx, my) = ((w as f64 - 1.0) / 2.0, h as f64 / 2.0);
-    let mut out = Vec::with_capacity(h * w);
-    for y in 0..h {
-        for x in 0..w {
-            out.push((g(y as f64, my, h as f64) * g(x as f64, mx, w as f64)) as f32);
         }
     }
     out
@@ -391,7 +362,11 @@ impl<'a> Run<'a> {
                     (eps, wsum)
                 } else {
                     let wt = Tensor::<4>::from_data(
-                        TensorData::new(tile_weights(t.height, t.width), [1, 1, t.height, t.width]),
+                        // OSEDiff's Gaussian is FaithDiff's (x centred at (W − 1)/2, y at H/2).
+                        TensorData::new(
+                            gaussian_weights(t.height, t.width),
+                            [1, 1, t.height, t.width],
+                        ),
                         &device,
                     );
                     let r1 = [0..1, 0..1, r[2].clone(), r[3].clone()];
@@ -562,7 +537,7 @@ mod tests {
     #[test]
     fn tile_weights_are_osediffs_gaussian() {
         let (h, w) = (4, 6);
-        let wt = tile_weights(h, w);
+        let wt = gaussian_weights(h, w);
         let g = |x: f64, m: f64, n: f64| {
             (-(x - m).powi(2) / (n * n) / 0.02).exp() / (0.02 * std::f64::consts::PI).sqrt()
         };
