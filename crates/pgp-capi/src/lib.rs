@@ -210,17 +210,7 @@ fn options_of(u: &mut PgpUpscaler, o: &PgpOptions) -> Result<Options, (PgpStatus
         2 => false,
         other => return Err(input_err(&format!("one_step {other}: 0, 1 or 2"))),
     };
-    // FaithDiff's one-step recipe uses no prompt: its text encoders are not loaded then.
-    let probe = Options {
-        prompt: prompt.to_string(),
-        one_step,
-        ..Options::default()
-    };
-    if u.upscaler.uses_prompt(&probe) {
-        pollster::block_on(u.upscaler.load_text_encoders(&u.source, &mut |_| {}))
-            .map_err(core_err)?;
-    }
-    Ok(Options {
+    let options = Options {
         scale: o.scale as usize,
         steps: o.steps as usize,
         guidance: f64::from(o.guidance),
@@ -244,7 +234,13 @@ fn options_of(u: &mut PgpUpscaler, o: &PgpOptions) -> Result<Options, (PgpStatus
         one_step,
         noise: None,
         max_memory: (o.max_memory_mib > 0).then(|| u64::from(o.max_memory_mib) << 20),
-    })
+    };
+    // FaithDiff's one-step recipe uses no prompt: its text encoders are not loaded then.
+    if u.upscaler.uses_prompt(&options) {
+        pollster::block_on(u.upscaler.load_text_encoders(&u.source, &mut |_| {}))
+            .map_err(core_err)?;
+    }
+    Ok(options)
 }
 
 /// Upscales an RGBA8 image (`height` rows of `width` pixels, row `y` at byte
