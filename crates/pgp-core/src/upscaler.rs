@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::families::{Family, sd21};
 use crate::gpu_io::GpuImage;
 use crate::models::probe::Probe;
-use crate::pipeline::run::{Event, Models, Options, Run, Stages, TextEncoders};
+use crate::pipeline::run::{Event, Ledger, Models, Options, Run, Stages, TextEncoders};
 use crate::pipeline::tiling::TileLimits;
 use crate::pixels::{Alpha, Image, ImageView, PixelFormat, Split, assemble};
 use crate::precision::Precision;
@@ -66,6 +66,21 @@ enum Nets {
 enum Runs<'a> {
     FaithDiff(Box<Run<'a>>),
     Sd21(Box<sd21::Run<'a>>),
+}
+
+impl Runs<'_> {
+    fn ledger(&self) -> &Ledger {
+        match self {
+            Runs::FaithDiff(run) => run.ledger(),
+            Runs::Sd21(run) => run.ledger(),
+        }
+    }
+    fn ledger_mut(&mut self) -> &mut Ledger {
+        match self {
+            Runs::FaithDiff(run) => run.ledger_mut(),
+            Runs::Sd21(run) => run.ledger_mut(),
+        }
+    }
 }
 
 /// A loaded model on one [`Gpu`]: run any number of jobs, one after the other.
@@ -370,10 +385,7 @@ impl Job<'_> {
             Runs::Sd21(_) if probe.is_some() => Some(Err(Error::input(
                 "the pruning analysis measures FaithDiff-family models only",
             ))),
-            Runs::Sd21(run) => run
-                .next()
-                .await
-                .map(|r| r.map(|(unit, done, total)| Event { unit, done, total })),
+            Runs::Sd21(run) => run.next().await,
         };
         let r = match next {
             Some(r) => r,
@@ -387,11 +399,11 @@ impl Job<'_> {
     }
 
     fn assemble(&mut self) -> Result<()> {
-        let out = match &mut self.run {
-            Runs::FaithDiff(run) => run.take_output(),
-            Runs::Sd21(run) => run.take_output(),
-        }
-        .ok_or_else(|| Error::input("the job ended without a result"))?;
+        let out = self
+            .run
+            .ledger_mut()
+            .take_output()
+            .ok_or_else(|| Error::input("the job ended without a result"))?;
         if let Some(rgb) = out.tensor {
             let [_, _, h, w] = rgb.dims();
             let device = rgb.device();
@@ -417,19 +429,13 @@ impl Job<'_> {
 
     /// Units in the whole job.
     pub fn total(&self) -> u32 {
-        match &self.run {
-            Runs::FaithDiff(run) => run.total(),
-            Runs::Sd21(run) => run.total(),
-        }
+        self.run.ledger().total()
     }
 
     /// Keeps the result on the device as well ([`Job::take_gpu_image`]), for hosts that draw it
     /// with their own wgpu device.
     pub fn keep_gpu_image(&mut self) {
-        match &mut self.run {
-            Runs::FaithDiff(run) => run.keep_tensor(),
-            Runs::Sd21(run) => run.keep_tensor(),
-        }
+        self.run.ledger_mut().keep_tensor();
     }
 
     /// The result on the device (after the job is done, when [`Job::keep_gpu_image`] was
@@ -449,18 +455,12 @@ impl Job<'_> {
 
     /// Keeps the pipeline's intermediate tensors (for parity checks and debugging).
     pub fn record_stages(&mut self) {
-        match &mut self.run {
-            Runs::FaithDiff(run) => run.record_stages(),
-            Runs::Sd21(run) => run.record_stages(),
-        }
+        self.run.ledger_mut().record_stages();
     }
 
     /// The intermediate tensors, when recorded.
     pub fn stages(&self) -> Option<&Stages> {
-        match &self.run {
-            Runs::FaithDiff(run) => run.stages(),
-            Runs::Sd21(run) => run.stages(),
-        }
+        self.run.ledger().stages()
     }
 
     /// The result, once [`Job::next`] has returned `None`.

@@ -31,7 +31,7 @@ use crate::models::vae::{AutoencoderKL, DecodeRun};
 use crate::pipeline::color_fix::ColorFix;
 use crate::pipeline::image::{Filter, RgbImage, resize, resize_plane};
 use crate::pipeline::one_step::OneStep;
-use crate::pipeline::run::{NoiseData, Options, Output, Stages, TileSize, Unit};
+use crate::pipeline::run::{Event, Ledger, NoiseData, Options, Output, TileSize, Unit};
 use crate::pipeline::tiling::{Tile, TileLimits, gaussian_weights, largest_tile_px, tile_starts};
 use crate::schedulers::euler::EulerConfig;
 use crate::tokenizer::ClipTokenizer;
@@ -150,7 +150,6 @@ pub struct Run<'a> {
     device: Device,
     options: Options,
     keep_unit: bool,
-    keep_tensor: bool,
     /// The requested output size (×scale).
     size: (usize, usize),
     /// The resized input (the model's input and the colour fix's reference).
@@ -159,10 +158,7 @@ pub struct Run<'a> {
     cond: Option<Tensor<3>>,
     grid: Vec<Tile>,
     phase: Phase<'a>,
-    done: u32,
-    total: u32,
-    stages: Option<Stages>,
-    output: Option<Output>,
+    ledger: Ledger,
 }
 
 impl<'a> Run<'a> {
@@ -232,53 +228,28 @@ impl<'a> Run<'a> {
             device: device.clone(),
             options: options.clone(),
             keep_unit,
-            keep_tensor: false,
             size: (w, h),
             up,
             z: None,
             cond: None,
             grid,
             phase: Phase::Encode,
-            done: 0,
-            total: u32::try_from(total).map_err(|_| Error::input("too many tiles"))?,
-            stages: None,
-            output: None,
+            ledger: Ledger::new(total)?,
         })
     }
 
-    /// Keeps the result on the device too.
-    pub fn keep_tensor(&mut self) {
-        self.keep_tensor = true;
+    /// Its counts, recorded stages and result.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
-    /// Keeps the intermediate tensors from now on.
-    pub fn record_stages(&mut self) {
-        self.stages.get_or_insert_with(Stages::default);
-    }
-
-    /// The intermediate tensors, if recorded.
-    pub fn stages(&self) -> Option<&Stages> {
-        self.stages.as_ref()
-    }
-
-    /// Units of work in the whole run.
-    pub fn total(&self) -> u32 {
-        self.total
-    }
-
-    /// The result, once the run is over.
-    pub fn take_output(&mut self) -> Option<Output> {
-        self.output.take()
-    }
-
-    fn stage(&mut self, f: impl FnOnce(&mut Stages)) {
-        if let Some(s) = &mut self.stages {
-            f(s);
-        }
+    /// [`Self::ledger`], to ask for stages or a device result, or to take the result.
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
     }
 
     /// Runs the next unit and waits until the device has finished it; `None` when over.
-    pub async fn next(&mut self) -> Option<Result<(Unit, u32, u32)>> {
+    pub async fn next(&mut self) -> Option<Result<Event>> {
         if matches!(self.phase, Phase::Done) {
             return None;
         }
@@ -286,10 +257,7 @@ impl<'a> Run<'a> {
         if r.is_err() {
             self.phase = Phase::Done;
         }
-        Some(r.map(|unit| {
-            self.done += 1;
-            (unit, self.done, self.total)
-        }))
+        Some(r.map(|unit| self.ledger.finished(unit)))
     }
 
     async fn advance(&mut self) -> Result<Unit> {
@@ -307,7 +275,7 @@ impl<'a> Run<'a> {
                 let x = tensor(&self.up, true, &device);
                 let z = models.vae.encode_sample(x, eps)? * models.vae.scaling_factor;
                 settle(&z).await?;
-                self.stage(|s| s.start_latent = Some(z.clone()));
+                self.ledger.stage(|s| s.start_latent = Some(z.clone()));
                 self.z = Some(z);
                 self.phase = Phase::Prompt;
                 Ok(Unit::StartLatent)
@@ -394,7 +362,7 @@ impl<'a> Run<'a> {
                              weights are broken, or f16 overflowed (try precision f32)",
                         ));
                     }
-                    self.stage(|s| s.latent_final = Some(latent.clone()));
+                    self.ledger.stage(|s| s.latent_final = Some(latent.clone()));
                     self.phase = Phase::Decode(
                         models
                             .vae
@@ -420,17 +388,18 @@ impl<'a> Run<'a> {
                     return Ok(unit);
                 }
                 let decoded = run.finish().clamp(-1.0, 1.0) * 0.5 + 0.5;
-                self.stage(|s| s.decoded = Some(decoded.clone() * 2.0 - 1.0));
+                self.ledger
+                    .stage(|s| s.decoded = Some(decoded.clone() * 2.0 - 1.0));
                 if self.options.color_fix == ColorFix::None {
-                    let tensor = self.keep_tensor.then(|| decoded.clone());
+                    let tensor = self.ledger.keep_tensor.then(|| decoded.clone());
                     let (values, _) = read_back(decoded).await?;
                     let raw = to_u8(&values, w8, h8)?;
-                    self.stage(|s| s.image_raw = Some(raw.clone()));
+                    self.ledger.stage(|s| s.image_raw = Some(raw.clone()));
                     self.finish(raw, values, tensor)?;
                 } else {
                     let (values, _) = read_back(decoded).await?;
                     let raw = to_u8(&values, w8, h8)?;
-                    self.stage(|s| s.image_raw = Some(raw.clone()));
+                    self.ledger.stage(|s| s.image_raw = Some(raw.clone()));
                     self.phase = Phase::ColorFix(raw);
                 }
                 Ok(unit)
@@ -440,7 +409,7 @@ impl<'a> Run<'a> {
                     tensor(&raw, false, &device),
                     tensor(&self.up, false, &device),
                 )?;
-                let tensor = self.keep_tensor.then(|| fixed.clone());
+                let tensor = self.ledger.keep_tensor.then(|| fixed.clone());
                 let (values, _) = read_back(fixed).await?;
                 let image = to_u8(&values, w8, h8)?;
                 self.finish(image, values, tensor)?;
@@ -461,7 +430,7 @@ impl<'a> Run<'a> {
         let (w, h) = self.size;
         let (w8, h8) = (image.width, image.height);
         if (w, h) == (w8, h8) {
-            self.output = Some(Output {
+            self.ledger.output = Some(Output {
                 image,
                 unit: self.keep_unit.then_some(values),
                 tensor,
@@ -487,7 +456,7 @@ impl<'a> Run<'a> {
             ),
             _ => None,
         };
-        self.output = Some(Output {
+        self.ledger.output = Some(Output {
             image,
             unit: if self.keep_unit { floats } else { None },
             tensor,

@@ -332,13 +332,75 @@ enum Phase<'a> {
     Done,
 }
 
+/// What every family's run keeps beside its phases: the units done and in all, the recorded
+/// stages, the result and whether it also stays on the device.
+#[derive(Default)]
+pub struct Ledger {
+    pub(crate) keep_tensor: bool,
+    pub(crate) done: u32,
+    pub(crate) total: u32,
+    pub(crate) stages: Option<Stages>,
+    pub(crate) output: Option<Output>,
+}
+
+impl Ledger {
+    /// A ledger for a run of `total` units.
+    pub(crate) fn new(total: usize) -> Result<Self> {
+        Ok(Self {
+            total: u32::try_from(total).map_err(|_| Error::input("too many tiles"))?,
+            ..Self::default()
+        })
+    }
+
+    /// Keeps the result on the device too ([`Output::tensor`]).
+    pub fn keep_tensor(&mut self) {
+        self.keep_tensor = true;
+    }
+
+    /// Keeps the intermediate tensors ([`Stages`]) from now on.
+    pub fn record_stages(&mut self) {
+        self.stages.get_or_insert_with(Stages::default);
+    }
+
+    /// The intermediate tensors, if recorded.
+    pub fn stages(&self) -> Option<&Stages> {
+        self.stages.as_ref()
+    }
+
+    /// Units in the whole run.
+    pub fn total(&self) -> u32 {
+        self.total
+    }
+
+    /// The result, once the run is over (taken once).
+    pub fn take_output(&mut self) -> Option<Output> {
+        self.output.take()
+    }
+
+    /// Records into the stages, when they are recorded.
+    pub(crate) fn stage(&mut self, f: impl FnOnce(&mut Stages)) {
+        if let Some(s) = self.stages.as_mut() {
+            f(s);
+        }
+    }
+
+    /// Counts a finished unit.
+    pub(crate) fn finished(&mut self, unit: Unit) -> Event {
+        self.done += 1;
+        Event {
+            unit,
+            done: self.done,
+            total: self.total,
+        }
+    }
+}
+
 /// One upscale in progress.
 pub struct Run<'a> {
     models: &'a Models,
     device: Device,
     options: Options,
     keep_unit: bool,
-    keep_tensor: bool,
     /// The Lanczos-upscaled input (the colour fix's reference) and its padded copy's size.
     up: RgbImage,
     padded: (usize, usize),
@@ -352,10 +414,7 @@ pub struct Run<'a> {
     weights: Vec<Tensor<4>>,
     weight_sum: Option<Tensor<4>>,
     phase: Phase<'a>,
-    done: u32,
-    total: u32,
-    stages: Option<Stages>,
-    output: Option<Output>,
+    ledger: Ledger,
     /// Testing: UNet tiles larger than this fail as an out-of-memory device would.
     fail_tiles_over: Option<usize>,
 }
@@ -424,7 +483,6 @@ impl<'a> Run<'a> {
             device: device.clone(),
             options: options.clone(),
             keep_unit,
-            keep_tensor: false,
             up,
             padded: (wp, hp),
             x: None,
@@ -437,10 +495,7 @@ impl<'a> Run<'a> {
             weights: Vec::new(),
             weight_sum: None,
             phase: Phase::Lq,
-            done: 0,
-            total: u32::try_from(total).map_err(|_| Error::input("too many tiles"))?,
-            stages: None,
-            output: None,
+            ledger: Ledger::new(total)?,
             fail_tiles_over: None,
         })
     }
@@ -452,35 +507,14 @@ impl<'a> Run<'a> {
         self.fail_tiles_over = Some(px);
     }
 
-    /// Keeps the result on the device too ([`Output::tensor`]).
-    pub fn keep_tensor(&mut self) {
-        self.keep_tensor = true;
+    /// Its counts, recorded stages and result.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
-    /// Keeps the intermediate tensors ([`Stages`]) from now on.
-    pub fn record_stages(&mut self) {
-        self.stages.get_or_insert_with(Stages::default);
-    }
-
-    /// The intermediate tensors, if recorded.
-    pub fn stages(&self) -> Option<&Stages> {
-        self.stages.as_ref()
-    }
-
-    /// Units in the whole run.
-    pub fn total(&self) -> u32 {
-        self.total
-    }
-
-    /// The result, once [`Run::next`] has returned `None` (taken once).
-    pub fn take_output(&mut self) -> Option<Output> {
-        self.output.take()
-    }
-
-    fn stage(&mut self, f: impl FnOnce(&mut Stages)) {
-        if let Some(s) = self.stages.as_mut() {
-            f(s);
-        }
+    /// [`Self::ledger`], to ask for stages or a device result, or to take the result.
+    pub fn ledger_mut(&mut self) -> &mut Ledger {
+        &mut self.ledger
     }
 
     /// Runs the next unit of work and waits until the device has finished it; `None` when the
@@ -499,14 +533,7 @@ impl<'a> Run<'a> {
         if r.is_err() {
             self.phase = Phase::Done;
         }
-        Some(r.map(|unit| {
-            self.done += 1;
-            Event {
-                unit,
-                done: self.done,
-                total: self.total,
-            }
-        }))
+        Some(r.map(|unit| self.ledger.finished(unit)))
     }
 
     async fn advance(&mut self, probe: Option<&mut dyn Probe>) -> Result<Unit> {
@@ -519,7 +546,7 @@ impl<'a> Run<'a> {
                 let x = to_signed_tensor(&pad_to_multiple(&self.up, 8), &device);
                 let lq = models.denoise_encoder.forward(x.clone())?;
                 settle(&lq).await?;
-                self.stage(|s| s.lq_features = Some(lq.clone()));
+                self.ledger.stage(|s| s.lq_features = Some(lq.clone()));
                 (self.x, self.lq) = (Some(x), Some(lq));
                 self.phase = Phase::Prompt;
                 Ok(Unit::LqEncode)
@@ -566,7 +593,7 @@ impl<'a> Run<'a> {
                     Start::Noise => eps * self.sched.init_noise_sigma,
                 };
                 settle(&latent).await?;
-                self.stage(|s| s.start_latent = Some(latent.clone()));
+                self.ledger.stage(|s| s.start_latent = Some(latent.clone()));
                 self.latent = Some(latent);
                 self.prepare_tiles();
                 self.phase = self.denoise_phase(0);
@@ -599,7 +626,7 @@ impl<'a> Run<'a> {
                         self.denoise_phase(step + 1)
                     } else {
                         let latent = self.latent.clone().expect("sampling ran");
-                        self.stage(|s| s.latent_final = Some(latent.clone()));
+                        self.ledger.stage(|s| s.latent_final = Some(latent.clone()));
                         // NaN and ∞ survive a sum: never decode them into a flat image.
                         let (sum, _) = read_back(latent.clone().sum()).await?;
                         if !sum[0].is_finite() {
@@ -635,10 +662,10 @@ impl<'a> Run<'a> {
                     return Ok(unit);
                 }
                 let decoded = run.finish();
-                self.stage(|s| s.decoded = Some(decoded.clone()));
+                self.ledger.stage(|s| s.decoded = Some(decoded.clone()));
                 let (w, h) = (self.up.width, self.up.height);
-                let tensor =
-                    (self.keep_tensor && self.options.color_fix == ColorFix::None).then(|| {
+                let tensor = (self.ledger.keep_tensor && self.options.color_fix == ColorFix::None)
+                    .then(|| {
                         decoded
                             .clone()
                             .slice([0..1, 0..3, 0..h, 0..w])
@@ -648,7 +675,7 @@ impl<'a> Run<'a> {
                     });
                 let (values, _) = read_back(decoded).await?;
                 let raw = crop(&from_signed(&values, wp, hp)?, w, h);
-                self.stage(|s| s.image_raw = Some(raw.clone()));
+                self.ledger.stage(|s| s.image_raw = Some(raw.clone()));
                 let unit_values = (self.keep_unit && self.options.color_fix == ColorFix::None)
                     .then(|| {
                         let n = wp * hp;
@@ -664,7 +691,7 @@ impl<'a> Run<'a> {
                             .collect()
                     });
                 if self.options.color_fix == ColorFix::None {
-                    self.output = Some(Output {
+                    self.ledger.output = Some(Output {
                         image: raw,
                         unit: unit_values,
                         tensor,
@@ -679,10 +706,10 @@ impl<'a> Run<'a> {
                     to_unit_tensor(&raw, &device),
                     to_unit_tensor(&self.up, &device),
                 )?;
-                let tensor = self.keep_tensor.then(|| fixed.clone());
+                let tensor = self.ledger.keep_tensor.then(|| fixed.clone());
                 let (values, _) = read_back(fixed).await?;
                 let image = from_unit(&values, self.up.width, self.up.height)?;
-                self.output = Some(Output {
+                self.ledger.output = Some(Output {
                     image,
                     unit: self.keep_unit.then_some(values),
                     tensor,
@@ -716,7 +743,7 @@ impl<'a> Run<'a> {
         let remaining = self
             .options
             .units_from(step, tiles, &self.models.vae, hp / 8, wp / 8);
-        self.total = u32::try_from(self.done as usize + 1 + remaining)
+        self.ledger.total = u32::try_from(self.ledger.done as usize + 1 + remaining)
             .map_err(|_| Error::input("too many tiles"))?;
         self.phase = self.denoise_phase(step);
         Ok(Unit::Retry {
@@ -853,7 +880,8 @@ impl<'a> Run<'a> {
             latent + eps * (sigma_next - sigma)
         };
         if step == 0 {
-            self.stage(|s| s.latent_step_1 = Some(latent.clone()));
+            self.ledger
+                .stage(|s| s.latent_step_1 = Some(latent.clone()));
         }
         self.latent = Some(latent);
     }
