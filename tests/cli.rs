@@ -1945,3 +1945,88 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(&f, to.join(f.file_name().unwrap())).unwrap();
     }
 }
+
+/// The ncnn compatibility mode, run as Upscayl, realesrgan-gui and the GIMP plug-in run
+/// realesrgan-ncnn-vulkan (tests/ncnn/callers.mjs judges each run by its caller's rules): the
+/// binary copied as `upscayl-bin`, the OSEDiff fixture as the model `osediff-tiny-x2` in
+/// `models/`, listed through the stubs `ncnn-stubs` writes.
+#[test]
+fn ncnn_mode_works_as_upscayl_realesrgan_gui_and_gimp_call_it() {
+    let dir = scratch("ncnn_callers");
+    let app = dir.join("app");
+    let models = app.join("models");
+    std::fs::create_dir_all(&models).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_pgp-wgpu"), app.join("upscayl-bin")).unwrap();
+    let model = "osediff-tiny-x2";
+    let o = convert_sd21(
+        &hub().join("sd21"),
+        &hub().join("osediff.pkl"),
+        &models.join(model),
+        &["--dtype", "f32", "-q"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = bin().arg("ncnn-stubs").arg(&models).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    for ext in ["param", "bin"] {
+        assert!(models.join(format!("{model}.{ext}")).is_file());
+    }
+    // Stubs need bundles: an empty folder is an error.
+    let o = bin().arg("ncnn-stubs").arg(&dir).output().unwrap();
+    assert!(!o.status.success() && text(&o).contains("no model bundle folders"));
+    let work = dir.join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    let input = root().join("tests/pipeline/input.png");
+    image::open(&input)
+        .unwrap()
+        .to_rgb8()
+        .save(work.join("input.jpg"))
+        .unwrap();
+    let o = std::process::Command::new("node")
+        .arg(root().join("tests/ncnn/callers.mjs"))
+        .arg(&app)
+        .arg(model)
+        .arg(&input)
+        .arg(&work)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .output()
+        .expect("node (Node.js) runs the callers' script");
+    assert!(o.status.success(), "{}", text(&o));
+}
+
+/// The normal mode off a terminal: one plain progress line per unit on stderr (no escape
+/// codes), and the ncnn mode's getopt errors with the usage.
+#[test]
+fn progress_shows_off_a_terminal_and_ncnn_flags_are_checked() {
+    let dir = scratch("plain_progress");
+    let out = dir.join("out.png");
+    let o = bin()
+        .args(["upscale", "--device", "cpu", "--steps", "2", "-t", "16"])
+        .arg("-i")
+        .arg(root().join("tests/pipeline/input.png"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--model")
+        .arg(support::bundle("f32"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    let units = err
+        .lines()
+        .filter(|l| l.contains("step ") && l.ends_with(')'))
+        .count();
+    assert!(units >= 4, "one line per unit:\n{err}");
+    assert!(!err.contains('\x1b'), "no escape codes:\n{err}");
+    assert!(err.contains("(1/") && err.contains(" → "), "{err}");
+    // ncnn mode: an unknown flag, a stray argument and a missing value, each with the usage.
+    for args in [&["-i", "a.png", "-q"][..], &["-i", "a.png", "stray"], &["-o"]] {
+        let o = bin().args(args).output().unwrap();
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.starts_with("Error: ") && err.contains("Usage:"), "{err}");
+        assert!(o.stdout.is_empty());
+    }
+    // -h: the usage, success; `-x -h` from pgp-wgpu itself too.
+    let o = bin().args(["-x", "-h"]).output().unwrap();
+    assert!(o.status.success() && text(&o).contains("-m model-path"), "{}", text(&o));
+}

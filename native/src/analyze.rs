@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::figures;
-use crate::upscale::job_bar;
+use crate::progress::Progress;
 
 /// What `analyze` was asked to do.
 pub struct AnalyzeArgs {
@@ -256,7 +256,7 @@ fn measure(
     let pixels = input::load(image, a.options.scale as u64, a.max_pixels)?;
     let mut job = upscaler.start(pixels.view()?, a.options.clone())?;
     let mut analysis = Analysis::new();
-    let bar = job_bar(
+    let bar = Progress::new(
         a.quiet,
         format!("{}/{count} {}", index + 1, image.display()),
     );
@@ -266,9 +266,7 @@ fn measure(
             break;
         };
         let event = event?;
-        bar.set_length(u64::from(event.total));
-        bar.set_position(u64::from(event.done));
-        bar.set_message(event.unit.to_string());
+        bar.event(&event);
         match event.unit {
             Unit::Retry { .. } => bail!(
                 "a tile ran out of device memory; run analyze with a smaller --tile (one \
@@ -283,7 +281,7 @@ fn measure(
             _ => {}
         }
     }
-    bar.finish_and_clear();
+    bar.finish();
     drop(job);
     Ok(pollster::block_on(analysis.finish_image())?)
 }

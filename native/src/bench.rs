@@ -460,7 +460,7 @@ pub fn make_bundle(arch: Arch, out: &std::path::Path, max_shard_bytes: usize) ->
         &[&te_json[0], &te_json[1]],
     )?;
     let mut w = Writer::new(
-        crate::convert::FolderSink(out.to_path_buf()),
+        pgp_wgpu_cli::convert::FolderSink(out.to_path_buf()),
         max_shard_bytes,
         Dtype::F16,
     )?;

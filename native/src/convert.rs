@@ -16,7 +16,7 @@ use pgp_core::models::peam::PeamConfig;
 use pgp_core::presets::Arch;
 use pgp_core::weights::{TensorSource, WeightFile};
 use pgp_core::{DirSource, Gpu};
-use pgp_wgpu_cli::output;
+use crate::output;
 
 /// What `convert` was asked to do.
 pub struct ConvertArgs {
@@ -135,7 +135,7 @@ fn pad_token(dir: &Path, default: &str) -> Result<String> {
 
 /// A bundle folder being written: each file flushed and published whole
 /// ([`output::write_new`]).
-pub(crate) struct FolderSink(pub(crate) PathBuf);
+pub struct FolderSink(pub PathBuf);
 
 impl ShardSink for FolderSink {
     fn write(&mut self, name: &str, bytes: &[u8]) -> pgp_core::Result<()> {

@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pgp_core::presets::Arch;
 
 use crate::convert::{self, ConvertArgs};
-use crate::upscale::bundle_dir;
+use crate::cache::bundle_dir;
 
 /// One file of a repository; `required: false` files are used when the repository has them,
 /// and a `fallback` is fetched instead where the repository lacks `path` (an fp16 variant).

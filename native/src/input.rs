@@ -11,7 +11,7 @@ use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader};
 pub const FORMATS: &str = "PNG, JPEG, WebP and BMP";
 
 /// File name extensions a folder walk picks up.
-pub const EXTENSIONS: [&str; 5] = ["png", "jpg", "jpeg", "webp", "bmp"];
+pub const EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "jfif", "webp", "bmp"];
 
 /// A decoded input image, packed 8-bit RGB or RGBA as the engine takes it.
 pub struct Pixels {

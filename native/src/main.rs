@@ -3,10 +3,9 @@
 mod analyze;
 mod bench;
 mod conformance;
-mod convert;
-#[cfg(feature = "download")]
-mod download;
 mod figures;
+mod ncnn;
+mod progress;
 mod prune;
 mod upscale;
 
@@ -15,6 +14,9 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use pgp_core::info::arch_info;
+use pgp_wgpu_cli::convert;
+#[cfg(feature = "download")]
+use pgp_wgpu_cli::download;
 use pgp_core::presets::Arch;
 use pgp_core::tokenizer::ClipTokenizer;
 use pgp_core::{ColorFix, Gpu, GpuOptions, Options, Precision, Start, TileSize};
@@ -23,7 +25,10 @@ use pgp_core::{ColorFix, Gpu, GpuOptions, Options, Precision, Start, TileSize};
 #[command(
     name = "pgp-wgpu",
     version,
-    about = "Diffusion super-resolution (FaithDiff / PGP-DiffSR) on wgpu, without Python"
+    about = "Diffusion super-resolution (FaithDiff / PGP-DiffSR) on wgpu, without Python",
+    after_help = "With realesrgan-ncnn-vulkan's flags and no subcommand (`pgp-wgpu -i IN -o OUT \
+                  -m MODELS -n NAME`), or renamed upscayl-bin / realesrgan-ncnn-vulkan, it runs \
+                  as a drop-in for them (`pgp-wgpu -x -h` shows that usage)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -287,6 +292,14 @@ enum Command {
     },
     /// List the GPU adapters (`-g` picks one by its index).
     Devices,
+    /// Write NAME.param and NAME.bin beside each bundle folder NAME/ of a models folder, so
+    /// that programs listing ncnn models (Upscayl, realesrgan-gui, GIMP plug-ins) show the
+    /// bundles. They then run `pgp-wgpu` renamed upscayl-bin / realesrgan-ncnn-vulkan, or with
+    /// their flags and no subcommand: the ncnn compatibility mode (`pgp-wgpu -h`… see README).
+    NcnnStubs {
+        /// The models folder (holding bundle folders made by `convert` or `download`).
+        dir: std::path::PathBuf,
+    },
     /// Check a model bundle and list what it holds.
     Inspect {
         /// The bundle folder.
@@ -466,12 +479,12 @@ fn device_name(device: String, gpu: Option<usize>) -> Result<String> {
 }
 
 /// cubecl reports a wgpu error (an allocation the device refuses) by panicking on its own
-/// device thread, where the panic is caught and the work fails — which this program then
-/// reports as an error. Print such panics once each, in one line, instead of a backtrace per
-/// buffer; panics of the main thread keep the default report.
-fn quiet_device_thread_panics() {
+/// device thread, where the panic is caught and the work fails — which the engine then reports
+/// as an error, or recovers from (a tile that ran out of memory is retried smaller). Such
+/// panics are kept, one line each, and printed only when the command fails
+/// ([`device_errors`]); panics of the main thread keep the default report.
+fn keep_device_thread_panics() {
     let default = std::panic::take_hook();
-    let seen = std::sync::Mutex::new(std::collections::HashSet::<String>::new());
     std::panic::set_hook(Box::new(move |info| {
         let thread = std::thread::current();
         if thread.name() == Some("main") {
@@ -481,23 +494,45 @@ fn quiet_device_thread_panics() {
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
-        if seen.lock().is_ok_and(|mut s| s.insert(msg.clone())) {
-            eprintln!("device error: {msg}");
+        if let Ok(mut seen) = DEVICE_ERRORS.lock()
+            && !seen.contains(&msg)
+        {
+            seen.push(msg);
         }
     }));
 }
 
+static DEVICE_ERRORS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The device threads' panic messages so far (each once), taken.
+pub fn device_errors() -> Vec<String> {
+    DEVICE_ERRORS
+        .lock()
+        .map(|mut v| std::mem::take(&mut *v))
+        .unwrap_or_default()
+}
+
 fn main() -> ExitCode {
-    quiet_device_thread_panics();
+    keep_device_thread_panics();
     pgp_wgpu_cli::output::remove_partials_on_signal();
-    let cli = Cli::parse();
-    match run(cli) {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if ncnn::wanted(&args) {
+        return ncnn::main(&args);
+    }
+    let cli = Cli::parse_from(args);
+    let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            progress::line(&format!("error: {e:#}"));
             ExitCode::from(2)
         }
+    };
+    if code != ExitCode::SUCCESS {
+        for msg in device_errors() {
+            progress::line(&format!("device error: {msg}"));
+        }
     }
+    code
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -615,7 +650,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let model = match model {
                 Some(m) => m,
-                None => upscale::default_model()?,
+                None => pgp_wgpu_cli::cache::default_model()?,
             };
             let precision = Precision::parse(&precision)?;
             let max_memory = max_memory.as_deref().map(parse_bytes).transpose()?;
@@ -656,13 +691,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 },
                 noise,
                 overwrite,
-                quiet,
                 gpu,
                 precision,
                 dump_stages,
                 max_pixels: (max_megapixels * 1e6) as u64,
+                outputs: upscale::Outputs::default(),
             };
-            let ok = upscale::run(args)?;
+            let ok = upscale::run(args, &mut upscale::Plain::new(quiet))?;
             Ok(status(ok))
         }
         Command::Analyze {
@@ -753,6 +788,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let bundle = download::run(&model, output, quiet)?;
             println!("{}", bundle.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NcnnStubs { dir } => {
+            for name in ncnn::write_stubs(&dir)? {
+                println!("{}", dir.join(format!("{name}.param")).display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Devices => {

@@ -14,7 +14,7 @@ use pgp_wgpu_cli::output;
 use serde_json::{Value, json};
 
 use crate::analyze::{describe_model, read_manifest};
-use crate::convert::load_bundle;
+use pgp_wgpu_cli::convert::load_bundle;
 
 /// What `prune` was asked to do.
 pub struct PruneArgs {

@@ -9,42 +9,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use image::{DynamicImage, ImageFormat};
-use indicatif::{ProgressBar, ProgressStyle};
 use pgp_core::device::read_back;
 use pgp_core::safetensors::Dtype;
 use pgp_core::weights::WeightFile;
 use pgp_core::{
-    DirSource, Gpu, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages, Unit, Upscaler,
+    DirSource, Event, Gpu, LoadOptions, NoiseData, Options, PixelFormat, Precision, Stages, Unit,
+    Upscaler,
 };
 use pgp_wgpu_cli::{input, output};
 
+use crate::progress::{Progress, line};
+
 /// What `upscale` was asked to do.
-/// Where downloaded models' bundles live (`pgp-wgpu download`): `$PGP_WGPU_CACHE`, else the
-/// platform's cache folder (`~/.cache/pgp-wgpu` on Linux).
-pub fn bundle_dir(model: &str) -> Result<PathBuf> {
-    let root = match std::env::var_os("PGP_WGPU_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => dirs::cache_dir()
-            .context("no cache folder on this system; set PGP_WGPU_CACHE")?
-            .join("pgp-wgpu"),
-    };
-    Ok(root.join(format!("{model}.bundle")))
-}
-
-/// The bundle `upscale` uses without `--model`, or the command that makes it.
-pub fn default_model() -> Result<PathBuf> {
-    let dir = bundle_dir("faithdiff")?;
-    if dir.join(pgp_core::bundle::MANIFEST).is_file() {
-        Ok(dir)
-    } else {
-        bail!(
-            "no --model given and no downloaded model at {}: run `pgp-wgpu download faithdiff` \
-             once (about 13 GB from the Hugging Face Hub), or pass --model BUNDLE",
-            dir.display()
-        )
-    }
-}
-
 pub struct UpscaleArgs {
     pub input: PathBuf,
     pub output: PathBuf,
@@ -54,12 +30,97 @@ pub struct UpscaleArgs {
     pub options: Options,
     pub noise: Option<PathBuf>,
     pub overwrite: bool,
-    pub quiet: bool,
     pub gpu: Gpu,
     pub precision: Precision,
     pub dump_stages: Option<PathBuf>,
     /// Largest output, in pixels (`--max-megapixels`).
     pub max_pixels: u64,
+    /// How outputs are named and written.
+    pub outputs: Outputs,
+}
+
+/// How outputs are named and written: `upscale`'s defaults, or realesrgan-ncnn-vulkan's.
+#[derive(Clone, Debug)]
+pub struct Outputs {
+    /// A folder's outputs: the input tree mirrored, each named `stem.EXT` (false), or
+    /// realesrgan's flat `stem.EXT`, `name.ext.EXT` for the second of two equal stems (true).
+    pub ncnn_names: bool,
+    /// An output may be its own input (written whole, then renamed over it).
+    pub in_place: bool,
+    /// JPEG quality, 1 to 100.
+    pub jpeg_quality: u8,
+    /// Resize the result to this width (Lanczos, the aspect ratio kept).
+    pub width: Option<u32>,
+}
+
+impl Default for Outputs {
+    fn default() -> Self {
+        Self {
+            ncnn_names: false,
+            in_place: false,
+            // The image crate's default.
+            jpeg_quality: 75,
+            width: None,
+        }
+    }
+}
+
+/// What a batch tells stderr, per image and at its end.
+pub trait Reporter {
+    /// An image's run starts.
+    fn begin(&mut self, input: &Path);
+    /// A unit of its work finished.
+    fn event(&mut self, input: &Path, event: &Event);
+    /// Its output was published.
+    fn done(&mut self, input: &Path, output: &Path);
+    /// It failed (nothing was written).
+    fn failed(&mut self, input: &Path, error: &anyhow::Error);
+    /// The batch ended.
+    fn summary(&mut self, upscaled: usize, all: usize);
+}
+
+/// `upscale`'s own report: a progress bar (or plain lines off a terminal), `IN → OUT` per image.
+pub struct Plain {
+    quiet: bool,
+    progress: Progress,
+}
+
+impl Plain {
+    pub fn new(quiet: bool) -> Self {
+        Self {
+            quiet,
+            progress: Progress::Hidden,
+        }
+    }
+}
+
+impl Reporter for Plain {
+    fn begin(&mut self, input: &Path) {
+        self.progress = Progress::new(self.quiet, input.display().to_string());
+    }
+    fn event(&mut self, input: &Path, event: &Event) {
+        if matches!(event.unit, Unit::Retry { .. }) {
+            // Shown even with -q: the run continues, slower, with smaller tiles.
+            self.progress
+                .note(&format!("{}: {}", input.display(), event.unit));
+        }
+        self.progress.event(event);
+    }
+    fn done(&mut self, input: &Path, output: &Path) {
+        self.progress.finish();
+        if !self.quiet {
+            line(&format!("{} → {}", input.display(), output.display()));
+        }
+    }
+    fn failed(&mut self, input: &Path, error: &anyhow::Error) {
+        self.progress.finish();
+        line(&format!("error: {}: {error:#}", input.display()));
+    }
+    fn summary(&mut self, upscaled: usize, all: usize) {
+        if all > 1 && !self.quiet {
+            line(&format!("{upscaled} of {all} images upscaled"));
+        }
+    }
 }
 
 /// A path written with a trailing separator (`out/`) names a folder, existing or not.
@@ -137,7 +198,27 @@ fn jobs(a: &UpscaleArgs) -> Result<Vec<(PathBuf, PathBuf)>> {
         }
     }
     found.sort();
+    if a.outputs.ncnn_names {
+        ncnn_names(&mut found, &a.output, ext);
+    }
     Ok(found)
+}
+
+/// realesrgan-ncnn-vulkan's names for a folder's outputs (sorted inputs): `stem.EXT`, and
+/// `name.ext.EXT` for an input whose stem equals the one before it (`a.jpg`, `a.png` →
+/// `a.EXT`, `a.png.EXT`).
+fn ncnn_names(jobs: &mut [(PathBuf, PathBuf)], folder: &Path, ext: &str) {
+    let mut last_stem = None;
+    for (input, output) in jobs.iter_mut() {
+        let stem = input.file_stem().map(|s| s.to_os_string());
+        let name = input.file_name().unwrap_or_default().to_string_lossy();
+        *output = if stem.is_some() && stem == last_stem {
+            folder.join(format!("{name}.{ext}"))
+        } else {
+            folder.join(input.with_extension(ext).file_name().unwrap_or_default())
+        };
+        last_stem = stem;
+    }
 }
 
 fn load_noise(path: &Path) -> Result<NoiseData> {
@@ -195,9 +276,13 @@ async fn dump(stages: &Stages, path: &Path) -> Result<()> {
     output::publish_file(path, &bytes, true)
 }
 
-/// Refuses an output that is the input, or that exists without `--overwrite`.
+/// Refuses an output that is the input (unless in place), or that exists without
+/// `--overwrite`.
 fn check_output(a: &UpscaleArgs, input: &Path, output: &Path) -> Result<()> {
-    if output.exists() && output.canonicalize().ok() == input.canonicalize().ok() {
+    if !a.outputs.in_place
+        && output.exists()
+        && output.canonicalize().ok() == input.canonicalize().ok()
+    {
         bail!("{}: refusing to write over the input", output.display());
     }
     if output.exists() && !a.overwrite {
@@ -206,68 +291,60 @@ fn check_output(a: &UpscaleArgs, input: &Path, output: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The progress bar of one job (hidden with `-q`): `prefix [bar] unit elapsed`.
-pub fn job_bar(quiet: bool, prefix: String) -> ProgressBar {
-    let bar = if quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {msg} {elapsed_precise}")
-            .expect("valid template"),
-    );
-    bar.set_prefix(prefix);
-    bar
-}
-
 /// Upscales one file through the engine (which also upscales the alpha channel). Errors name
 /// the output when it is at fault; the caller names the input.
-fn one(a: &UpscaleArgs, upscaler: &Upscaler, input: &Path, output: &Path) -> Result<()> {
+fn one(
+    a: &UpscaleArgs,
+    upscaler: &Upscaler,
+    input: &Path,
+    output: &Path,
+    report: &mut dyn Reporter,
+) -> Result<()> {
     let format = output_format(output, a.format.as_deref())?;
     check_output(a, input, output)?;
     let pixels = input::load(input, a.options.scale as u64, a.max_pixels)?;
     let view = pixels.view()?;
-    let bar = job_bar(a.quiet, input.display().to_string());
     let mut job = upscaler.start(view, a.options.clone())?;
     if a.dump_stages.is_some() {
         job.record_stages();
     }
-    bar.set_length(u64::from(job.total()));
+    report.begin(input);
     while let Some(event) = pollster::block_on(job.next()) {
-        let event = event?;
-        if matches!(event.unit, Unit::Retry { .. }) {
-            // Shown even with -q: the run continues, slower, with smaller tiles.
-            bar.suspend(|| eprintln!("{}: {}", input.display(), event.unit));
-            bar.set_length(u64::from(event.total));
-        }
-        bar.set_position(u64::from(event.done));
-        bar.set_message(event.unit.to_string());
+        report.event(input, &event?);
     }
-    bar.finish_and_clear();
     if let (Some(path), Some(stages)) = (&a.dump_stages, job.stages()) {
         pollster::block_on(dump(stages, path))?;
     }
     let out = job.into_image()?;
     let (ow, oh) = (out.width as u32, out.height as u32);
-    let result = match out.format {
-        PixelFormat::Rgba8 => {
-            let img = image::RgbaImage::from_raw(ow, oh, out.data).expect("sizes match");
-            if format == ImageFormat::Jpeg {
-                DynamicImage::ImageRgba8(img).to_rgb8().into()
-            } else {
-                DynamicImage::ImageRgba8(img)
-            }
-        }
+    let mut result = match out.format {
+        PixelFormat::Rgba8 => DynamicImage::ImageRgba8(
+            image::RgbaImage::from_raw(ow, oh, out.data).expect("sizes match"),
+        ),
         _ => DynamicImage::ImageRgb8(
             image::RgbImage::from_raw(ow, oh, out.data).expect("sizes match"),
         ),
     };
+    if let Some(w) = a.outputs.width.filter(|&w| w != ow) {
+        let h = ((f64::from(oh) * f64::from(w) / f64::from(ow)).round() as u32).max(1);
+        result = result.resize_exact(w, h, image::imageops::FilterType::Lanczos3);
+    }
+    let encoded = encode(result, format, a.outputs.jpeg_quality)?;
+    output::publish_file(output, &encoded, a.overwrite)
+}
+
+/// The image in `format` (JPEG without alpha, at `jpeg_quality`).
+fn encode(image: DynamicImage, format: ImageFormat, jpeg_quality: u8) -> Result<Vec<u8>> {
     let mut encoded = std::io::Cursor::new(Vec::new());
-    result
-        .write_to(&mut encoded, format)
-        .context("encoding the output")?;
-    output::publish_file(output, encoded.get_ref(), a.overwrite)
+    if format == ImageFormat::Jpeg {
+        let rgb = image.to_rgb8();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut encoded, jpeg_quality.clamp(1, 100))
+            .encode_image(&rgb)
+    } else {
+        image.write_to(&mut encoded, format)
+    }
+    .context("encoding the output")?;
+    Ok(encoded.into_inner())
 }
 
 /// Checks, before the model loads, what can be checked without it: the options and the output
@@ -286,16 +363,16 @@ fn preflight(a: &UpscaleArgs, jobs: &[(PathBuf, PathBuf)]) -> Result<()> {
                 dropped.truncate(cut);
                 dropped.push('…');
             }
-            eprintln!(
+            line(&format!(
                 "warning: the prompt has {n} tokens; CLIP reads 75, so this is ignored: {dropped}"
-            );
+            ));
         }
     }
     Ok(())
 }
 
 /// Runs the batch; true when every image succeeded.
-pub fn run(mut a: UpscaleArgs) -> Result<bool> {
+pub fn run(mut a: UpscaleArgs, report: &mut dyn Reporter) -> Result<bool> {
     let jobs = jobs(&a)?;
     if jobs.is_empty() {
         bail!(
@@ -321,20 +398,14 @@ pub fn run(mut a: UpscaleArgs) -> Result<bool> {
     let a = &a;
     let mut failed = 0;
     for (input, output) in &jobs {
-        match one(a, &upscaler, input, output) {
-            Ok(()) => {
-                if !a.quiet {
-                    eprintln!("{} → {}", input.display(), output.display());
-                }
-            }
+        match one(a, &upscaler, input, output, report) {
+            Ok(()) => report.done(input, output),
             Err(e) => {
                 failed += 1;
-                eprintln!("error: {}: {e:#}", input.display());
+                report.failed(input, &e);
             }
         }
     }
-    if jobs.len() > 1 && !a.quiet {
-        eprintln!("{} of {} images upscaled", jobs.len() - failed, jobs.len());
-    }
+    report.summary(jobs.len() - failed, jobs.len());
     Ok(failed == 0)
 }
