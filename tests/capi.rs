@@ -139,6 +139,48 @@ fn the_c_example_equals_the_cli_on_lavapipe() {
 }
 
 #[test]
+fn bgra8_and_rgba16_entry_points_match_rgba8() {
+    let dir = scratch("capi_formats");
+    let exe = compile(&dir);
+    let mut outs = Vec::new();
+    for format in ["rgba8", "bgra8", "rgba16"] {
+        let o = run_c(
+            &exe,
+            &[
+                "-d", "cpu", "-n", "2", "-t", "16", "--seed", "3", "--format", format,
+            ],
+            &dir,
+        );
+        assert!(o.status.success(), "{format}: {}", text(&o));
+        let bytes = std::fs::read(dir.join("out.pam")).unwrap();
+        let header = String::from_utf8_lossy(&bytes[..80]).into_owned();
+        let (w, h, px) = read_pam(&dir.join("out.pam"));
+        assert_eq!((w, h), (48, 32));
+        outs.push((header.contains("MAXVAL 65535"), px));
+    }
+    let (wide8, rgba) = &outs[0];
+    assert!(!wide8);
+    // BGRA in, BGRA out: swapped back by the example, the same bytes as RGBA's.
+    assert_eq!(&outs[1].1, rgba, "BGRA8 differs from RGBA8");
+    // RGBA16 (v · 257 in): big-endian 16-bit PAM values; within one 8-bit step of RGBA8's
+    // colour (the 16-bit output keeps the decoder's float precision), alpha 65535.
+    let (wide16, px16) = &outs[2];
+    assert!(wide16);
+    assert_eq!(px16.len(), 2 * rgba.len());
+    let mut worst = 0i32;
+    for (i, v) in px16.chunks_exact(2).enumerate() {
+        let v = u16::from_be_bytes([v[0], v[1]]);
+        if i % 4 == 3 {
+            assert_eq!(v, 65535, "alpha at {i}");
+            continue;
+        }
+        let eight = (f64::from(v) / 257.0).round() as i32;
+        worst = worst.max((eight - i32::from(rgba[i])).abs());
+    }
+    assert!(worst <= 1, "RGBA16 differs from RGBA8 by {worst}/255");
+}
+
+#[test]
 fn the_c_callback_cancels_and_errors_are_reported() {
     let dir = scratch("capi_cancel");
     let exe = compile(&dir);

@@ -49,7 +49,7 @@ typedef enum PgpStatus {
 } PgpStatus;
 
 /**
- * An upscaled image (RGBA8, rows tightly packed).
+ * An upscaled image in its input's format (RGBA8, BGRA8 or RGBA16), rows tightly packed.
  */
 typedef struct PgpImage PgpImage;
 
@@ -141,7 +141,7 @@ enum PgpStatus pgp_upscaler_new(const char *bundle_dir,
  * `y * stride_bytes`; alpha is upscaled separately and kept). `options` may be NULL for the
  * defaults. `progress` (may be NULL) is called with `user` after each finished unit of work;
  * when it returns nonzero the run stops before the next unit and this returns
- * `PGP_CANCELLED`. On success `*out` holds an image to free with `pgp_image_free`.
+ * `PGP_CANCELLED`. On success `*out` holds an RGBA8 image to free with `pgp_image_free`.
  *
  * # Safety
  * `u` is an upscaler from `pgp_upscaler_new`, not in use on another thread; `rgba` points to
@@ -157,6 +157,43 @@ enum PgpStatus pgp_upscale_rgba8(struct PgpUpscaler *u,
                                  PgpProgressFn progress,
                                  void *user,
                                  struct PgpImage **out);
+
+/**
+ * As `pgp_upscale_rgba8` for BGRA8 pixels (`[b, g, r, a]` bytes: Krita's `BGRA U8`, Qt's
+ * `ARGB32` on little-endian machines, Windows DIBs); the result is BGRA8.
+ *
+ * # Safety
+ * As `pgp_upscale_rgba8`: `bgra` points to at least `stride_bytes * (height - 1) + 4 * width`
+ * readable bytes.
+ */
+enum PgpStatus pgp_upscale_bgra8(struct PgpUpscaler *u,
+                                 const uint8_t *bgra,
+                                 uint32_t width,
+                                 uint32_t height,
+                                 uint32_t stride_bytes,
+                                 const struct PgpOptions *options,
+                                 PgpProgressFn progress,
+                                 void *user,
+                                 struct PgpImage **out);
+
+/**
+ * As `pgp_upscale_rgba8` for 16-bit RGBA (`[r, g, b, a]`, one native-endian `uint16_t`
+ * each, 0 to 65535: GIMP's 16-bit integer buffers); the result is RGBA16 with the decoder's
+ * float precision (colour) and the alpha resized at 16 bits. `stride_bytes` counts bytes.
+ *
+ * # Safety
+ * As `pgp_upscale_rgba8`: `rgba16` points to at least `stride_bytes * (height - 1) + 8 *
+ * width` readable bytes, 2-byte aligned.
+ */
+enum PgpStatus pgp_upscale_rgba16(struct PgpUpscaler *u,
+                                  const uint16_t *rgba16,
+                                  uint32_t width,
+                                  uint32_t height,
+                                  uint32_t stride_bytes,
+                                  const struct PgpOptions *options,
+                                  PgpProgressFn progress,
+                                  void *user,
+                                  struct PgpImage **out);
 
 /**
  * The image's width in pixels (0 for NULL).
@@ -175,13 +212,31 @@ uint32_t pgp_image_width(const struct PgpImage *img);
 uint32_t pgp_image_height(const struct PgpImage *img);
 
 /**
- * The pixels: `height` rows of `4 * width` bytes, tightly packed, RGBA8 (NULL for NULL).
- * Valid until `pgp_image_free`.
+ * The pixels of an RGBA8 image: `height` rows of `4 * width` bytes, tightly packed (NULL for
+ * NULL, and for an image of another format). Valid until `pgp_image_free`.
  *
  * # Safety
  * `img` is NULL or an image from `pgp_upscale_rgba8`.
  */
 const uint8_t *pgp_image_rgba8(const struct PgpImage *img);
+
+/**
+ * The pixels in the input's format (RGBA8, BGRA8 or RGBA16): `height` rows of
+ * `pgp_image_bytes_per_pixel(img) * width` bytes, tightly packed (NULL for NULL). Valid until
+ * `pgp_image_free`; 2-byte aligned for RGBA16.
+ *
+ * # Safety
+ * `img` is NULL or an image from a `pgp_upscale_*` call.
+ */
+const uint8_t *pgp_image_pixels(const struct PgpImage *img);
+
+/**
+ * Bytes per pixel of the image: 4 (RGBA8, BGRA8) or 8 (RGBA16); 0 for NULL.
+ *
+ * # Safety
+ * `img` is NULL or an image from a `pgp_upscale_*` call.
+ */
+uint32_t pgp_image_bytes_per_pixel(const struct PgpImage *img);
 
 /**
  * Frees an image (NULL is ignored).

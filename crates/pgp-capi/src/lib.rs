@@ -1,6 +1,7 @@
 //! The C ABI of pgp-wgpu, for tools written in C or C++ (GIMP / Krita plugins, game engines).
-//! A thin shell over `pgp_core`'s facade: an opaque upscaler, RGBA8 images in and out, a
-//! progress callback that can cancel, a per-thread last-error message. The header
+//! A thin shell over `pgp_core`'s facade: an opaque upscaler, RGBA8, BGRA8 (Krita, Qt, Windows)
+//! and RGBA16 (GIMP's high bit depths) images in and out, a progress callback that can cancel,
+//! a per-thread last-error message. The header
 //! `include/pgp_wgpu.h` is generated from this file by cbindgen (see `cbindgen.toml`).
 //!
 //! Rules the header repeats:
@@ -77,7 +78,7 @@ pub struct PgpUpscaler {
     source: DirSource,
 }
 
-/// An upscaled image (RGBA8, rows tightly packed).
+/// An upscaled image in its input's format (RGBA8, BGRA8 or RGBA16), rows tightly packed.
 pub struct PgpImage {
     image: Image,
 }
@@ -243,11 +244,78 @@ fn options_of(u: &mut PgpUpscaler, o: &PgpOptions) -> Result<Options, (PgpStatus
     Ok(options)
 }
 
+/// The shared body of the `pgp_upscale_*` entry points.
+///
+/// # Safety
+/// As `pgp_upscale_rgba8`, with `format`'s bytes per pixel.
+unsafe fn upscale(
+    u: *mut PgpUpscaler,
+    pixels: *const u8,
+    width: u32,
+    height: u32,
+    stride_bytes: u32,
+    format: PixelFormat,
+    options: *const PgpOptions,
+    progress: PgpProgressFn,
+    user: *mut c_void,
+    out: *mut *mut PgpImage,
+) -> PgpStatus {
+    guard(|| {
+        if u.is_null() || pixels.is_null() || out.is_null() {
+            return Err(input_err(
+                "the upscaler, the pixels and out must not be NULL",
+            ));
+        }
+        if width == 0 || height == 0 {
+            return Err(input_err("the image is empty"));
+        }
+        let row = format.bytes_per_pixel() * width as usize;
+        if (stride_bytes as usize) < row {
+            return Err(input_err(&format!(
+                "stride_bytes {stride_bytes} is shorter than a row ({row} bytes)"
+            )));
+        }
+        // SAFETY: `u` came from `pgp_upscaler_new` and is used by this thread only.
+        let u = unsafe { &mut *u };
+        let opts = if options.is_null() {
+            pgp_options_default()
+        } else {
+            // SAFETY: not NULL, and valid by the contract.
+            unsafe { *options }
+        };
+        let opts = options_of(u, &opts)?;
+        let len = stride_bytes as usize * (height as usize - 1) + row;
+        // SAFETY: the caller guarantees `len` readable bytes at `pixels`.
+        let pixels = unsafe { std::slice::from_raw_parts(pixels, len) };
+        let view = ImageView::new(
+            pixels,
+            width as usize,
+            height as usize,
+            stride_bytes as usize,
+            format,
+        )
+        .map_err(core_err)?;
+        let cancel = CancelToken::new();
+        let job = u.upscaler.start(view, opts).map_err(core_err)?;
+        let mut on_event = |e: pgp_core::Event| {
+            if let Some(f) = progress
+                && f(user, e.done, e.total) != 0
+            {
+                cancel.cancel();
+            }
+        };
+        let image = pollster::block_on(job.finish(&mut on_event, &cancel)).map_err(core_err)?;
+        // SAFETY: `out` is not NULL and writable by the contract.
+        unsafe { *out = Box::into_raw(Box::new(PgpImage { image })) };
+        Ok(())
+    })
+}
+
 /// Upscales an RGBA8 image (`height` rows of `width` pixels, row `y` at byte
 /// `y * stride_bytes`; alpha is upscaled separately and kept). `options` may be NULL for the
 /// defaults. `progress` (may be NULL) is called with `user` after each finished unit of work;
 /// when it returns nonzero the run stops before the next unit and this returns
-/// `PGP_CANCELLED`. On success `*out` holds an image to free with `pgp_image_free`.
+/// `PGP_CANCELLED`. On success `*out` holds an RGBA8 image to free with `pgp_image_free`.
 ///
 /// # Safety
 /// `u` is an upscaler from `pgp_upscaler_new`, not in use on another thread; `rgba` points to
@@ -265,55 +333,92 @@ pub unsafe extern "C" fn pgp_upscale_rgba8(
     user: *mut c_void,
     out: *mut *mut PgpImage,
 ) -> PgpStatus {
-    guard(|| {
-        if u.is_null() || rgba.is_null() || out.is_null() {
-            return Err(input_err(
-                "the upscaler, the pixels and out must not be NULL",
-            ));
-        }
-        if width == 0 || height == 0 {
-            return Err(input_err("the image is empty"));
-        }
-        if (stride_bytes as usize) < 4 * width as usize {
-            return Err(input_err(&format!(
-                "stride_bytes {stride_bytes} is shorter than a row ({} bytes)",
-                4 * width as usize
-            )));
-        }
-        // SAFETY: `u` came from `pgp_upscaler_new` and is used by this thread only.
-        let u = unsafe { &mut *u };
-        let opts = if options.is_null() {
-            pgp_options_default()
-        } else {
-            // SAFETY: not NULL, and valid by the contract.
-            unsafe { *options }
-        };
-        let opts = options_of(u, &opts)?;
-        let len = stride_bytes as usize * (height as usize - 1) + 4 * width as usize;
-        // SAFETY: the caller guarantees `len` readable bytes at `rgba`.
-        let pixels = unsafe { std::slice::from_raw_parts(rgba, len) };
-        let view = ImageView::new(
-            pixels,
-            width as usize,
-            height as usize,
-            stride_bytes as usize,
+    // SAFETY: the same contract.
+    unsafe {
+        upscale(
+            u,
+            rgba,
+            width,
+            height,
+            stride_bytes,
             PixelFormat::Rgba8,
+            options,
+            progress,
+            user,
+            out,
         )
-        .map_err(core_err)?;
-        let cancel = CancelToken::new();
-        let job = u.upscaler.start(view, opts).map_err(core_err)?;
-        let mut on_event = |e: pgp_core::Event| {
-            if let Some(f) = progress
-                && f(user, e.done, e.total) != 0
-            {
-                cancel.cancel();
-            }
-        };
-        let image = pollster::block_on(job.finish(&mut on_event, &cancel)).map_err(core_err)?;
-        // SAFETY: `out` is not NULL and writable by the contract.
-        unsafe { *out = Box::into_raw(Box::new(PgpImage { image })) };
-        Ok(())
-    })
+    }
+}
+
+/// As `pgp_upscale_rgba8` for BGRA8 pixels (`[b, g, r, a]` bytes: Krita's `BGRA U8`, Qt's
+/// `ARGB32` on little-endian machines, Windows DIBs); the result is BGRA8.
+///
+/// # Safety
+/// As `pgp_upscale_rgba8`: `bgra` points to at least `stride_bytes * (height - 1) + 4 * width`
+/// readable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pgp_upscale_bgra8(
+    u: *mut PgpUpscaler,
+    bgra: *const u8,
+    width: u32,
+    height: u32,
+    stride_bytes: u32,
+    options: *const PgpOptions,
+    progress: PgpProgressFn,
+    user: *mut c_void,
+    out: *mut *mut PgpImage,
+) -> PgpStatus {
+    // SAFETY: the same contract.
+    unsafe {
+        upscale(
+            u,
+            bgra,
+            width,
+            height,
+            stride_bytes,
+            PixelFormat::Bgra8,
+            options,
+            progress,
+            user,
+            out,
+        )
+    }
+}
+
+/// As `pgp_upscale_rgba8` for 16-bit RGBA (`[r, g, b, a]`, one native-endian `uint16_t`
+/// each, 0 to 65535: GIMP's 16-bit integer buffers); the result is RGBA16 with the decoder's
+/// float precision (colour) and the alpha resized at 16 bits. `stride_bytes` counts bytes.
+///
+/// # Safety
+/// As `pgp_upscale_rgba8`: `rgba16` points to at least `stride_bytes * (height - 1) + 8 *
+/// width` readable bytes, 2-byte aligned.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pgp_upscale_rgba16(
+    u: *mut PgpUpscaler,
+    rgba16: *const u16,
+    width: u32,
+    height: u32,
+    stride_bytes: u32,
+    options: *const PgpOptions,
+    progress: PgpProgressFn,
+    user: *mut c_void,
+    out: *mut *mut PgpImage,
+) -> PgpStatus {
+    // SAFETY: the same contract.
+    unsafe {
+        upscale(
+            u,
+            rgba16.cast(),
+            width,
+            height,
+            stride_bytes,
+            PixelFormat::Rgba16,
+            options,
+            progress,
+            user,
+            out,
+        )
+    }
 }
 
 /// The image's width in pixels (0 for NULL).
@@ -336,15 +441,39 @@ pub unsafe extern "C" fn pgp_image_height(img: *const PgpImage) -> u32 {
     unsafe { img.as_ref() }.map_or(0, |i| i.image.height as u32)
 }
 
-/// The pixels: `height` rows of `4 * width` bytes, tightly packed, RGBA8 (NULL for NULL).
-/// Valid until `pgp_image_free`.
+/// The pixels of an RGBA8 image: `height` rows of `4 * width` bytes, tightly packed (NULL for
+/// NULL, and for an image of another format). Valid until `pgp_image_free`.
 ///
 /// # Safety
 /// `img` is NULL or an image from `pgp_upscale_rgba8`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn pgp_image_rgba8(img: *const PgpImage) -> *const u8 {
     // SAFETY: NULL or a live image, by the contract.
+    unsafe { img.as_ref() }
+        .filter(|i| i.image.format == PixelFormat::Rgba8)
+        .map_or(std::ptr::null(), |i| i.image.data.as_ptr())
+}
+
+/// The pixels in the input's format (RGBA8, BGRA8 or RGBA16): `height` rows of
+/// `pgp_image_bytes_per_pixel(img) * width` bytes, tightly packed (NULL for NULL). Valid until
+/// `pgp_image_free`; 2-byte aligned for RGBA16.
+///
+/// # Safety
+/// `img` is NULL or an image from a `pgp_upscale_*` call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pgp_image_pixels(img: *const PgpImage) -> *const u8 {
+    // SAFETY: NULL or a live image, by the contract.
     unsafe { img.as_ref() }.map_or(std::ptr::null(), |i| i.image.data.as_ptr())
+}
+
+/// Bytes per pixel of the image: 4 (RGBA8, BGRA8) or 8 (RGBA16); 0 for NULL.
+///
+/// # Safety
+/// `img` is NULL or an image from a `pgp_upscale_*` call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pgp_image_bytes_per_pixel(img: *const PgpImage) -> u32 {
+    // SAFETY: NULL or a live image, by the contract.
+    unsafe { img.as_ref() }.map_or(0, |i| i.image.format.bytes_per_pixel() as u32)
 }
 
 /// Frees an image (NULL is ignored).

@@ -1,5 +1,6 @@
-//! Images as the engine takes and returns them: 8-bit RGB, 8-bit RGBA or 16-bit RGBA, rows of
-//! any stride in, tightly packed rows out, in the input's format.
+//! Images as the engine takes and returns them: 8-bit RGB, RGBA or BGRA (Krita's and most
+//! editors' byte order), 16-bit RGB or RGBA, rows of any stride in, tightly packed rows out, in
+//! the input's format.
 //!
 //! The model sees 8-bit RGB (as FaithDiff does). Alpha never goes through the model: it is
 //! upscaled with the same Lanczos filter (Pillow-exact for 8 bits, in floating point for 16)
@@ -16,6 +17,11 @@ pub enum PixelFormat {
     Rgb8,
     /// `[r, g, b, a]`, one byte each, alpha not premultiplied.
     Rgba8,
+    /// `[b, g, r, a]`, one byte each, alpha not premultiplied (Krita's `BGRA U8`, Qt's
+    /// `ARGB32` on little-endian machines, Windows DIBs).
+    Bgra8,
+    /// `[r, g, b]`, a little-endian `u16` each.
+    Rgb16,
     /// `[r, g, b, a]`, a little-endian `u16` each (native order on every supported target),
     /// alpha not premultiplied.
     Rgba16,
@@ -26,9 +32,15 @@ impl PixelFormat {
     pub fn bytes_per_pixel(self) -> usize {
         match self {
             Self::Rgb8 => 3,
-            Self::Rgba8 => 4,
+            Self::Rgba8 | Self::Bgra8 => 4,
+            Self::Rgb16 => 6,
             Self::Rgba16 => 8,
         }
+    }
+
+    /// 16 bits per channel: the output keeps the decoder's float precision.
+    pub fn is_16_bit(self) -> bool {
+        matches!(self, Self::Rgb16 | Self::Rgba16)
     }
 }
 
@@ -174,6 +186,20 @@ impl Split {
                 }
                 Some(Alpha::U8(a))
             }
+            PixelFormat::Bgra8 => {
+                let mut a = Vec::with_capacity(n);
+                for px in view.rows().flat_map(|r| r.chunks_exact(4)) {
+                    rgb.extend_from_slice(&[px[2], px[1], px[0]]);
+                    a.push(px[3]);
+                }
+                Some(Alpha::U8(a))
+            }
+            PixelFormat::Rgb16 => {
+                for px in view.rows().flat_map(|r| r.chunks_exact(6)) {
+                    rgb.extend((0..3).map(|c| to_u8(u16_at(px, c))));
+                }
+                None
+            }
             PixelFormat::Rgba16 => {
                 let mut a = Vec::with_capacity(n);
                 for px in view.rows().flat_map(|r| r.chunks_exact(8)) {
@@ -213,6 +239,17 @@ impl Alpha {
     }
 }
 
+/// The planar float image a 16-bit output is made from.
+fn unit16(unit: Option<&[f32]>, n: usize) -> Result<&[f32]> {
+    unit.filter(|u| u.len() == 3 * n)
+        .ok_or_else(|| Error::input("16-bit output needs the float image of the right size"))
+}
+
+/// `[0, 1]` → a little-endian `u16`, rounded.
+fn q16(x: f32) -> [u8; 2] {
+    ((x.clamp(0.0, 1.0) * 65535.0).round() as u16).to_le_bytes()
+}
+
 /// Assembles the output in `format`: colour from `rgb` (8 bits) or, for 16-bit output, from
 /// `unit` (planar `[3, H, W]` values in `[0, 1]`), alpha reattached.
 pub(crate) fn assemble(
@@ -231,20 +268,30 @@ pub(crate) fn assemble(
             .zip(a)
             .flat_map(|(px, a)| [px[0], px[1], px[2], a])
             .collect(),
+        (PixelFormat::Bgra8, Some(Alpha::U8(a))) => rgb
+            .data
+            .chunks_exact(3)
+            .zip(a)
+            .flat_map(|(px, a)| [px[2], px[1], px[0], a])
+            .collect(),
         (PixelFormat::Rgba16, Some(Alpha::U16(a))) => {
-            let unit = unit.filter(|u| u.len() == 3 * n).ok_or_else(|| {
-                Error::input("16-bit output needs the float image of the right size")
-            })?;
-            let q = |x: f32| ((x.clamp(0.0, 1.0) * 65535.0).round() as u16).to_le_bytes();
+            let unit = unit16(unit, n)?;
             (0..n)
                 .flat_map(|i| {
                     [
-                        q(unit[i]),
-                        q(unit[n + i]),
-                        q(unit[2 * n + i]),
+                        q16(unit[i]),
+                        q16(unit[n + i]),
+                        q16(unit[2 * n + i]),
                         a[i].to_le_bytes(),
                     ]
                 })
+                .flatten()
+                .collect()
+        }
+        (PixelFormat::Rgb16, None) => {
+            let unit = unit16(unit, n)?;
+            (0..n)
+                .flat_map(|i| [q16(unit[i]), q16(unit[n + i]), q16(unit[2 * n + i])])
                 .flatten()
                 .collect()
         }
@@ -292,6 +339,28 @@ mod tests {
             Some(Alpha::U16(a)) => assert_eq!(a, [1000, 65535]),
             _ => panic!("16-bit alpha"),
         }
+    }
+
+    #[test]
+    fn bgra_and_rgb16_are_read_in_their_order() {
+        let bgra = [10u8, 20, 30, 40, 50, 60, 70, 80];
+        let s = Split::new(&ImageView::packed(&bgra, 2, 1, PixelFormat::Bgra8).unwrap()).unwrap();
+        assert_eq!(s.rgb.data, [30, 20, 10, 70, 60, 50]);
+        let Some(Alpha::U8(a)) = &s.alpha else {
+            panic!("8-bit alpha")
+        };
+        assert_eq!(a, &[40, 80]);
+        let out = assemble(PixelFormat::Bgra8, s.rgb, None, s.alpha).unwrap();
+        assert_eq!(out.data, bgra);
+        let rgb16: Vec<u8> = [65535u16, 0, 257]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let s = Split::new(&ImageView::packed(&rgb16, 1, 1, PixelFormat::Rgb16).unwrap()).unwrap();
+        assert_eq!(s.rgb.data, [255, 0, 1]);
+        assert!(s.alpha.is_none());
+        let out = assemble(PixelFormat::Rgb16, s.rgb, Some(&[1.0, 0.0, 0.5]), None).unwrap();
+        assert_eq!(out.data, [255, 255, 0, 0, 0, 128]);
     }
 
     #[test]

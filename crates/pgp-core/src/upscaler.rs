@@ -301,7 +301,7 @@ impl Upscaler {
     /// GPU work happens in [`Job::next`] / [`Job::finish`]. Dropping the job abandons it.
     pub fn start<'a>(&'a self, input: ImageView<'_>, options: Options) -> Result<Job<'a>> {
         let split = Split::new(&input)?;
-        let keep_unit = input.format() == PixelFormat::Rgba16;
+        let keep_unit = input.format().is_16_bit();
         let limits = TileLimits {
             buffer_bytes: self.gpu.info().max_buffer_bytes,
             budget_bytes: options.max_memory,
