@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the browser page into web/dist/: the pgp-web crate for wasm32 in the size-optimised
+# Builds the browser page into web/dist/ and the npm package into web/dist/npm/: the pgp-web crate for wasm32 in the size-optimised
 # `wasm-release` profile, wasm-bindgen's JavaScript glue (the CLI must be Cargo.lock's version:
 # `cargo install wasm-bindgen-cli --version <that version>`), and the page's static files.
 set -euo pipefail
@@ -20,5 +20,10 @@ mkdir -p web/dist/pkg
 wasm-bindgen --target web --remove-name-section --out-dir web/dist/pkg --out-name pgp_web \
   "$target/wasm32-unknown-unknown/wasm-release/pgp_web.wasm"
 cp web/static/* web/dist/
+# The npm package (`npm pack web/dist/npm`): the module, its types and the wasm.
+mkdir -p web/dist/npm/pkg
+cp web/npm/package.json web/npm/index.js web/npm/index.d.ts web/npm/README.md web/dist/npm/
+cp web/dist/pkg/pgp_web.js web/dist/pkg/pgp_web.d.ts web/dist/pkg/pgp_web_bg.wasm \
+  web/dist/pkg/pgp_web_bg.wasm.d.ts web/dist/npm/pkg/
 wasm="web/dist/pkg/pgp_web_bg.wasm"
 echo "web/dist: $(wc -c < "$wasm") bytes of wasm, $(gzip -9c "$wasm" | wc -c) gzipped"

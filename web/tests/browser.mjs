@@ -7,7 +7,7 @@
 // Prints one line a test and `N passed, N failed`; exits non-zero when any failed.
 import { execFileSync } from 'node:child_process';
 import { createServer } from 'node:http';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, extname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -44,6 +44,14 @@ const nativeOut = join(work, 'native.png');
 execFileSync(bin, ['upscale', '-q', '--device', 'cpu', '-i', join(root, 'tests/pipeline/input.png'),
   '-o', nativeOut, '--model', bundle, '-s', '2', '--steps', '3', '-t', '32', '--seed', '7']);
 
+// The npm package as `npm pack` makes it, unpacked where a site's node_modules would be.
+const npmDir = join(work, 'npm');
+mkdirSync(npmDir, { recursive: true });
+const tarball = execFileSync('npm', ['pack', '--silent', '--pack-destination', npmDir, join(dist, 'npm')],
+  { encoding: 'utf8' }).trim().split('\n').pop();
+execFileSync('tar', ['xzf', join(npmDir, tarball), '-C', npmDir]);
+const packed = join(npmDir, 'package');
+
 // A static server: the page at /, the bundle at /models/, test files at /t/; counts requests.
 const requests = [];
 const types = { '.html': 'text/html', '.js': 'text/javascript', '.wasm': 'application/wasm',
@@ -55,6 +63,7 @@ const server = createServer((req, res) => {
   if (path.startsWith('/models/')) file = join(bundle, path.slice(8));
   else if (path.startsWith('/osediff/')) file = join(osediff, path.slice(9));
   else if (path === '/t/osediff.png') file = osediffOut;
+  else if (path.startsWith('/node_modules/pgp-wgpu/')) file = join(packed, path.slice(23));
   else if (path === '/t/input.png') file = join(root, 'tests/pipeline/input.png');
   else if (path === '/t/native.png') file = nativeOut;
   else file = join(dist, path === '/' ? 'index.html' : path.slice(1));
@@ -282,6 +291,41 @@ await test('(g) a bundle folder opened from disk loads and runs', async () => {
   await page.waitForSelector('#download:not([hidden])', { timeout: 300000 });
   const status = await page.textContent('#status');
   assert(status.startsWith('Done: 48×32'), status);
+});
+
+await test('(j) the npm package: packed, imported, UpscalerJS-style calls equal the native binary', async () => {
+  const pkg = JSON.parse(readFileSync(join(packed, 'package.json'), 'utf8'));
+  assert(pkg.exports['.'].import === './index.js' && pkg.types === './index.d.ts', JSON.stringify(pkg.exports));
+  for (const f of ['index.js', 'index.d.ts', 'pkg/pgp_web_bg.wasm', 'pkg/pgp_web.js']) {
+    assert(existsSync(join(packed, f)), `the package lacks ${f}`);
+  }
+  const r = await page.evaluate(async (settings) => {
+    const { Upscaler } = await import('/node_modules/pgp-wgpu/index.js');
+    const up = await Upscaler.load('/models/manifest.json');
+    const fractions = [];
+    // patchSize is in input pixels: 16 × scale 2 = the 32-pixel tile of the reference.
+    const out = await up.upscale('/t/input.png', { scale: settings.scale, steps: settings.steps,
+      seed: settings.seed, patchSize: 16, padding: 4, progress: (f) => fractions.push(f) });
+    const url = await up.upscale('/t/input.png', { ...settings, output: 'base64' });
+    const bmp = await createImageBitmap(await (await fetch('/t/native.png')).blob());
+    const c = new OffscreenCanvas(bmp.width, bmp.height).getContext('2d');
+    c.drawImage(bmp, 0, 0);
+    const ref = c.getImageData(0, 0, bmp.width, bmp.height);
+    let max = 0;
+    for (let i = 0; i < ref.data.length; i++) max = Math.max(max, Math.abs(out.data[i] - ref.data[i]));
+    const abort = new AbortController();
+    abort.abort();
+    const aborted = await up.upscale('/t/input.png', { ...settings, signal: abort.signal })
+      .then(() => 'resolved', (e) => e.name);
+    up.free();
+    return { w: out.width, h: out.height, max, fractions, url: url.slice(0, 22), aborted };
+  }, settings);
+  assert(r.w === 48 && r.h === 32, JSON.stringify(r));
+  assert(r.max <= MAX_DIFF, `max |Δ| ${r.max}/255 against native`);
+  assert(r.fractions.length > 3 && r.fractions.at(-1) === 1
+    && r.fractions.every((f, i) => i === 0 || f >= r.fractions[i - 1]), JSON.stringify(r.fractions));
+  assert(r.url === 'data:image/png;base64,', r.url);
+  assert(r.aborted === 'AbortError', r.aborted);
 });
 
 await test('(h) without WebGPU the page says so and offers no model loading', async () => {
