@@ -29,4 +29,3 @@ pub fn default_model() -> Result<PathBuf> {
         )
     }
 }
-

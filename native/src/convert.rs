@@ -8,6 +8,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
+use crate::output;
 use anyhow::{Context, Result, bail};
 use pgp_core::bundle::convert::FaithDiffInputs;
 use pgp_core::bundle::lora::{Lora, adapter_config_alpha};
@@ -16,7 +17,6 @@ use pgp_core::models::peam::PeamConfig;
 use pgp_core::presets::Arch;
 use pgp_core::weights::{TensorSource, WeightFile};
 use pgp_core::{DirSource, Gpu};
-use crate::output;
 
 /// What `convert` was asked to do.
 pub struct ConvertArgs {

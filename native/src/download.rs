@@ -12,8 +12,8 @@ use hf_hub::{Cache, Repo, RepoType};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgp_core::presets::Arch;
 
-use crate::convert::{self, ConvertArgs};
 use crate::cache::bundle_dir;
+use crate::convert::{self, ConvertArgs};
 
 /// One file of a repository; `required: false` files are used when the repository has them,
 /// and a `fallback` is fetched instead where the repository lacks `path` (an fp16 variant).

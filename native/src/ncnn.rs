@@ -100,7 +100,10 @@ fn parse(args: &[OsString]) -> Result<Flags> {
         };
         if text == "--" {
             if let Some(extra) = it.next() {
-                bail!("unexpected argument {}", shown_text(&extra.to_string_lossy()));
+                bail!(
+                    "unexpected argument {}",
+                    shown_text(&extra.to_string_lossy())
+                );
             }
             break;
         }
@@ -429,7 +432,10 @@ fn run(f: Flags) -> Result<bool> {
     let gpu_name = match f.gpu.as_deref().map(str::trim) {
         None | Some("auto") | Some("") => "auto".to_string(),
         Some(g) if g.contains(',') => {
-            bail!("Invalid GPU device list {}: one GPU at a time", shown_text(g))
+            bail!(
+                "Invalid GPU device list {}: one GPU at a time",
+                shown_text(g)
+            )
         }
         Some(g) => match g.parse::<usize>() {
             Ok(i) => format!("gpu:{i}"),
@@ -484,8 +490,18 @@ mod tests {
 
     #[test]
     fn getopt_forms() {
-        let f = parse(&os(&["x", "-i", "a.png", "-oout.png", "-xvs3", "-n", "m", "-j", "1:2:2"]))
-            .unwrap();
+        let f = parse(&os(&[
+            "x",
+            "-i",
+            "a.png",
+            "-oout.png",
+            "-xvs3",
+            "-n",
+            "m",
+            "-j",
+            "1:2:2",
+        ]))
+        .unwrap();
         assert_eq!(f.input.as_deref(), Some(Path::new("a.png")));
         assert_eq!(f.output.as_deref(), Some(Path::new("out.png")));
         assert_eq!(f.scale.as_deref(), Some("3"));
