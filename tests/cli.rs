@@ -712,6 +712,10 @@ fn devices_lists_adapters_and_g_checks_the_index() {
     let o = bin().arg("devices").output().unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert!(text(&o).starts_with("0: "), "{}", text(&o));
+    // This machine's one adapter is lavapipe: named a software renderer.
+    for line in text(&o).lines().filter(|l| l.contains("llvmpipe")) {
+        assert!(line.contains("; software (a CPU renderer"), "{line}");
+    }
     let o = bin()
         .args([
             "upscale", "-i", "x.png", "-o", "y.png", "--model", "m", "-g", "99",
@@ -2019,14 +2023,25 @@ fn progress_shows_off_a_terminal_and_ncnn_flags_are_checked() {
     assert!(!err.contains('\x1b'), "no escape codes:\n{err}");
     assert!(err.contains("(1/") && err.contains(" → "), "{err}");
     // ncnn mode: an unknown flag, a stray argument and a missing value, each with the usage.
-    for args in [&["-i", "a.png", "-q"][..], &["-i", "a.png", "stray"], &["-o"]] {
+    for args in [
+        &["-i", "a.png", "-q"][..],
+        &["-i", "a.png", "stray"],
+        &["-o"],
+    ] {
         let o = bin().args(args).output().unwrap();
         assert_eq!(o.status.code(), Some(2), "{args:?}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.starts_with("Error: ") && err.contains("Usage:"), "{err}");
+        assert!(
+            err.starts_with("Error: ") && err.contains("Usage:"),
+            "{err}"
+        );
         assert!(o.stdout.is_empty());
     }
     // -h: the usage, success; `-x -h` from pgp-wgpu itself too.
     let o = bin().args(["-x", "-h"]).output().unwrap();
-    assert!(o.status.success() && text(&o).contains("-m model-path"), "{}", text(&o));
+    assert!(
+        o.status.success() && text(&o).contains("-m model-path"),
+        "{}",
+        text(&o)
+    );
 }

@@ -14,12 +14,12 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use pgp_core::info::arch_info;
-use pgp_wgpu_cli::convert;
-#[cfg(feature = "download")]
-use pgp_wgpu_cli::download;
 use pgp_core::presets::Arch;
 use pgp_core::tokenizer::ClipTokenizer;
 use pgp_core::{ColorFix, Gpu, GpuOptions, Options, Precision, Start, TileSize};
+use pgp_wgpu_cli::convert;
+#[cfg(feature = "download")]
+use pgp_wgpu_cli::download;
 
 #[derive(Parser)]
 #[command(
@@ -806,14 +806,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for a in adapters {
                 let i = &a.info;
                 println!(
-                    "{}: {} ({}, {}, {}){}, buffers up to {} MiB",
+                    "{}: {} ({}, {}, {}){}, buffers up to {} MiB{}",
                     a.index,
                     i.name,
                     i.backend,
                     i.kind,
                     a.driver,
                     if i.shader_f16 { ", shader-f16" } else { "" },
-                    i.max_buffer_bytes >> 20
+                    i.max_buffer_bytes >> 20,
+                    if i.software {
+                        "; software (a CPU renderer: `auto` takes a GPU before it)"
+                    } else {
+                        ""
+                    }
                 );
             }
             Ok(ExitCode::SUCCESS)

@@ -55,6 +55,8 @@ export class Upscaler {
   static loadFiles(files: FileList | File[], options?: LoadOptions): Promise<Upscaler>;
   readonly adapterName: string;
   readonly shaderF16: boolean;
+  /** A software renderer on the CPU (SwiftShader, a fallback adapter): far slower than a GPU. */
+  readonly softwareAdapter: boolean;
   /** 'f16' or 'f32'. */
   readonly precision: string;
   readonly oneStep: boolean;

@@ -74,6 +74,8 @@ export class Upscaler {
 
   get adapterName() { return this.#engine.adapterName; }
   get shaderF16() { return this.#engine.shaderF16; }
+  /** A software renderer (SwiftShader, a fallback adapter): it works, far slower than a GPU. */
+  get softwareAdapter() { return this.#engine.softwareAdapter; }
   get precision() { return this.#engine.precision; }
   get oneStep() { return this.#engine.oneStep; }
 

@@ -30,6 +30,22 @@ use wasm_bindgen_futures::{JsFuture, future_to_promise};
 use crate::fetch::FetchSource;
 use crate::files::FilesSource;
 
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_namespace = console, js_name = error)]
+    fn console_error(message: &str);
+}
+
+/// Runs when the module is instantiated: a panic (a bug: the instance ends with it, as
+/// `panic = "abort"`) is written to the console with its message and place before the trap,
+/// instead of a bare `unreachable`.
+#[wasm_bindgen(start)]
+fn start() {
+    std::panic::set_hook(Box::new(|info| {
+        console_error(&format!("pgp-wgpu: a bug ended the module: {info}"));
+    }));
+}
+
 /// Where the bundle comes from: a URL, or a folder the visitor chose.
 enum Source {
     Fetch(FetchSource),
@@ -102,9 +118,14 @@ fn callback(obj: &JsValue, key: &str) -> Result<Option<Function>, JsValue> {
         .map_err(|_| js_error(format!("option `{key}` must be a function")))
 }
 
-/// Checks what burn needs of the browser's WebGPU before anything touches it (burn panics
-/// where an adapter lacks `timestamp-query`, and a panic would end the instance).
-async fn check_webgpu() -> Result<(), JsValue> {
+/// Checks what burn needs of the browser's WebGPU before anything touches it (a panic would
+/// end the instance), and says whether the adapter is a software renderer (SwiftShader:
+/// `isFallbackAdapter`, or its vendor / architecture / description). `timestamp-query` is
+/// needed: without it cubecl 0.11 panics when it creates its first stream on wasm ("Cannot
+/// profile on web assembly without timestamp_query", cubecl-wgpu `compute/stream.rs`), as the
+/// browser test shows by hiding the feature.
+/// Also returns the adapter's vendor, architecture, device and description, joined.
+async fn check_webgpu() -> Result<(bool, String), JsValue> {
     let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
     if gpu.is_undefined() || gpu.is_null() {
         return Err(js_error(
@@ -132,10 +153,21 @@ async fn check_webgpu() -> Result<(), JsValue> {
         .is_truthy()
     {
         return Err(js_error(
-            "the WebGPU adapter lacks the `timestamp-query` feature, which the engine needs",
+            "the WebGPU adapter lacks the `timestamp-query` feature, which the engine's GPU \
+             runtime needs in a browser (Chrome and Edge have it; in Firefox and Safari it can \
+             depend on the platform): try another browser",
         ));
     }
-    Ok(())
+    let info = get(&adapter, "info");
+    let fallback = get(&info, "isFallbackAdapter").is_truthy()
+        || get(&adapter, "isFallbackAdapter").is_truthy();
+    let names: Vec<String> = ["vendor", "architecture", "device", "description"]
+        .iter()
+        .filter_map(|k| get(&info, k).as_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    let label = names.join(" ");
+    Ok((pgp_core::device::is_software(&label, fallback), label))
 }
 
 /// Resets the busy flag when a run ends, however it ends.
@@ -154,6 +186,7 @@ pub struct Upscaler {
     source: Rc<Source>,
     busy: Rc<Cell<bool>>,
     info: pgp_core::GpuInfo,
+    software: bool,
     one_step: bool,
     precision: &'static str,
 }
@@ -185,7 +218,7 @@ impl Upscaler {
             None if precision.is_undefined() || precision.is_null() => pgp_core::Precision::Auto,
             None => return Err(js_error("option `precision` must be a string")),
         };
-        check_webgpu().await?;
+        let (software, label) = check_webgpu().await?;
         let gpu = Gpu::new(&GpuOptions::default()).await.map_err(to_js)?;
         let source = Rc::new(source);
         let mut report = |p: pgp_core::LoadProgress| {
@@ -202,7 +235,15 @@ impl Upscaler {
             .await
             .map_err(to_js)?;
         Ok(Upscaler {
-            info: inner.gpu().info().clone(),
+            software: software || inner.gpu().info().software,
+            info: {
+                // wgpu names a browser's adapter by its description, which Chrome leaves empty.
+                let mut info = inner.gpu().info().clone();
+                if info.name.is_empty() {
+                    info.name = label;
+                }
+                info
+            },
             one_step: inner.is_one_step(),
             precision: pgp_core::precision::dtype_name(inner.dtype()),
             inner: Rc::new(RefCell::new(inner)),
@@ -215,6 +256,13 @@ impl Upscaler {
     #[wasm_bindgen(getter, js_name = adapterName)]
     pub fn adapter_name(&self) -> String {
         self.info.name.clone()
+    }
+
+    /// Whether the adapter is a software renderer on the CPU (SwiftShader, a fallback adapter):
+    /// it works, one or two orders of magnitude slower than a GPU.
+    #[wasm_bindgen(getter, js_name = softwareAdapter)]
+    pub fn software_adapter(&self) -> bool {
+        self.software
     }
 
     /// Whether the adapter can run f16 shaders.

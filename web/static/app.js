@@ -12,6 +12,12 @@ let upscaler = null;
 let input = null;       // ImageData
 let abort = null;       // AbortController of the running upscale
 
+// Said when the browser gives a software renderer (SwiftShader) instead of the GPU.
+const SOFTWARE = 'This is a software renderer on the CPU, not your GPU: upscaling works but is ' +
+  'one or two orders of magnitude slower. On Linux, Chrome uses the GPU when started with ' +
+  '--enable-unsafe-webgpu --enable-features=Vulkan (check chrome://gpu); elsewhere, update the ' +
+  'graphics driver and make sure hardware acceleration is on in the browser\'s settings.';
+
 const showError = (e) => { ui.error.textContent = e ? String(e.message ?? e) : ''; };
 const number = (el) => (el.value === '' ? undefined : Number(el.value));
 
@@ -39,7 +45,8 @@ async function loadModel(files) {
       : await Upscaler.load(new URL(ui.model.value, location.href).href, options);
     ui.gpu.textContent = `GPU: ${upscaler.adapterName} — computing in ${upscaler.precision}` +
       (upscaler.shaderF16 ? ' (the adapter has shader-f16)' : ' (no shader-f16 on this adapter)') +
-      (upscaler.oneStep ? '; one-step model' : '');
+      (upscaler.oneStep ? '; one-step model' : '') +
+      (upscaler.softwareAdapter ? '. ' + SOFTWARE : '');
     ui.status.textContent = 'Model loaded.';
   } catch (e) {
     showError(e);

@@ -95,7 +95,10 @@ async function openPage() {
 }
 
 let passed = 0, failed = 0;
+// PGP_BROWSER_TESTS=k (a letter, or a part of a name) runs only the tests it names.
+const only = process.env.PGP_BROWSER_TESTS;
 async function test(name, body) {
+  if (only && !name.includes(only.length === 1 ? `(${only})` : only)) return;
   const t0 = Date.now();
   try {
     await body();
@@ -326,6 +329,51 @@ await test('(j) the npm package: packed, imported, UpscalerJS-style calls equal 
     && r.fractions.every((f, i) => i === 0 || f >= r.fractions[i - 1]), JSON.stringify(r.fractions));
   assert(r.url === 'data:image/png;base64,', r.url);
   assert(r.aborted === 'AbortError', r.aborted);
+});
+
+await test('(k) SwiftShader is named a software renderer; an adapter without timestamp-query gets a clear error', async () => {
+  // Headless Chromium's adapter is SwiftShader: the page says so, and how to get the GPU.
+  await openPage();
+  await page.fill('#model', 'models/manifest.json');
+  await page.click('#load');
+  await page.waitForFunction(() => document.querySelector('#status').textContent.includes('Model loaded')
+    || document.querySelector('#error').textContent !== '', null, { timeout: 120000 });
+  assert((await page.textContent('#error')) === '', await page.textContent('#error'));
+  const gpuText = await page.textContent('#gpu');
+  assert(gpuText.includes('software renderer') && gpuText.includes('chrome://gpu'), gpuText);
+  const r = await page.evaluate(async () => {
+    const up = await window.pgp.Upscaler.load('/models/manifest.json', {});
+    const result = { software: up.softwareAdapter, name: up.adapterName };
+    up.free();
+    return result;
+  });
+  assert(r.software && r.name !== '', JSON.stringify(r));
+
+  // The adapter lists no timestamp-query (as Firefox on some platforms): cubecl 0.11 would
+  // panic on wasm without it, so loading must fail with a message, the module intact.
+  const hidden = await context.newPage();
+  const errors = [];
+  hidden.on('pageerror', (e) => errors.push(e.message));
+  await hidden.addInitScript(() => {
+    const features = Object.getOwnPropertyDescriptor(GPUAdapter.prototype, 'features').get;
+    Object.defineProperty(GPUAdapter.prototype, 'features', {
+      get() { return new Set([...features.call(this)].filter((f) => f !== 'timestamp-query')); },
+    });
+  });
+  await hidden.goto(`${origin}/`);
+  await hidden.waitForFunction(() => window.pgp !== undefined, null, { timeout: 60000 });
+  await hidden.fill('#model', 'models/manifest.json');
+  await hidden.click('#load');
+  await hidden.waitForFunction(() => document.querySelector('#error').textContent !== ''
+    || document.querySelector('#status').textContent.includes('Model loaded'), null, { timeout: 120000 });
+  const error = await hidden.textContent('#error');
+  assert(error.includes('timestamp-query') && error.includes('another browser'), error);
+  // Still alive: a second attempt gets the same answer, not a dead instance.
+  const again = await hidden.evaluate(() => window.pgp.Upscaler.load('/models/manifest.json', {})
+    .then(() => 'loaded', (e) => String(e.message ?? e)));
+  await hidden.close();
+  assert(again.includes('timestamp-query'), again);
+  assert(errors.length === 0, `page errors: ${errors}`);
 });
 
 await test('(h) without WebGPU the page says so and offers no model loading', async () => {

@@ -69,6 +69,54 @@ pub struct GpuInfo {
     /// max_storage_buffer_binding_size)`); `u64::MAX` on the CPU backend. Decides
     /// [`crate::TileSize::Auto`].
     pub max_buffer_bytes: u64,
+    /// A software renderer on the CPU (llvmpipe / lavapipe, SwiftShader, WARP, a browser's
+    /// fallback adapter) rather than a GPU: it works, one or two orders of magnitude slower.
+    /// `false` for burn's CPU backend, which is not an adapter.
+    pub software: bool,
+}
+
+/// Whether an adapter is a software renderer: the API says so (`reported_cpu`: wgpu's `Cpu`
+/// type, from Vulkan's CPU type, DXGI's software flag or a browser's `isFallbackAdapter`), or
+/// its name is one of the known ones (some report `Other`).
+pub fn is_software(name: &str, reported_cpu: bool) -> bool {
+    const NAMES: [&str; 5] = [
+        "llvmpipe",
+        "lavapipe",
+        "swiftshader",
+        "softpipe",
+        "microsoft basic render", // WARP
+    ];
+    let name = name.to_ascii_lowercase();
+    reported_cpu || NAMES.iter().any(|n| name.contains(n))
+}
+
+/// wgpu's preference among adapters for high performance (lower first), as
+/// `Instance::request_adapter` sorts them.
+fn preference(kind: &DeviceKind) -> u8 {
+    match kind {
+        DeviceKind::DiscreteGpu(_) => 1,
+        DeviceKind::IntegratedGpu(_) => 2,
+        DeviceKind::VirtualGpu(_) => 4,
+        DeviceKind::Cpu => 5,
+        _ => 3, // wgpu's `Other`, listed as the default device
+    }
+}
+
+/// The adapter `auto` takes instead of the default one, when the default (wgpu's
+/// high-performance pick) would be a software renderer while a hardware adapter exists; `None`
+/// keeps the default.
+fn auto_adapter(listed: &[AdapterInfo]) -> Option<usize> {
+    let mut ranked: Vec<&AdapterInfo> = listed.iter().collect();
+    ranked.sort_by_key(|a| preference(&a.device_kind));
+    match ranked.first() {
+        // burn selects by kind and index, so an adapter it can only reach as the default
+        // (wgpu's `Other`) cannot be asked for.
+        Some(first) if first.info.software => ranked
+            .iter()
+            .find(|a| !a.info.software && a.device_kind != DeviceKind::DefaultDevice)
+            .map(|a| a.index),
+        _ => None,
+    }
 }
 
 impl GpuInfo {
@@ -81,6 +129,7 @@ impl GpuInfo {
             max_buffer_bytes: limits
                 .max_buffer_size
                 .min(limits.max_storage_buffer_binding_size),
+            software: is_software(&adapter.name, adapter.device_type == wgpu::DeviceType::Cpu),
         }
     }
 }
@@ -89,7 +138,8 @@ impl GpuInfo {
 #[derive(Clone, Debug, Default)]
 pub struct GpuOptions {
     /// An index into [`adapters`] (what `pgp-wgpu devices` prints); `None`: the default
-    /// adapter (a high-performance GPU where there is one).
+    /// adapter (a high-performance GPU where there is one; never a software renderer while a
+    /// hardware adapter exists).
     pub adapter: Option<usize>,
     /// burn's memory pools: `ExclusivePages` (one page per allocation, the least memory
     /// held) or, natively, `Adaptive` (sliced pages, burn's default). `None`: burn's default.
@@ -124,7 +174,9 @@ impl Gpu {
             return Self::with_buffer_cap(options, cap).await;
         }
         let listed = adapters().await;
-        let (kind, listed_info) = match options.adapter {
+        // `auto` is wgpu's default adapter unless that is a software renderer beside a GPU.
+        let chosen = options.adapter.or_else(|| auto_adapter(&listed));
+        let (kind, listed_info) = match chosen {
             Some(i) => {
                 let a = listed.get(i).ok_or_else(|| {
                     Error::device(format!("there is no adapter {i} ({} found)", listed.len()))
@@ -134,7 +186,7 @@ impl Gpu {
             None => (DeviceKind::DefaultDevice, listed.first()),
         };
         let mut request = Device::wgpu_options();
-        if options.adapter.is_some() {
+        if chosen.is_some() {
             request = request.device_kind(kind.clone());
         }
         if let Some(memory) = options.memory.clone() {
@@ -171,6 +223,7 @@ impl Gpu {
                         kind: "unknown".into(),
                         shader_f16: false,
                         max_buffer_bytes: 256 << 20,
+                        software: false,
                     },
                     |a| a.info.clone(),
                 ),
@@ -248,6 +301,7 @@ impl Gpu {
                 kind: "Cpu".into(),
                 shader_f16: false,
                 max_buffer_bytes: u64::MAX,
+                software: false,
             },
         }
     }
@@ -339,5 +393,61 @@ pub fn is_cpu(device: &Device) -> bool {
     {
         let _ = device;
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adapter(index: usize, name: &str, ty: wgpu::DeviceType, kind: DeviceKind) -> AdapterInfo {
+        AdapterInfo {
+            index,
+            driver: String::new(),
+            info: GpuInfo {
+                name: name.into(),
+                backend: "Vulkan".into(),
+                kind: format!("{ty:?}"),
+                shader_f16: true,
+                max_buffer_bytes: 1 << 30,
+                software: is_software(name, ty == wgpu::DeviceType::Cpu),
+            },
+            device_kind: kind,
+        }
+    }
+
+    #[test]
+    fn software_adapters_are_named_and_auto_passes_them_over() {
+        use wgpu::DeviceType as T;
+        assert!(is_software("llvmpipe (LLVM 15.0.6, 256 bits)", true));
+        assert!(is_software("SwiftShader Device (Subzero)", false));
+        assert!(is_software("Microsoft Basic Render Driver", false));
+        assert!(!is_software("NVIDIA GeForce RTX 4090", false));
+        assert!(!is_software("Apple M2", false));
+        let lvp = adapter(0, "llvmpipe", T::Cpu, DeviceKind::Cpu);
+        let swiftshader = adapter(0, "SwiftShader Device", T::Other, DeviceKind::DefaultDevice);
+        let gl_gpu = adapter(
+            1,
+            "AMD Radeon (radeonsi)",
+            T::Other,
+            DeviceKind::DefaultDevice,
+        );
+        let virt = adapter(
+            1,
+            "virtio-gpu venus",
+            T::VirtualGpu,
+            DeviceKind::VirtualGpu(0),
+        );
+        let nvidia = adapter(2, "NVIDIA", T::DiscreteGpu, DeviceKind::DiscreteGpu(0));
+        // wgpu's default already ranks a GPU first: auto keeps the default.
+        assert_eq!(auto_adapter(&[lvp.clone(), nvidia.clone()]), None);
+        // Only software: the default (it works, slowly).
+        assert_eq!(auto_adapter(std::slice::from_ref(&lvp)), None);
+        assert_eq!(auto_adapter(&[]), None);
+        // A software adapter typed `Other` ranks above a virtual GPU: auto takes the GPU.
+        assert_eq!(auto_adapter(&[swiftshader.clone(), virt]), Some(1));
+        assert_eq!(auto_adapter(&[swiftshader.clone(), lvp, nvidia]), None);
+        // A GPU burn can reach only as the default cannot be asked for by kind.
+        assert_eq!(auto_adapter(&[swiftshader, gl_gpu]), None);
     }
 }

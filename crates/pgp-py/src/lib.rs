@@ -316,9 +316,10 @@ fn download(
         .map_err(any_err)
 }
 
-/// The GPU adapters: (index, name, backend, kind, shader_f16) each.
+/// The GPU adapters: (index, name, backend, kind, shader_f16, software) each; `software`
+/// marks a CPU renderer (llvmpipe, SwiftShader, WARP), which "auto" passes over for a GPU.
 #[pyfunction]
-fn devices(py: Python<'_>) -> Vec<(usize, String, String, String, bool)> {
+fn devices(py: Python<'_>) -> Vec<(usize, String, String, String, bool, bool)> {
     py.detach(|| pollster::block_on(pgp_core::device::adapters()))
         .into_iter()
         .map(|a| {
@@ -329,6 +330,7 @@ fn devices(py: Python<'_>) -> Vec<(usize, String, String, String, bool)> {
                 i.backend.to_string(),
                 i.kind.to_string(),
                 i.shader_f16,
+                i.software,
             )
         })
         .collect()

@@ -177,3 +177,15 @@ def test_osediff_equals_the_cli(tmp_path):
     image = np.asarray(Image.open(INPUT).convert("RGB"))
     out = up.upscale(image, **RUN)
     np.testing.assert_array_equal(out, cli_upscale(Path(model), tmp_path))
+
+
+def test_devices_equal_the_clis_list():
+    listed = cli("devices").stdout.splitlines()
+    found = pgp_wgpu.devices()
+    assert len(found) == len([line for line in listed if line[:1].isdigit()])
+    for (index, name, backend, kind, shader_f16, software), line in zip(found, listed):
+        assert line.startswith(f"{index}: {name} ({backend}, {kind}, "), line
+        assert (", shader-f16" in line) == shader_f16, line
+        assert ("; software" in line) == software, line
+        if "llvmpipe" in name:  # lavapipe, this machine's adapter: a CPU renderer
+            assert software
