@@ -136,6 +136,52 @@ fn the_c_example_equals_the_cli_on_lavapipe() {
         .flat_map(|p| [p[0], p[1], p[2]])
         .collect();
     assert_eq!(c_rgb, cli.into_raw(), "the C output differs from the CLI's");
+    // The precision chosen from C: f32 on lavapipe equals the CLI's f32 there, and differs
+    // from the f16 run above (auto is f16 on lavapipe, which has shader-f16).
+    let o = run_c(
+        &exe,
+        &[
+            "-d", "auto", "-p", "f32", "-n", "2", "-t", "16", "--seed", "3",
+        ],
+        &dir,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, _, rgba32) = read_pam(&dir.join("out.pam"));
+    let o = bin()
+        .args([
+            "upscale",
+            "-q",
+            "--device",
+            "wgpu",
+            "--precision",
+            "f32",
+            "--steps",
+            "2",
+            "-t",
+            "16",
+            "--seed",
+            "3",
+            "--overwrite",
+        ])
+        .arg("-i")
+        .arg(root().join("tests/pipeline/input.png"))
+        .arg("-o")
+        .arg(&cli_out)
+        .arg("--model")
+        .arg(bundle("f32"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let cli32 = image::open(&cli_out).unwrap().to_rgb8().into_raw();
+    let c_rgb32: Vec<u8> = rgba32
+        .chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect();
+    assert_eq!(c_rgb32, cli32, "the C f32 output differs from the CLI's");
+    assert_ne!(
+        c_rgb32, c_rgb,
+        "f32 and f16 gave the same bytes: the precision was not applied"
+    );
 }
 
 #[test]
@@ -204,6 +250,9 @@ fn the_c_callback_cancels_and_errors_are_reported() {
     let o = run_c(&exe, &["-d", "nope"], &dir);
     assert_eq!(o.status.code(), Some(11), "{}", text(&o));
     assert!(text(&o).contains("unknown device `nope`"), "{}", text(&o));
+    let o = run_c(&exe, &["-d", "cpu", "-p", "f8"], &dir);
+    assert_eq!(o.status.code(), Some(11), "{}", text(&o));
+    assert!(text(&o).contains("unknown precision `f8`"), "{}", text(&o));
     let o = Command::new(&exe)
         .args(["/nonexistent/bundle"])
         .arg(input_pam(&dir))

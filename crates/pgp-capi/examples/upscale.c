@@ -1,8 +1,8 @@
 /* Upscales a PAM image (P7, RGB_ALPHA or RGB, 8 bits) with the pgp-wgpu C ABI.
  *
  *   cc upscale.c -I../include -L<dir of libpgp_wgpu> -lpgp_wgpu -o upscale
- *   ./upscale BUNDLE IN.pam OUT.pam [-d DEVICE] [-s SCALE] [-n STEPS] [-t TILE] [--seed N]
- *             [--cancel-after N] [--format rgba8|bgra8|rgba16]
+ *   ./upscale BUNDLE IN.pam OUT.pam [-d DEVICE] [-p auto|f16|f32] [-s SCALE] [-n STEPS]
+ *             [-t TILE] [--seed N] [--cancel-after N] [--format rgba8|bgra8|rgba16]
  *
  * Prints progress to stderr; --cancel-after N makes the progress callback ask to stop after N
  * units of work. --format picks the entry point: the pixels are handed over as BGRA8 (Krita)
@@ -89,17 +89,20 @@ static void swap_rb(uint8_t *px, size_t n) {
 
 int main(int argc, char **argv) {
     if (argc < 4) {
-        fprintf(stderr, "usage: %s BUNDLE IN.pam OUT.pam [-d DEVICE] [-s SCALE] [-n STEPS] "
-                        "[-t TILE] [--seed N] [--cancel-after N]\n", argv[0]);
+        fprintf(stderr, "usage: %s BUNDLE IN.pam OUT.pam [-d DEVICE] [-p PRECISION] [-s SCALE] "
+                        "[-n STEPS] [-t TILE] [--seed N] [--cancel-after N] [--format F]\n",
+                argv[0]);
         return 2;
     }
     const char *device = "auto";
+    const char *precision = "auto";
     PgpOptions options = pgp_options_default();
     Progress progress = {0, 0};
     const char *format = "rgba8";
     for (int i = 4; i + 1 < argc; i += 2) {
         const char *flag = argv[i], *value = argv[i + 1];
         if (!strcmp(flag, "-d")) device = value;
+        else if (!strcmp(flag, "-p")) precision = value;
         else if (!strcmp(flag, "-s")) options.scale = (uint32_t)atoi(value);
         else if (!strcmp(flag, "-n")) options.steps = (uint32_t)atoi(value);
         else if (!strcmp(flag, "-t")) options.tile = (uint32_t)atoi(value);
@@ -114,9 +117,9 @@ int main(int argc, char **argv) {
     if (!rgba) { fprintf(stderr, "%s: not an 8-bit RGB or RGBA PAM file\n", argv[2]); return 2; }
 
     PgpUpscaler *upscaler = NULL;
-    PgpStatus s = pgp_upscaler_new(argv[1], device, &upscaler);
+    PgpStatus s = pgp_upscaler_new_precision(argv[1], device, precision, &upscaler);
     if (s != PGP_OK) {
-        fprintf(stderr, "pgp_upscaler_new: %d: %s\n", (int)s, pgp_last_error());
+        fprintf(stderr, "pgp_upscaler_new_precision: %d: %s\n", (int)s, pgp_last_error());
         free(rgba);
         return 10 + (int)s;
     }

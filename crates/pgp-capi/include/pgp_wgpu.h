@@ -126,7 +126,8 @@ struct PgpOptions pgp_options_default(void);
 
 /**
  * Loads the bundle folder `bundle_dir` (made by `pgp-wgpu convert`) on `device`: "auto" (the
- * default GPU adapter), "cpu", or "gpu:N" (the index `pgp-wgpu devices` prints). On success
+ * default GPU adapter), "cpu", or "gpu:N" (the index `pgp-wgpu devices` prints), computing in
+ * the default precision ("auto": f16 where the adapter has `shader-f16`, else f32). On success
  * `*out` holds an upscaler to free with `pgp_upscaler_free`.
  *
  * # Safety
@@ -135,6 +136,20 @@ struct PgpOptions pgp_options_default(void);
 enum PgpStatus pgp_upscaler_new(const char *bundle_dir,
                                 const char *device,
                                 struct PgpUpscaler **out);
+
+/**
+ * As `pgp_upscaler_new`, computing in `precision`: "auto" (or NULL), "f16" or "f32". The
+ * same seed and precision give the same image on every device within float rounding; f16
+ * and f32 differ by a few 8-bit steps at most (README, "What a seed promises").
+ *
+ * # Safety
+ * `bundle_dir`, `device` and `precision` are NUL-terminated strings (or NULL), `out` is NULL
+ * or writable.
+ */
+enum PgpStatus pgp_upscaler_new_precision(const char *bundle_dir,
+                                          const char *device,
+                                          const char *precision,
+                                          struct PgpUpscaler **out);
 
 /**
  * Upscales an RGBA8 image (`height` rows of `width` pixels, row `y` at byte

@@ -17,8 +17,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use pgp_core::error::panic_message;
 use pgp_core::{
-    CancelToken, ColorFix, DirSource, Error, Gpu, Image, ImageView, Options, PixelFormat, Start,
-    TileSize, Upscaler,
+    CancelToken, ColorFix, DirSource, Error, Gpu, Image, ImageView, LoadOptions, Options,
+    PixelFormat, Precision, Start, TileSize, Upscaler,
 };
 
 /// The result of every call.
@@ -169,7 +169,8 @@ pub extern "C" fn pgp_options_default() -> PgpOptions {
 }
 
 /// Loads the bundle folder `bundle_dir` (made by `pgp-wgpu convert`) on `device`: "auto" (the
-/// default GPU adapter), "cpu", or "gpu:N" (the index `pgp-wgpu devices` prints). On success
+/// default GPU adapter), "cpu", or "gpu:N" (the index `pgp-wgpu devices` prints), computing in
+/// the default precision ("auto": f16 where the adapter has `shader-f16`, else f32). On success
 /// `*out` holds an upscaler to free with `pgp_upscaler_free`.
 ///
 /// # Safety
@@ -180,19 +181,41 @@ pub unsafe extern "C" fn pgp_upscaler_new(
     device: *const c_char,
     out: *mut *mut PgpUpscaler,
 ) -> PgpStatus {
+    // SAFETY: the same contract, with no precision.
+    unsafe { pgp_upscaler_new_precision(bundle_dir, device, std::ptr::null(), out) }
+}
+
+/// As `pgp_upscaler_new`, computing in `precision`: "auto" (or NULL), "f16" or "f32". The
+/// same seed and precision give the same image on every device within float rounding; f16
+/// and f32 differ by a few 8-bit steps at most (README, "What a seed promises").
+///
+/// # Safety
+/// `bundle_dir`, `device` and `precision` are NUL-terminated strings (or NULL), `out` is NULL
+/// or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pgp_upscaler_new_precision(
+    bundle_dir: *const c_char,
+    device: *const c_char,
+    precision: *const c_char,
+    out: *mut *mut PgpUpscaler,
+) -> PgpStatus {
     guard(|| {
         if out.is_null() {
             return Err(input_err("out is NULL"));
         }
-        // SAFETY: the header's contract for both strings.
+        // SAFETY: the header's contract for the strings.
         let dir = unsafe { c_str(bundle_dir, "bundle_dir") }?
             .ok_or_else(|| input_err("bundle_dir is NULL"))?;
         // SAFETY: as above.
         let device = unsafe { c_str(device, "device") }?.unwrap_or("auto");
+        // SAFETY: as above.
+        let precision = unsafe { c_str(precision, "precision") }?.unwrap_or("auto");
+        let precision = Precision::parse(precision).map_err(core_err)?;
         let gpu = pollster::block_on(Gpu::from_name(device)).map_err(core_err)?;
         let source = DirSource::new(dir);
-        let upscaler =
-            pollster::block_on(Upscaler::load(&source, &gpu, &mut |_| {})).map_err(core_err)?;
+        let load = LoadOptions::default().with_precision(precision);
+        let upscaler = pollster::block_on(Upscaler::load_with(&source, &gpu, &load, &mut |_| {}))
+            .map_err(core_err)?;
         let boxed = Box::new(PgpUpscaler { upscaler, source });
         // SAFETY: `out` is not NULL and the caller vouches it is writable.
         unsafe { *out = Box::into_raw(boxed) };

@@ -56,7 +56,8 @@ def _from_pil(image: Any) -> np.ndarray:
 class Upscaler:
     """A model bundle (made by ``convert`` / ``download`` or ``pgp-wgpu convert``) loaded on
     ``device`` ("auto", "cpu" or "gpu:N" as ``devices()`` lists them) at ``precision``
-    ("auto", "f16" or "f32"; the same seed and precision give the same image everywhere)."""
+    ("auto", "f16" or "f32"; the same seed and precision give the same image everywhere,
+    within float rounding: README, "What a seed promises")."""
 
     def __init__(self, bundle: PathLike, device: str = "auto", precision: str = "auto"):
         self._native = _native.Upscaler(os.fspath(bundle), device, precision)
