@@ -99,6 +99,38 @@ fn run_c_with(exe: &Path, model: &Path, args: &[&str], dir: &Path) -> Output {
         .unwrap()
 }
 
+/// RGBA bytes without their alpha.
+fn rgb_of(rgba: &[u8]) -> Vec<u8> {
+    rgba.chunks_exact(4)
+        .flat_map(|p| [p[0], p[1], p[2]])
+        .collect()
+}
+
+/// The CLI's RGB output on lavapipe at the C example's settings (2 steps, tile 16, seed 3).
+fn cli_rgb_on_lavapipe(dir: &Path, precision: &str) -> Vec<u8> {
+    let out = dir.join("cli.png");
+    let o = bin()
+        .args([
+            "upscale",
+            "-q",
+            "--device",
+            "wgpu",
+            "--precision",
+            precision,
+        ])
+        .args(["--steps", "2", "-t", "16", "--seed", "3", "--overwrite"])
+        .arg("-i")
+        .arg(root().join("tests/pipeline/input.png"))
+        .arg("-o")
+        .arg(&out)
+        .arg("--model")
+        .arg(bundle("f32"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    image::open(&out).unwrap().to_rgb8().into_raw()
+}
+
 #[test]
 fn the_c_example_equals_the_cli_on_lavapipe() {
     let dir = scratch("capi_equal");
@@ -116,26 +148,12 @@ fn the_c_example_equals_the_cli_on_lavapipe() {
     assert_eq!(progress, 35, "one call per unit:\n{}", text(&o));
     let (w, h, rgba) = read_pam(&dir.join("out.pam"));
     assert_eq!((w, h), (48, 32));
-    let cli_out = dir.join("cli.png");
-    let o = bin()
-        .args([
-            "upscale", "-q", "--device", "wgpu", "--steps", "2", "-t", "16", "--seed", "3",
-        ])
-        .arg("-i")
-        .arg(root().join("tests/pipeline/input.png"))
-        .arg("-o")
-        .arg(&cli_out)
-        .arg("--model")
-        .arg(bundle("f32"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let cli = image::open(&cli_out).unwrap().to_rgb8();
-    let c_rgb: Vec<u8> = rgba
-        .chunks_exact(4)
-        .flat_map(|p| [p[0], p[1], p[2]])
-        .collect();
-    assert_eq!(c_rgb, cli.into_raw(), "the C output differs from the CLI's");
+    let c_rgb = rgb_of(&rgba);
+    assert_eq!(
+        c_rgb,
+        cli_rgb_on_lavapipe(&dir, "auto"),
+        "the C output differs from the CLI's"
+    );
     // The precision chosen from C: f32 on lavapipe equals the CLI's f32 there, and differs
     // from the f16 run above (auto is f16 on lavapipe, which has shader-f16).
     let o = run_c(
@@ -146,38 +164,12 @@ fn the_c_example_equals_the_cli_on_lavapipe() {
         &dir,
     );
     assert!(o.status.success(), "{}", text(&o));
-    let (_, _, rgba32) = read_pam(&dir.join("out.pam"));
-    let o = bin()
-        .args([
-            "upscale",
-            "-q",
-            "--device",
-            "wgpu",
-            "--precision",
-            "f32",
-            "--steps",
-            "2",
-            "-t",
-            "16",
-            "--seed",
-            "3",
-            "--overwrite",
-        ])
-        .arg("-i")
-        .arg(root().join("tests/pipeline/input.png"))
-        .arg("-o")
-        .arg(&cli_out)
-        .arg("--model")
-        .arg(bundle("f32"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let cli32 = image::open(&cli_out).unwrap().to_rgb8().into_raw();
-    let c_rgb32: Vec<u8> = rgba32
-        .chunks_exact(4)
-        .flat_map(|p| [p[0], p[1], p[2]])
-        .collect();
-    assert_eq!(c_rgb32, cli32, "the C f32 output differs from the CLI's");
+    let c_rgb32 = rgb_of(&read_pam(&dir.join("out.pam")).2);
+    assert_eq!(
+        c_rgb32,
+        cli_rgb_on_lavapipe(&dir, "f32"),
+        "the C f32 output differs from the CLI's"
+    );
     assert_ne!(
         c_rgb32, c_rgb,
         "f32 and f16 gave the same bytes: the precision was not applied"
@@ -309,9 +301,9 @@ fn the_c_abi_runs_a_one_step_sd21_model_as_the_cli_does() {
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     let cli = image::open(&cli_out).unwrap().to_rgb8();
-    let c_rgb: Vec<u8> = rgba
-        .chunks_exact(4)
-        .flat_map(|p| [p[0], p[1], p[2]])
-        .collect();
-    assert_eq!(c_rgb, cli.into_raw(), "the C output differs from the CLI's");
+    assert_eq!(
+        rgb_of(&rgba),
+        cli.into_raw(),
+        "the C output differs from the CLI's"
+    );
 }

@@ -94,6 +94,16 @@ async function openPage() {
   await page.waitForFunction(() => window.pgp !== undefined || !navigator.gpu, null, { timeout: 60000 });
 }
 
+// Loads the fixture bundle through the page's own URL field and button; the error shown ('' when
+// it loaded).
+async function loadOnPage(p) {
+  await p.fill('#model', 'models/manifest.json');
+  await p.click('#load');
+  await p.waitForFunction(() => document.querySelector('#status').textContent.includes('Model loaded')
+    || document.querySelector('#error').textContent !== '', null, { timeout: 120000 });
+  return p.textContent('#error');
+}
+
 let passed = 0, failed = 0;
 // PGP_BROWSER_TESTS=k (a letter, or a part of a name) runs only the tests it names.
 const only = process.env.PGP_BROWSER_TESTS;
@@ -256,11 +266,8 @@ await test('(e) after a reload the shards come from the cache', async () => {
 
 await test('(f) the page: open a file, upscale, download the PNG', async () => {
   await openPage();
-  await page.fill('#model', 'models/manifest.json');
-  await page.click('#load');
-  await page.waitForFunction(() => document.querySelector('#status').textContent.includes('Model loaded')
-    || document.querySelector('#error').textContent !== '', null, { timeout: 120000 });
-  assert((await page.textContent('#error')) === '', await page.textContent('#error'));
+  const loadError = await loadOnPage(page);
+  assert(loadError === '', loadError);
   await page.setInputFiles('#file', join(root, 'tests/pipeline/input.png'));
   await page.fill('#steps', '2');
   await page.fill('#tile', '32');
@@ -334,11 +341,8 @@ await test('(j) the npm package: packed, imported, UpscalerJS-style calls equal 
 await test('(k) SwiftShader is named a software renderer; an adapter without timestamp-query gets a clear error', async () => {
   // Headless Chromium's adapter is SwiftShader: the page says so, and how to get the GPU.
   await openPage();
-  await page.fill('#model', 'models/manifest.json');
-  await page.click('#load');
-  await page.waitForFunction(() => document.querySelector('#status').textContent.includes('Model loaded')
-    || document.querySelector('#error').textContent !== '', null, { timeout: 120000 });
-  assert((await page.textContent('#error')) === '', await page.textContent('#error'));
+  const loadError = await loadOnPage(page);
+  assert(loadError === '', loadError);
   const gpuText = await page.textContent('#gpu');
   assert(gpuText.includes('software renderer') && gpuText.includes('chrome://gpu'), gpuText);
   const r = await page.evaluate(async () => {
@@ -362,11 +366,7 @@ await test('(k) SwiftShader is named a software renderer; an adapter without tim
   });
   await hidden.goto(`${origin}/`);
   await hidden.waitForFunction(() => window.pgp !== undefined, null, { timeout: 60000 });
-  await hidden.fill('#model', 'models/manifest.json');
-  await hidden.click('#load');
-  await hidden.waitForFunction(() => document.querySelector('#error').textContent !== ''
-    || document.querySelector('#status').textContent.includes('Model loaded'), null, { timeout: 120000 });
-  const error = await hidden.textContent('#error');
+  const error = await loadOnPage(hidden);
   assert(error.includes('timestamp-query') && error.includes('another browser'), error);
   // Still alive: a second attempt gets the same answer, not a dead instance.
   const again = await hidden.evaluate(() => window.pgp.Upscaler.load('/models/manifest.json', {})
