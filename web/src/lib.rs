@@ -288,6 +288,11 @@ impl Upscaler {
     /// allows), `seed`, `prompt`, `oneStep`, `colorFix` (`adain`, `wavelet`, `none`), `signal`
     /// (an `AbortSignal`), `onProgress(done, total, stage)` after each finished unit of GPU work
     /// (`stage` names it: `step 2/20, tile 3/15`, `decode tile 1/4`, …).
+    #[expect(
+        clippy::await_holding_refcell_ref,
+        reason = "the run holds `inner` across its awaits; the busy flag admits one upscale at \
+                  a time, and nothing else borrows `inner`"
+    )]
     pub fn upscale(&self, image: web_sys::ImageData, options: JsValue) -> js_sys::Promise {
         let (inner, source, busy) = (self.inner.clone(), self.source.clone(), self.busy.clone());
         future_to_promise(async move {
@@ -361,6 +366,7 @@ impl Upscaler {
             let (w, h) = (image.width() as usize, image.height() as usize);
             let pixels = image.data().0;
             let view = ImageView::packed(&pixels, w, h, PixelFormat::Rgba8).map_err(to_js)?;
+            // Held across the job's awaits (the job borrows the upscaler): see `upscale`.
             let up = inner.borrow();
             let mut job = up.start(view, opts).map_err(to_js)?;
             loop {
