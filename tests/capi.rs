@@ -106,29 +106,33 @@ fn rgb_of(rgba: &[u8]) -> Vec<u8> {
         .collect()
 }
 
-/// The CLI's RGB output on lavapipe at the C example's settings (2 steps, tile 16, seed 3).
-fn cli_rgb_on_lavapipe(dir: &Path, precision: &str) -> Vec<u8> {
+/// The CLI's RGB output for the pipeline input with `model` and `args` (after `upscale -q`).
+fn cli_rgb(dir: &Path, model: &Path, args: &[&str]) -> Vec<u8> {
     let out = dir.join("cli.png");
     let o = bin()
-        .args([
-            "upscale",
-            "-q",
-            "--device",
-            "wgpu",
-            "--precision",
-            precision,
-        ])
-        .args(["--steps", "2", "-t", "16", "--seed", "3", "--overwrite"])
+        .args(["upscale", "-q", "--overwrite"])
+        .args(args)
         .arg("-i")
         .arg(root().join("tests/pipeline/input.png"))
         .arg("-o")
         .arg(&out)
         .arg("--model")
-        .arg(bundle("f32"))
+        .arg(model)
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     image::open(&out).unwrap().to_rgb8().into_raw()
+}
+
+/// The CLI's output on lavapipe at the C example's settings (2 steps, tile 16, seed 3).
+fn cli_rgb_on_lavapipe(dir: &Path, precision: &str) -> Vec<u8> {
+    let settings = ["--steps", "2", "-t", "16", "--seed", "3"];
+    let args = [
+        &["--device", "wgpu", "--precision", precision][..],
+        &settings,
+    ]
+    .concat();
+    cli_rgb(dir, &bundle("f32"), &args)
 }
 
 #[test]
@@ -287,23 +291,9 @@ fn the_c_abi_runs_a_one_step_sd21_model_as_the_cli_does() {
     assert_eq!(progress, 5, "{}", text(&o));
     let (w, h, rgba) = read_pam(&dir.join("out.pam"));
     assert_eq!((w, h), (96, 64));
-    let cli_out = dir.join("cli.png");
-    let o = bin()
-        .args([
-            "upscale", "-q", "--device", "cpu", "-s", "4", "--seed", "5", "-i",
-        ])
-        .arg(root().join("tests/pipeline/input.png"))
-        .arg("-o")
-        .arg(&cli_out)
-        .arg("--model")
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let cli = image::open(&cli_out).unwrap().to_rgb8();
     assert_eq!(
         rgb_of(&rgba),
-        cli.into_raw(),
+        cli_rgb(&dir, &model, &["--device", "cpu", "-s", "4", "--seed", "5"]),
         "the C output differs from the CLI's"
     );
 }

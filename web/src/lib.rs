@@ -123,8 +123,8 @@ fn callback(obj: &JsValue, key: &str) -> Result<Option<Function>, JsValue> {
 /// `isFallbackAdapter`, or its vendor / architecture / description). `timestamp-query` is
 /// needed: without it cubecl 0.11 panics when it creates its first stream on wasm ("Cannot
 /// profile on web assembly without timestamp_query", cubecl-wgpu `compute/stream.rs`), as the
-/// browser test shows by hiding the feature.
-/// Also returns the adapter's vendor, architecture, device and description, joined.
+/// browser test shows by hiding the feature. Also returns the adapter's vendor, architecture,
+/// device and description, joined.
 async fn check_webgpu() -> Result<(bool, String), JsValue> {
     let gpu = get(&get(&js_sys::global(), "navigator"), "gpu");
     if gpu.is_undefined() || gpu.is_null() {
@@ -186,7 +186,6 @@ pub struct Upscaler {
     source: Rc<Source>,
     busy: Rc<Cell<bool>>,
     info: pgp_core::GpuInfo,
-    software: bool,
     one_step: bool,
     precision: &'static str,
 }
@@ -235,13 +234,14 @@ impl Upscaler {
             .await
             .map_err(to_js)?;
         Ok(Upscaler {
-            software: software || inner.gpu().info().software,
             info: {
-                // wgpu names a browser's adapter by its description, which Chrome leaves empty.
+                // wgpu names a browser's adapter by its description, which Chrome leaves empty,
+                // and knows it as software only by `isFallbackAdapter`.
                 let mut info = inner.gpu().info().clone();
                 if info.name.is_empty() {
                     info.name = label;
                 }
+                info.software |= software;
                 info
             },
             one_step: inner.is_one_step(),
@@ -262,7 +262,7 @@ impl Upscaler {
     /// it works, one or two orders of magnitude slower than a GPU.
     #[wasm_bindgen(getter, js_name = softwareAdapter)]
     pub fn software_adapter(&self) -> bool {
-        self.software
+        self.info.software
     }
 
     /// Whether the adapter can run f16 shaders.
